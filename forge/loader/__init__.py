@@ -1,0 +1,1 @@
+"""Loading GGUF models: reader, architecture tables, config."""
