@@ -1,0 +1,125 @@
+"""`forge bench`: llama-bench-like prefill (pp) and decode (tg) throughput.
+
+pp N: one prompt of N fresh random tokens, timed from submission to its first sampled token.
+tg N: `batch` sequences (1-token prompts) each generate N tokens; the time of the decode steps
+after the first token counts. Each test runs once to warm up, then `repetitions` times; the
+table shows mean ± std of tokens/s. Decode also reports the achieved weight bandwidth (weight
+bytes read per step / step time) against the device's measured copy bandwidth.
+"""
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from forge.errors import ForgeError
+from forge.sampling import SamplingParams
+
+
+def _model_path(a) -> str:
+    if a.synthetic:
+        from forge.testing.synthetic import write_synthetic
+
+        out = Path(tempfile.gettempdir()) / f"forge-synthetic-{a.synthetic}-{a.quant}.gguf"
+        if not out.exists():
+            write_synthetic(out, a.synthetic, a.quant, seed=0)
+        return str(out)
+    from forge.hub import DEFAULT_MODEL
+
+    return a.model_path or DEFAULT_MODEL
+
+
+def _run_requests(engine, prompts: list[list[int]], n: int) -> tuple[float, float]:
+    """Returns (seconds to the first token of every request, seconds of the rest)."""
+    params = SamplingParams(max_tokens=n, temperature=0.0, ignore_eos=True)
+    t0 = time.perf_counter()
+    rids = [engine.add_request(p, params) for p in prompts]
+    first_done = None
+    pending = set(rids)
+    started: set[str] = set()
+    while pending:
+        for out in engine.step():
+            started.add(out.request_id)
+            if out.finished:
+                pending.discard(out.request_id)
+        if first_done is None and len(started) == len(rids):
+            first_done = time.perf_counter()
+    t1 = time.perf_counter()
+    return first_done - t0, t1 - first_done
+
+
+def copy_bandwidth(backend) -> float:
+    """Measured device copy bandwidth in bytes/s (read + write)."""
+    fn = getattr(backend, "copy_bandwidth", None)
+    if fn is not None:
+        return float(fn())
+    a = np.ones(64 << 20, dtype=np.uint8)
+    b = np.empty_like(a)
+    ts = []
+    for _ in range(5):
+        t = time.perf_counter()
+        np.copyto(b, a)
+        ts.append(time.perf_counter() - t)
+    return 2 * a.nbytes / statistics.median(ts)
+
+
+def run_bench(a) -> int:
+    from forge.llm import LLM
+
+    if a.n_prompt < 1 or a.n_gen < 2 or a.batch < 1 or a.repetitions < 1:
+        raise ForgeError("bench needs -p >= 1, -n >= 2, -b >= 1 and -r >= 1")
+    path = _model_path(a)
+    llm = LLM(path, device=a.device, max_model_len=max(a.n_prompt + 8, a.n_gen + 8, 1024),
+              max_num_batched_tokens=max(a.n_prompt, 512), max_num_seqs=max(a.batch, 1),
+              kv_cache_tokens=max(a.n_prompt + a.n_gen + 64, a.batch * (a.n_gen + 32)) * 2,
+              enable_prefix_caching=False)
+    eng = llm.engine
+    vocab = eng.cfg.vocab_size
+    rng = np.random.default_rng(0)
+
+    def rand_prompt(n: int) -> list[int]:
+        return rng.integers(vocab // 16, vocab - 1, size=n).tolist()
+
+    # warm-up: both paths once
+    _run_requests(eng, [rand_prompt(min(a.n_prompt, 32))], 4)
+    _run_requests(eng, [rand_prompt(1) for _ in range(a.batch)], 4)
+
+    pp, tg = [], []
+    for _ in range(a.repetitions):
+        t_first, _ = _run_requests(eng, [rand_prompt(a.n_prompt)], 2)
+        pp.append(a.n_prompt / t_first)
+        _, t_rest = _run_requests(eng, [rand_prompt(1) for _ in range(a.batch)], a.n_gen + 1)
+        tg.append(a.batch * a.n_gen / t_rest)
+
+    weight_bytes = sum(t.n_bytes for t in eng.file.tensors.values())
+    if eng.cfg.tied_embeddings:
+        weight_bytes += eng.file.tensors["token_embd.weight"].n_bytes  # read again as the head
+    weight_bytes -= eng.file.tensors["token_embd.weight"].n_bytes  # the gather reads a few rows only
+    bw = copy_bandwidth(eng.backend)
+    steps_per_s = statistics.mean(tg) / a.batch
+    achieved = weight_bytes * steps_per_s
+
+    def ms(xs):
+        return statistics.mean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
+
+    rows = [(f"pp{a.n_prompt}", *ms(pp)), (f"tg{a.n_gen}" + (f" b{a.batch}" if a.batch > 1 else ""), *ms(tg))]
+    name = Path(path).name
+    print(f"| model | backend | test | t/s |")
+    print(f"| --- | --- | --- | ---: |")
+    for test, mean, sd in rows:
+        print(f"| {name} | {eng.backend.name} | {test} | {mean:,.2f} ± {sd:,.2f} |")
+    print(f"\ndecode weight traffic: {weight_bytes / 2**20:,.1f} MiB/step -> {achieved / 1e9:,.2f} GB/s "
+          f"achieved vs {bw / 1e9:,.1f} GB/s measured copy bandwidth ({100 * achieved / bw:.0f}%)")
+    if a.json:
+        res = {"model": str(path), "backend": eng.backend.name, "n_prompt": a.n_prompt,
+               "n_gen": a.n_gen, "batch": a.batch, "repetitions": a.repetitions,
+               "pp_tps": pp, "tg_tps": tg, "weight_bytes_per_step": weight_bytes,
+               "decode_bytes_per_s": achieved, "copy_bytes_per_s": bw}
+        Path(a.json).write_text(json.dumps(res, indent=2))
+        print(f"wrote {a.json}", file=sys.stderr)
+    return 0

@@ -1,0 +1,248 @@
+"""The engine: step() = schedule -> forward -> sample -> postprocess.
+
+It owns the model, the paged KV cache, the block pool and the scheduler. `add_request` and
+`abort` may be called between steps; `step()` returns one `RequestOutput` (with `delta`, the new
+text) for every request that produced a token or finished in that step.
+"""
+from __future__ import annotations
+
+import itertools
+import os
+import time
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+
+from forge import hub
+from forge.errors import RequestError
+from forge.loader.config import ModelConfig
+from forge.loader.reader import GGUFFile
+from forge.runtime.backend import SamplingBatch, get_backend
+from forge.runtime.batch import make_forward_batch
+from forge.runtime.kv_cache import BlockPool, KVCache
+from forge.runtime.model import Model
+from forge.runtime.plan import build_plan
+from forge.runtime.request import Request, RequestOutput, RequestStatus
+from forge.runtime.scheduler import Scheduler
+from forge.runtime.weights import load_weights
+from forge.sampling import SamplingParams
+from forge.tokenizer import Tokenizer
+
+
+@dataclass(slots=True)
+class _Track:
+    """Per-request detokenization state."""
+
+    decoder: Any
+    seed: int
+    text: str = ""
+    emitted: int = 0   # characters of `text` already handed out as deltas
+
+
+class Engine:
+    def __init__(self, model: str | os.PathLike, device: str = "auto", *, progress: bool = False,
+                 max_model_len: int | None = None, max_num_seqs: int | None = None,
+                 max_num_batched_tokens: int | None = None, kv_cache_tokens: int | None = None,
+                 block_size: int = 16, enable_prefix_caching: bool = True, **backend_kwargs):
+        t0 = time.perf_counter()
+        self.path = hub.resolve(model)
+        self.file = GGUFFile(self.path)
+        self.cfg: ModelConfig = ModelConfig.from_gguf(self.file)
+        self.tokenizer = Tokenizer.from_metadata(self.file.metadata)
+        self.backend = get_backend(device, **backend_kwargs)
+        weights = load_weights(self.file, self.cfg, self.backend, progress=progress)
+        self.plan = build_plan(self.cfg, weights, self.backend)
+        self.model = Model(self.plan, self.backend)
+        cfg, be = self.cfg, self.backend
+        on_gpu = be.name != "cpu"
+        self.max_model_len = min(cfg.context_length, max_model_len or (cfg.context_length if on_gpu else 8192))
+        self.block_size = block_size
+        if kv_cache_tokens is None:
+            kv_cache_tokens = self._default_kv_tokens()
+        num_blocks = max(2, -(-int(kv_cache_tokens) // block_size) + 1)
+        self.kv = KVCache(be, cfg.num_layers, num_blocks, block_size, cfg.num_kv_heads,
+                          cfg.head_dim, cfg.v_head_dim)
+        self.pool = BlockPool(num_blocks, block_size, enable_prefix_caching)
+        self.scheduler = Scheduler(
+            self.pool,
+            max_num_seqs=max_num_seqs or (256 if on_gpu else 64),
+            max_num_batched_tokens=max_num_batched_tokens or (8192 if on_gpu else 2048),
+            max_model_len=self.max_model_len,
+            eos_token_ids=self.tokenizer.eog_ids,
+        )
+        self._ids = itertools.count()
+        self._tracks: dict[str, _Track] = {}
+        self._warm = getattr(be, "warmup", None)
+        if self._warm is not None:
+            self._warm(self, progress=progress)
+        self.load_seconds = time.perf_counter() - t0
+
+    def _default_kv_tokens(self) -> int:
+        budget = getattr(self.backend, "kv_cache_budget_bytes", None)
+        if budget is not None:
+            cfg = self.cfg
+            per_token = cfg.num_layers * cfg.num_kv_heads * (cfg.head_dim + cfg.v_head_dim) \
+                * self.backend.kv_bytes_per_elem
+            return max(self.block_size, int(budget(self) // per_token))
+        return max(2 * self.max_model_len, 16384)
+
+    # ---- requests -----------------------------------------------------------------------
+    def add_request(self, prompt: str | Sequence[int], params: SamplingParams | None = None,
+                    request_id: str | None = None) -> str:
+        params = params or SamplingParams()
+        if not isinstance(params, SamplingParams):
+            raise TypeError(f"params must be a SamplingParams, got {type(params).__name__}")
+        if isinstance(prompt, str):
+            text, ids = prompt, self.tokenizer.encode(prompt, add_special=True)
+        else:
+            text, ids = None, [int(t) for t in prompt]
+            bad = [t for t in ids if not 0 <= t < self.cfg.vocab_size]
+            if bad:
+                raise RequestError(f"token id {bad[0]} is outside the vocabulary (size {self.cfg.vocab_size})")
+        rid = request_id or f"req-{next(self._ids)}"
+        req = Request(rid, ids, params, prompt=text)
+        self.scheduler.add(req)
+        seed = params.seed if params.seed is not None else _random_seed()
+        self._tracks[rid] = _Track(self.tokenizer.decoder(), seed)
+        return rid
+
+    def abort(self, request_id: str) -> None:
+        self.scheduler.abort(request_id)
+        self._tracks.pop(request_id, None)
+
+    def has_unfinished(self) -> bool:
+        return self.scheduler.has_unfinished()
+
+    # ---- one step -----------------------------------------------------------------------
+    def step(self) -> list[RequestOutput]:
+        out = self.scheduler.schedule()
+        if out.is_empty:
+            return []
+        batch = make_forward_batch(out, self.block_size, self.backend)
+        logits = self.model.forward(batch, self.kv.layers)
+        reqs = out.sampling
+        if reqs:
+            ids, lps = self.backend.sample(logits, self._sampling_batch(reqs))
+            ids = self.backend.to_numpy(ids).tolist()
+            lps = self.backend.to_numpy(lps).tolist() if lps is not None else None
+        else:
+            ids, lps = [], None
+        finished = self.scheduler.update(out, ids, lps)
+        done = {r.request_id for r in finished}
+        outputs = []
+        for req in reqs:
+            outputs.append(self._postprocess(req, req.request_id in done))
+        for req in finished:  # aborted during the step, never sampled
+            if req not in reqs:
+                outputs.append(self._postprocess(req, True))
+        return outputs
+
+    def _postprocess(self, req: Request, finished: bool) -> RequestOutput:
+        tr = self._tracks.get(req.request_id)
+        if tr is None:  # aborted while in flight
+            tr = _Track(self.tokenizer.decoder(), 0)
+        p: SamplingParams = req.params
+        if req.output_token_ids and not (req.status is RequestStatus.FINISHED_ABORTED):
+            tok = req.output_token_ids[-1]
+            if not (finished and tok in self.tokenizer.eog_ids and not p.ignore_eos):
+                tr.text += tr.decoder.add(tok)
+        if finished:
+            tr.text += tr.decoder.flush()
+        if p.stop and not finished:
+            cut = _find_stop(tr.text, p.stop, max(0, tr.emitted - max(map(len, p.stop))))
+            if cut is not None:
+                tr.text = tr.text[:cut]
+                self.scheduler.finish(req.request_id, RequestStatus.FINISHED_STOPPED)
+                finished = True
+        if finished:
+            hold = 0
+        elif p.stop:
+            hold = max(map(len, p.stop)) - 1
+        else:
+            hold = 0
+        upto = max(tr.emitted, len(tr.text) - hold)
+        delta = tr.text[tr.emitted:upto]
+        tr.emitted = upto
+        if finished:
+            self._tracks.pop(req.request_id, None)
+        return RequestOutput(
+            request_id=req.request_id, prompt=req.prompt, prompt_token_ids=req.prompt_token_ids,
+            text=tr.text, token_ids=list(req.output_token_ids),
+            finish_reason=req.finish_reason if finished else None,
+            logprobs=list(req.output_logprobs) if p.logprobs else None,
+            finished=finished, delta=delta,
+        )
+
+    def _sampling_batch(self, reqs: list[Request]) -> SamplingBatch:
+        be = self.backend
+        n = len(reqs)
+        ps = [r.params for r in reqs]
+        f32 = lambda xs: be.asarray(np.asarray(xs, dtype=np.float32))  # noqa: E731
+        need_pen = any(p.repetition_penalty != 1.0 or p.presence_penalty or p.frequency_penalty for p in ps)
+        if need_pen:
+            prompt = _pad([r.prompt_token_ids if p.repetition_penalty != 1.0 else [] for r, p in zip(reqs, ps)])
+            output = _pad([r.output_token_ids for r in reqs])
+        else:
+            prompt = output = np.full((n, 1), -1, np.int32)
+        seeds = [self._tracks[r.request_id].seed if r.request_id in self._tracks else 0 for r in reqs]
+        steps = [r.num_output_tokens for r in reqs]
+        return SamplingBatch(
+            temperature=f32([p.temperature for p in ps]),
+            top_k=be.asarray(np.asarray([p.top_k for p in ps], dtype=np.int32)),
+            top_p=f32([p.top_p for p in ps]),
+            min_p=f32([p.min_p for p in ps]),
+            repetition_penalty=f32([p.repetition_penalty for p in ps]),
+            presence_penalty=f32([p.presence_penalty for p in ps]),
+            frequency_penalty=f32([p.frequency_penalty for p in ps]),
+            seeds=be.asarray(np.asarray(seeds, dtype=np.int64)),
+            steps=be.asarray(np.asarray(steps, dtype=np.int64)),
+            prompt_tokens=be.asarray(prompt),
+            output_tokens=be.asarray(output),
+            all_greedy=all(p.temperature == 0.0 for p in ps),
+            want_logprobs=any(p.logprobs for p in ps),
+        )
+
+    # ---- tools --------------------------------------------------------------------------
+    def model_logits(self, token_ids: Sequence[int], trace=None) -> np.ndarray:
+        """Logits [T, vocab] (float32, NumPy) of every position of one prompt, through the same
+        paged path as serving, without touching the scheduler's state."""
+        ids = [int(t) for t in token_ids]
+        T = len(ids)
+        bs = self.block_size
+        nblk = -(-T // bs)
+        blocks = self.pool.allocate(nblk)
+        if blocks is None:
+            raise RequestError(f"the KV cache has no room for {T} tokens right now")
+        try:
+            from forge.runtime.scheduler import ScheduledSeq, SchedulerOutput
+
+            req = Request("__logits__", ids, SamplingParams(max_tokens=1))
+            req.block_ids = list(blocks)
+            out = SchedulerOutput(seqs=[ScheduledSeq(req, 0, T, True)], num_tokens=T)
+            batch = make_forward_batch(out, bs, self.backend)
+            logits = self.model.forward(batch, self.kv.layers, all_logits=True, trace=trace)
+            return np.asarray(self.backend.to_numpy(logits), dtype=np.float32)
+        finally:
+            self.pool.free(blocks)
+
+
+def _pad(rows: list[list[int]]) -> np.ndarray:
+    width = max(1, max((len(r) for r in rows), default=1))
+    out = np.full((len(rows), width), -1, np.int32)
+    for i, r in enumerate(rows):
+        out[i, : len(r)] = r
+    return out
+
+
+def _random_seed() -> int:
+    return int.from_bytes(os.urandom(8), "little") >> 1
+
+
+def _find_stop(text: str, stops: list[str], start: int) -> int | None:
+    best = None
+    for s in stops:
+        i = text.find(s, start)
+        if i != -1 and (best is None or i < best):
+            best = i
+    return best

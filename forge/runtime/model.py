@@ -1,0 +1,86 @@
+"""Runs a ModelPlan over one ForwardBatch, calling only the backend's contract ops."""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from forge.runtime.backend import ForwardBatch
+from forge.runtime.plan import LayerPlan, ModelPlan
+
+# trace(layer_index, hidden_state) is called after each layer with the residual stream
+# ([T, hidden], backend array); layer_index -1 is the embedding output and num_layers the final
+# normed state. Used by `forge check` to find the first layer where two backends diverge.
+Trace = Callable[[int, Any], None]
+
+
+class Model:
+    def __init__(self, plan: ModelPlan, backend):
+        self.plan = plan
+        self.cfg = plan.cfg
+        self.backend = backend
+
+    def forward(self, batch: ForwardBatch, kv: list[tuple[Any, Any]], all_logits: bool = False,
+                trace: Trace | None = None) -> Any:
+        """Logits [S, vocab] for the rows `batch.logits_indices` (every row if all_logits)."""
+        be, cfg, plan = self.backend, self.cfg, self.plan
+        h = be.embed(plan.embed, batch.token_ids, scale=plan.embed_scale)
+        if trace:
+            trace(-1, h)
+        residual = None
+        for lp in plan.layers:
+            k_cache, v_cache = kv[lp.index]
+            if residual is None:
+                x, residual = be.rms_norm(h, lp.attn_norm, cfg.rms_eps), h
+            else:
+                x, residual = be.rms_norm(h, lp.attn_norm, cfg.rms_eps, residual=residual)
+            a = self._attention(lp, x, batch, k_cache, v_cache)
+            if lp.post_attn_norm is not None:
+                a = be.rms_norm(a, lp.post_attn_norm, cfg.rms_eps)
+            x, residual = be.rms_norm(a, lp.ffn_norm, cfg.rms_eps, residual=residual)
+            h = self._ffn(lp, x)
+            if lp.post_ffn_norm is not None:
+                h = be.rms_norm(h, lp.post_ffn_norm, cfg.rms_eps)
+            if trace:
+                trace(lp.index, be.add(h, residual))
+        if not all_logits:
+            h = be.gather_rows(h, batch.logits_indices)
+            residual = be.gather_rows(residual, batch.logits_indices)
+        x, _ = be.rms_norm(h, plan.output_norm, cfg.rms_eps, residual=residual)
+        if trace:
+            trace(cfg.num_layers, x)
+        logits = be.linear(x, plan.output)
+        if plan.final_softcap:
+            logits = be.softcap(logits, plan.final_softcap)
+        return logits
+
+    def _attention(self, lp: LayerPlan, x: Any, batch: ForwardBatch, k_cache: Any, v_cache: Any) -> Any:
+        be, cfg, plan = self.backend, self.cfg, self.plan
+        if lp.wqkv is not None:
+            qkv = be.linear(x, lp.wqkv, lp.bqkv)
+            q = qkv[:, : plan.q_size]
+            k = qkv[:, plan.q_size: plan.q_size + plan.kv_size]
+            v = qkv[:, plan.q_size + plan.kv_size:]
+        else:
+            q = be.linear(x, lp.wq, lp.bq)
+            k = be.linear(x, lp.wk, lp.bk)
+            v = be.linear(x, lp.wv, lp.bv)
+        T = batch.num_tokens
+        if lp.q_norm is not None:
+            q = be.rms_norm(q.reshape(T * cfg.num_heads, cfg.head_dim), lp.q_norm, cfg.rms_eps)
+            q = q.reshape(T, plan.q_size)
+            k = be.rms_norm(k.reshape(T * cfg.num_kv_heads, cfg.head_dim), lp.k_norm, cfg.rms_eps)
+            k = k.reshape(T, plan.kv_size)
+        q = be.rope(q, k, v, batch.positions, k_cache, v_cache, batch.slot_mapping, lp.rope,
+                    cfg.num_heads, cfg.num_kv_heads, cfg.head_dim)
+        o = be.attention(q, k_cache, v_cache, batch, cfg.num_heads, cfg.num_kv_heads,
+                         cfg.attn_scale, sliding_window=lp.window, softcap=lp.softcap)
+        return be.linear(o, lp.wo)
+
+    def _ffn(self, lp: LayerPlan, x: Any) -> Any:
+        be, cfg = self.backend, self.cfg
+        if lp.w_gate_up is not None:
+            gu = be.linear(x, lp.w_gate_up)
+            f = cfg.intermediate_size
+            g = be.act_mul(gu[:, :f], gu[:, f:], cfg.act)
+        else:
+            g = be.act_mul(be.linear(x, lp.w_gate), be.linear(x, lp.w_up), cfg.act)
+        return be.linear(g, lp.w_down)
