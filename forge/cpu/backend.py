@@ -166,6 +166,10 @@ class NumpyBackend:
         return _attention(q, k_cache, v_cache, batch.query_start_loc, batch.seq_lens,
                           batch.block_tables, num_heads, num_kv_heads, scale, sliding_window, softcap)
 
+    def logits(self, x, w: QTensor) -> np.ndarray:
+        """The output head (float32, like every CPU activation)."""
+        return self.linear(x, w)
+
     def act_mul(self, gate, up, kind: str) -> np.ndarray:
         return _act_mul(gate, up, kind)
 

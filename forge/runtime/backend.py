@@ -174,6 +174,9 @@ class Backend(Protocol):
         Query head h uses KV head h // (H // Hkv).
         """
 
+    def logits(self, x: Any, w: QTensor) -> Any:
+        """The output head: like `linear`, but the result is always float32."""
+
     def act_mul(self, gate: Any, up: Any, kind: str) -> Any:
         """kind "silu": silu(gate) * up; "gelu_tanh": gelu_tanh(gate) * up. [T, F] each."""
 

@@ -18,8 +18,8 @@ from forge import hub
 from forge.errors import RequestError
 from forge.loader.config import ModelConfig
 from forge.loader.reader import GGUFFile
-from forge.runtime.backend import SamplingBatch, get_backend
-from forge.runtime.batch import make_forward_batch
+from forge.runtime.backend import ForwardBatch, SamplingBatch, get_backend
+from forge.runtime.batch import build_batch_arrays, make_forward_batch
 from forge.runtime.kv_cache import BlockPool, KVCache
 from forge.runtime.model import Model
 from forge.runtime.plan import build_plan
@@ -58,6 +58,8 @@ class Engine:
         on_gpu = be.name != "cpu"
         self.max_model_len = min(cfg.context_length, max_model_len or (cfg.context_length if on_gpu else 8192))
         self.block_size = block_size
+        self.max_num_seqs = max_num_seqs or (256 if on_gpu else 64)
+        self.max_num_batched_tokens = max_num_batched_tokens or (8192 if on_gpu else 2048)
         if kv_cache_tokens is None:
             kv_cache_tokens = self._default_kv_tokens()
         num_blocks = max(2, -(-int(kv_cache_tokens) // block_size) + 1)
@@ -66,16 +68,16 @@ class Engine:
         self.pool = BlockPool(num_blocks, block_size, enable_prefix_caching)
         self.scheduler = Scheduler(
             self.pool,
-            max_num_seqs=max_num_seqs or (256 if on_gpu else 64),
-            max_num_batched_tokens=max_num_batched_tokens or (8192 if on_gpu else 2048),
+            max_num_seqs=self.max_num_seqs,
+            max_num_batched_tokens=self.max_num_batched_tokens,
             max_model_len=self.max_model_len,
             eos_token_ids=self.tokenizer.eog_ids,
         )
         self._ids = itertools.count()
         self._tracks: dict[str, _Track] = {}
-        self._warm = getattr(be, "warmup", None)
-        if self._warm is not None:
-            self._warm(self, progress=progress)
+        self.graphs = None
+        if on_gpu:
+            self._warmup(progress)
         self.load_seconds = time.perf_counter() - t0
 
     def _default_kv_tokens(self) -> int:
@@ -104,7 +106,7 @@ class Engine:
         req = Request(rid, ids, params, prompt=text)
         self.scheduler.add(req)
         seed = params.seed if params.seed is not None else _random_seed()
-        self._tracks[rid] = _Track(self.tokenizer.decoder(), seed)
+        self._tracks[rid] = _Track(self.tokenizer.stream(), seed)
         return rid
 
     def abort(self, request_id: str) -> None:
@@ -119,8 +121,13 @@ class Engine:
         out = self.scheduler.schedule()
         if out.is_empty:
             return []
-        batch = make_forward_batch(out, self.block_size, self.backend)
-        logits = self.model.forward(batch, self.kv.layers)
+        host = build_batch_arrays(out, self.block_size)
+        if self.graphs is not None and self.graphs.can_run(host):
+            logits = self.graphs.run(host)
+        else:
+            be = self.backend
+            dev = {k: be.asarray(v) if isinstance(v, np.ndarray) else v for k, v in host.items()}
+            logits = self.model.forward(ForwardBatch(**dev, host=host), self.kv.layers)
         reqs = out.sampling
         if reqs:
             ids, lps = self.backend.sample(logits, self._sampling_batch(reqs))
@@ -141,7 +148,7 @@ class Engine:
     def _postprocess(self, req: Request, finished: bool) -> RequestOutput:
         tr = self._tracks.get(req.request_id)
         if tr is None:  # aborted while in flight
-            tr = _Track(self.tokenizer.decoder(), 0)
+            tr = _Track(self.tokenizer.stream(), 0)
         p: SamplingParams = req.params
         if req.output_token_ids and not (req.status is RequestStatus.FINISHED_ABORTED):
             tok = req.output_token_ids[-1]
@@ -202,6 +209,29 @@ class Engine:
             all_greedy=all(p.temperature == 0.0 for p in ps),
             want_logprobs=any(p.logprobs for p in ps),
         )
+
+    def _warmup(self, progress: bool) -> None:
+        """Compile and warm every kernel variant serving will use (prefill sizes, decode), and
+        capture the decode graphs, so that the first request is not slow."""
+        import sys
+
+        sizes = sorted({min(s, self.max_num_batched_tokens, self.max_model_len - 1) for s in (1, 7, 64, 512)})
+        bar = None
+        if progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=len(sizes), desc="warming kernels", unit="shape", file=sys.stderr, leave=False)
+        for s in sizes:
+            self.model_logits([0] * s)
+            if bar:
+                bar.update(1)
+        if bar:
+            bar.close()
+        if getattr(self.backend, "cuda_graphs", False):
+            from forge.runtime.graphs import DecodeGraphs
+
+            self.graphs = DecodeGraphs(self)
+            self.graphs.capture(progress)
 
     # ---- tools --------------------------------------------------------------------------
     def model_logits(self, token_ids: Sequence[int], trace=None) -> np.ndarray:

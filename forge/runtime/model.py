@@ -47,7 +47,7 @@ class Model:
         x, _ = be.rms_norm(h, plan.output_norm, cfg.rms_eps, residual=residual)
         if trace:
             trace(cfg.num_layers, x)
-        logits = be.linear(x, plan.output)
+        logits = be.logits(x, plan.output)
         if plan.final_softcap:
             logits = be.softcap(logits, plan.final_softcap)
         return logits
