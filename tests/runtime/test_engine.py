@@ -1,0 +1,147 @@
+"""The engine and the public API on tiny synthetic models (CPU): batching, streaming, stops,
+preemption, abort, errors."""
+from __future__ import annotations
+
+import pytest
+
+from forge import LLM, SamplingParams
+from forge.errors import ForgeError, RequestError
+from forge.testing.synthetic import write_synthetic
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    path = tmp_path_factory.mktemp("models") / "tiny-llama-q8.gguf"
+    write_synthetic(path, "tiny-llama", "Q8_0", seed=3)
+    return path
+
+
+@pytest.fixture(scope="module")
+def llm(tiny):
+    return LLM(tiny, device="cpu", kv_cache_tokens=4096)
+
+
+GREEDY = SamplingParams(temperature=0, max_tokens=12, ignore_eos=True)
+
+
+def test_batched_equals_alone(llm):
+    prompts = ["hello world", "a", "the quick brown fox jumps over", "1 2 3 4 5 6 7 8 9"]
+    together = llm.generate(prompts, GREEDY)
+    alone = [llm.generate([p], GREEDY)[0] for p in prompts]
+    for t, a in zip(together, alone):
+        assert t.token_ids == a.token_ids
+        assert t.text == a.text
+        assert t.finish_reason == "length" and len(t.token_ids) == 12
+
+
+def test_stream_equals_generate(llm):
+    full = llm.generate(["stream me"], GREEDY)[0]
+    pieces = list(llm.stream("stream me", GREEDY))
+    assert "".join(pieces) == full.text
+
+
+def test_token_id_prompts_and_logprobs(llm):
+    ids = llm.tokenizer.encode("abc def")
+    out = llm.generate([ids], SamplingParams(temperature=0, max_tokens=5, logprobs=True,
+                                             ignore_eos=True))[0]
+    assert out.prompt_token_ids == ids
+    assert len(out.logprobs) == 5 and all(lp <= 0 for lp in out.logprobs)
+
+
+def test_seeded_sampling_is_reproducible(llm):
+    p = SamplingParams(temperature=1.0, top_p=0.9, max_tokens=10, seed=1234, ignore_eos=True)
+    a = llm.generate(["seeded"], p)[0].token_ids
+    b = llm.generate(["seeded"], p)[0].token_ids
+    assert a == b
+
+
+def test_stop_string_truncates(llm):
+    full = llm.generate(["stop test"], GREEDY)[0]
+    if len(full.text) < 4:
+        pytest.skip("continuation too short to pick a stop string")
+    stop = full.text[2:4]
+    out = llm.generate(["stop test"], SamplingParams(temperature=0, max_tokens=12, ignore_eos=True,
+                                                     stop=[stop]))[0]
+    assert out.finish_reason == "stop"
+    assert stop not in out.text
+    assert full.text.startswith(out.text)
+    streamed = "".join(llm.stream("stop test", SamplingParams(temperature=0, max_tokens=12,
+                                                              ignore_eos=True, stop=[stop])))
+    assert streamed == out.text
+
+
+def test_stop_token_ids(llm):
+    full = llm.generate(["stop ids"], GREEDY)[0]
+    tok = full.token_ids[3]
+    out = llm.generate(["stop ids"], SamplingParams(temperature=0, max_tokens=12, ignore_eos=True,
+                                                    stop_token_ids=[tok]))[0]
+    assert out.finish_reason == "stop"
+    assert out.token_ids == full.token_ids[: full.token_ids.index(tok) + 1]
+
+
+def test_preemption_keeps_outputs(tiny):
+    """A cache too small for all requests at once: requests are preempted and recomputed, and
+    every output still equals the output of a roomy run."""
+    prompts = [("x " * (5 + 7 * i)).strip() for i in range(8)]
+    params = SamplingParams(temperature=0, max_tokens=20, ignore_eos=True)
+    roomy = LLM(tiny, device="cpu", kv_cache_tokens=8192).generate(prompts, params)
+    small = LLM(tiny, device="cpu", kv_cache_tokens=160, block_size=8, enable_prefix_caching=False)
+    tight = small.generate(prompts, params)
+    assert small.engine.scheduler.num_preemptions > 0
+    assert [o.token_ids for o in tight] == [o.token_ids for o in roomy]
+    assert small.engine.pool.num_free == small.engine.pool.num_usable
+
+
+def test_prefix_cache_hits_give_same_output(tiny):
+    llm = LLM(tiny, device="cpu", kv_cache_tokens=2048, block_size=4)
+    prompt = "shared prefix " * 6
+    a = llm.generate([prompt + "one"], GREEDY)[0]
+    b = llm.generate([prompt + "one"], GREEDY)[0]
+    assert llm.engine.scheduler.num_cached_tokens > 0
+    assert a.token_ids == b.token_ids
+
+
+def test_abort_frees_blocks(llm):
+    eng = llm.engine
+    rid = eng.add_request("abort me", SamplingParams(max_tokens=50, ignore_eos=True))
+    eng.step()
+    eng.abort(rid)
+    assert not eng.has_unfinished()
+    assert eng.pool.num_free == eng.pool.num_usable
+
+
+def test_prompt_longer_than_context(tiny):
+    llm = LLM(tiny, device="cpu", max_model_len=32)
+    with pytest.raises(RequestError, match="context"):
+        llm.generate(["word " * 100], SamplingParams(max_tokens=4))
+
+
+def test_bad_token_ids(llm):
+    with pytest.raises(RequestError, match="vocabulary"):
+        llm.generate([[10 ** 9]], GREEDY)
+
+
+def test_bad_params_name_field():
+    with pytest.raises(ValueError, match="temperature"):
+        SamplingParams(temperature=-1)
+    with pytest.raises(ValueError, match="top_p"):
+        SamplingParams(top_p=0)
+    with pytest.raises(ValueError, match="max_tokens"):
+        SamplingParams(max_tokens=0)
+    with pytest.raises(ValueError, match="seed"):
+        SamplingParams(seed="x")
+    with pytest.raises(ValueError, match="stop"):
+        SamplingParams(stop=[""])
+
+
+def test_unknown_model_name():
+    with pytest.raises(ForgeError, match="neither a file nor a known model"):
+        LLM("no-such-model-xyz", device="cpu")
+
+
+def test_chat_renders_template(llm):
+    out = llm.chat([{"role": "user", "content": "hi"}], SamplingParams(temperature=0, max_tokens=4,
+                                                                      ignore_eos=True))
+    assert len(out.token_ids) == 4
+    ids = llm.tokenizer.encode_chat([{"role": "user", "content": "hi"}])
+    assert ids[:2].count(llm.tokenizer.bos_id) <= 1
