@@ -91,19 +91,36 @@ class ModelConfig:
                 v = v[0] if v else default
             return v
 
-        embed = f.tensor(GLOBAL_TENSORS["embed"])
-        hidden = int(hp("hidden_size", embed.shape[1]))
+        def matrix(name: str):
+            t = f.tensor(name)
+            if len(t.shape) != 2:
+                raise ModelFileError(f.path, f"tensor {name!r} should be 2-D, has shape {t.shape}")
+            return t
+
+        def positive(field: str, default=None, required: bool = False) -> int:
+            """A positive integer hparam, or `default` (inferred from tensor shapes) when absent."""
+            key = prefix + HPARAM_KEYS[field]
+            src = f"metadata key {key!r}" if f.get(key) is not None else f"{key} (inferred from tensor shapes)"
+            v = hp(field, default, required)
+            if isinstance(v, bool) or not isinstance(v, int):
+                raise ModelFileError(f.path, f"{src} must be an integer, got {v!r}")
+            if v <= 0:
+                raise ModelFileError(f.path, f"{src} must be positive, got {v}")
+            return v
+
+        embed = matrix(GLOBAL_TENSORS["embed"])
+        hidden = positive("hidden_size", embed.shape[1])
         if embed.shape[1] != hidden:
             raise ModelFileError(f.path, f"token_embd.weight has {embed.shape[1]} columns but embedding_length is {hidden}")
-        num_layers = int(hp("num_layers", required=True))
-        num_heads = int(hp("num_heads", required=True))
-        wq = f.tensor(layer_tensor_name("wq", 0))
-        wk = f.tensor(layer_tensor_name("wk", 0))
-        wv = f.tensor(layer_tensor_name("wv", 0))
-        head_dim = int(hp("key_length", wq.shape[0] // num_heads))
-        num_kv_heads = int(hp("num_kv_heads", wk.shape[0] // head_dim))
-        v_head_dim = int(hp("value_length", wv.shape[0] // num_kv_heads))
-        ffn = f.tensor(layer_tensor_name("w_up", 0))
+        num_layers = positive("num_layers", required=True)
+        num_heads = positive("num_heads", required=True)
+        wq = matrix(layer_tensor_name("wq", 0))
+        wk = matrix(layer_tensor_name("wk", 0))
+        wv = matrix(layer_tensor_name("wv", 0))
+        head_dim = positive("key_length", wq.shape[0] // num_heads)
+        num_kv_heads = positive("num_kv_heads", wk.shape[0] // head_dim)
+        v_head_dim = positive("value_length", wv.shape[0] // num_kv_heads)
+        ffn = matrix(layer_tensor_name("w_up", 0))
         inter = int(hp("intermediate_size", ffn.shape[0]))
         vocab = int(hp("vocab_size", embed.shape[0]))
         if vocab != embed.shape[0]:
@@ -123,34 +140,37 @@ class ModelConfig:
         tied = not f.has(GLOBAL_TENSORS["output"])
         attn_softcap = hp("attn_softcap")
         final_softcap = hp("final_softcap")
-        return cls(
-            arch=spec.name,
-            name=str(f.get("general.name", f.path.stem)),
-            vocab_size=vocab,
-            hidden_size=hidden,
-            num_layers=num_layers,
-            num_heads=num_heads,
-            num_kv_heads=num_kv_heads,
-            head_dim=head_dim,
-            v_head_dim=v_head_dim,
-            intermediate_size=inter,
-            context_length=int(hp("context_length", 4096)),
-            rms_eps=float(hp("rms_eps", 1e-6)),
-            rope_base=float(hp("rope_base", 10000.0)),
-            rope_dim=rope_dim,
-            rope_style=spec.rope_style,
-            rope_freq_scale=freq_scale,
-            rope_base_local=spec.rope_base_local if window else None,
-            sliding_window=int(window) if window else None,
-            sliding_layers=sliding,
-            attn_scale=1.0 / math.sqrt(head_dim),
-            attn_softcap=float(attn_softcap) if attn_softcap else None,
-            final_softcap=float(final_softcap) if final_softcap else None,
-            embed_scale=math.sqrt(hidden) if spec.embed_scale_sqrt_hidden else None,
-            act=spec.act,
-            qkv_bias=spec.qkv_bias or f.has(layer_tensor_name("bq", 0)),
-            qk_norm=spec.qk_norm,
-            post_norms=spec.post_norms,
-            tied_embeddings=tied,
-            has_rope_freqs=f.has(GLOBAL_TENSORS["rope_freqs"]),
-        )
+        try:
+            return cls(
+                arch=spec.name,
+                name=str(f.get("general.name", f.path.stem)),
+                vocab_size=vocab,
+                hidden_size=hidden,
+                num_layers=num_layers,
+                num_heads=num_heads,
+                num_kv_heads=num_kv_heads,
+                head_dim=head_dim,
+                v_head_dim=v_head_dim,
+                intermediate_size=inter,
+                context_length=int(hp("context_length", 4096)),
+                rms_eps=float(hp("rms_eps", 1e-6)),
+                rope_base=float(hp("rope_base", 10000.0)),
+                rope_dim=rope_dim,
+                rope_style=spec.rope_style,
+                rope_freq_scale=freq_scale,
+                rope_base_local=spec.rope_base_local if window else None,
+                sliding_window=int(window) if window else None,
+                sliding_layers=sliding,
+                attn_scale=1.0 / math.sqrt(head_dim),
+                attn_softcap=float(attn_softcap) if attn_softcap else None,
+                final_softcap=float(final_softcap) if final_softcap else None,
+                embed_scale=math.sqrt(hidden) if spec.embed_scale_sqrt_hidden else None,
+                act=spec.act,
+                qkv_bias=spec.qkv_bias or f.has(layer_tensor_name("bq", 0)),
+                qk_norm=spec.qk_norm,
+                post_norms=spec.post_norms,
+                tied_embeddings=tied,
+                has_rope_freqs=f.has(GLOBAL_TENSORS["rope_freqs"]),
+            )
+        except ValueError as e:  # __post_init__'s consistency checks: a bad file, not a bug
+            raise ModelFileError(f.path, f"inconsistent hyperparameters: {e}") from None
