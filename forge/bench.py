@@ -76,7 +76,7 @@ def run_bench(a) -> int:
     path = _model_path(a)
     llm = LLM(path, device=a.device, max_model_len=max(a.n_prompt + 8, a.n_gen + 8, 1024),
               max_num_batched_tokens=max(a.n_prompt, 512), max_num_seqs=max(a.batch, 1),
-              kv_cache_tokens=max(a.n_prompt + a.n_gen + 64, a.batch * (a.n_gen + 32)) * 2,
+              kv_cache_tokens=a.kv_tokens or max(a.n_prompt + a.n_gen + 64, a.batch * (a.n_gen + 32)) * 2,
               enable_prefix_caching=False)
     eng = llm.engine
     vocab = eng.cfg.vocab_size
@@ -115,11 +115,19 @@ def run_bench(a) -> int:
         print(f"| {name} | {eng.backend.name} | {test} | {mean:,.2f} ± {sd:,.2f} |")
     print(f"\ndecode weight traffic: {weight_bytes / 2**20:,.1f} MiB/step -> {achieved / 1e9:,.2f} GB/s "
           f"achieved vs {bw / 1e9:,.1f} GB/s measured copy bandwidth ({100 * achieved / bw:.0f}%)")
+    print(f"memory: {eng.memory_report()}")
+    peak = None
+    if eng.backend.name == "gpu":
+        import torch
+
+        peak = torch.cuda.max_memory_allocated(eng.backend.device)
+        print(f"peak GPU memory allocated: {peak / 2**30:.2f} GiB")
     if a.json:
         res = {"model": str(path), "backend": eng.backend.name, "n_prompt": a.n_prompt,
                "n_gen": a.n_gen, "batch": a.batch, "repetitions": a.repetitions,
                "pp_tps": pp, "tg_tps": tg, "weight_bytes_per_step": weight_bytes,
-               "decode_bytes_per_s": achieved, "copy_bytes_per_s": bw}
+               "decode_bytes_per_s": achieved, "copy_bytes_per_s": bw, "peak_gpu_bytes": peak,
+               "memory": eng.memory_report()}
         Path(a.json).write_text(json.dumps(res, indent=2))
         print(f"wrote {a.json}", file=sys.stderr)
     return 0

@@ -158,6 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("-b", "--batch", type=int, default=1, help="concurrent sequences in decode")
     b.add_argument("-r", "--repetitions", type=int, default=3)
     b.add_argument("--device", default="auto", choices=["auto", "cpu", "gpu"])
+    b.add_argument("--kv-tokens", type=int, default=None, help="KV cache size in tokens (default: what the test needs, x2)")
     b.add_argument("--json", default=None, metavar="PATH", help="also write results as JSON")
     b.set_defaults(fn=cmd_bench)
 

@@ -17,21 +17,18 @@ decide which ids come out:
 * BOS/EOS insertion, the end-of-generation set, token attributes and the detokenizer follow
   llama.cpp's rules for the same metadata.
 
-The GGUF metadata is read by a small reader of the key/value section (`read_gguf_metadata`), so a
-262k-token vocabulary loads in well under a second of parsing; vocab-only files work too.
+The GGUF metadata comes from forge's own GGUF parser (`forge.loader.reader`), so a 262k-token
+vocabulary parses in well under a second; vocab-only files work too.
 """
 from __future__ import annotations
 
 import codecs
 import json
 import logging
-import mmap
 import os
 import re
-import struct
 from collections import defaultdict
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
@@ -58,101 +55,12 @@ class _VocabError(ValueError):
 # GGUF key/value reader
 # ---------------------------------------------------------------------------------------------
 
-_GGUF_SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?",
-                 10: "<Q", 11: "<q", 12: "<d"}
-_GGUF_NP = {0: np.uint8, 1: np.int8, 2: np.uint16, 3: np.int16, 4: np.uint32, 5: np.int32,
-            6: np.float32, 7: np.bool_, 10: np.uint64, 11: np.int64, 12: np.float64}
-_GGUF_STRING, _GGUF_ARRAY = 8, 9
-
-
 def read_gguf_metadata(path: str | os.PathLike) -> dict[str, Any]:
-    """Read the metadata key/values of a GGUF file (v2/v3) without touching its tensors.
+    """The metadata key/values of a GGUF file (v2/v3) without its tensor infos, through
+    forge's GGUF parser (so vocab-only files work, and a 262k vocabulary parses in ~0.2 s)."""
+    from forge.loader.reader import GGUFFile
 
-    Strings come back as `str`, string arrays as `list[str]`, numeric arrays as NumPy arrays.
-    gguf-py's reader builds a NumPy view per array element, which takes seconds for a
-    262k-entry vocabulary; this reads the same bytes sequentially.
-    """
-    path = Path(path)
-    if not path.exists():
-        raise ModelFileError(path, "no such file")
-    if path.is_dir():
-        raise ModelFileError(path, "is a directory, not a GGUF file")
-    with open(path, "rb") as f:
-        try:
-            mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-        except ValueError:  # empty file
-            raise ModelFileError(path, "not a GGUF file (empty)") from None
-    try:
-        return _parse_kv(mm, path)
-    finally:
-        mm.close()
-
-
-def _parse_kv(mm: mmap.mmap, path: Path) -> dict[str, Any]:
-    size = len(mm)
-    if size < 4 or mm[:4] != b"GGUF":
-        raise ModelFileError(path, "not a GGUF file (bad magic)")
-    if size < 24:
-        raise ModelFileError(path, "truncated file: the GGUF header is incomplete")
-    version, _n_tensors, n_kv = struct.unpack_from("<IQQ", mm, 4)
-    if version not in (2, 3):
-        raise ModelFileError(path, f"unsupported GGUF version {version} (supported: 2, 3)")
-    unpack = struct.unpack_from
-    off = 24
-
-    def need(n: int) -> None:
-        if off + n > size:
-            raise ModelFileError(path, "truncated file: metadata runs past the end")
-
-    def read_str() -> str:
-        nonlocal off
-        need(8)
-        (n,) = unpack("<Q", mm, off)
-        off += 8
-        need(n)
-        s = mm[off:off + n].decode("utf-8", "replace")
-        off += n
-        return s
-
-    out: dict[str, Any] = {}
-    for _ in range(n_kv):
-        key = read_str()
-        need(4)
-        (vt,) = unpack("<I", mm, off)
-        off += 4
-        if vt == _GGUF_STRING:
-            value: Any = read_str()
-        elif vt == _GGUF_ARRAY:
-            need(12)
-            at, n = unpack("<IQ", mm, off)
-            off += 12
-            if at == _GGUF_STRING:
-                value = []
-                append = value.append
-                for _i in range(n):
-                    (ln,) = unpack("<Q", mm, off)
-                    off += 8
-                    end = off + ln
-                    if end > size:
-                        raise ModelFileError(path, f"truncated file: array {key!r} runs past the end")
-                    append(mm[off:end].decode("utf-8", "replace"))
-                    off = end
-            elif at in _GGUF_NP:
-                dt = np.dtype(_GGUF_NP[at])
-                need(n * dt.itemsize)
-                value = np.frombuffer(mm, dtype=dt, count=n, offset=off).copy()
-                off += n * dt.itemsize
-            else:
-                raise ModelFileError(path, f"metadata key {key!r}: unsupported array type {at}")
-        elif vt in _GGUF_SCALARS:
-            fmt = _GGUF_SCALARS[vt]
-            need(struct.calcsize(fmt))
-            (value,) = unpack(fmt, mm, off)
-            off += struct.calcsize(fmt)
-        else:
-            raise ModelFileError(path, f"metadata key {key!r}: unknown value type {vt}")
-        out[key] = value
-    return out
+    return GGUFFile(path, load_tensors=False).metadata
 
 
 # ---------------------------------------------------------------------------------------------

@@ -66,6 +66,10 @@ class Engine:
         self.kv = KVCache(be, cfg.num_layers, num_blocks, block_size, cfg.num_kv_heads,
                           cfg.head_dim, cfg.v_head_dim)
         self.pool = BlockPool(num_blocks, block_size, enable_prefix_caching)
+        if progress:
+            import sys
+
+            print(f"forge: {cfg.name} ({cfg.arch}) on {be.name}; {self.memory_report()}", file=sys.stderr)
         self.scheduler = Scheduler(
             self.pool,
             max_num_seqs=self.max_num_seqs,
@@ -79,6 +83,15 @@ class Engine:
         if on_gpu:
             self._warmup(progress)
         self.load_seconds = time.perf_counter() - t0
+
+    def memory_report(self) -> str:
+        kv = self.kv.nbytes
+        tokens = (self.pool.num_blocks - 1) * self.block_size
+        msg = f"KV cache {tokens} tokens in {self.pool.num_blocks - 1} blocks of {self.block_size} ({kv / 2**30:.2f} GiB)"
+        wb = getattr(self.backend, "weight_bytes", None)
+        if wb:
+            msg += f", weights {wb / 2**30:.2f} GiB on device"
+        return msg
 
     def _default_kv_tokens(self) -> int:
         budget = getattr(self.backend, "kv_cache_budget_bytes", None)
