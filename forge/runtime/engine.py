@@ -204,7 +204,7 @@ class Engine:
             prompt = _pad([r.prompt_token_ids if p.repetition_penalty != 1.0 else [] for r, p in zip(reqs, ps)])
             output = _pad([r.output_token_ids for r in reqs])
         else:
-            prompt = output = np.full((n, 1), -1, np.int32)
+            prompt = output = np.empty((n, 0), np.int32)  # no history: penalty kernels skip
         seeds = [self._tracks[r.request_id].seed if r.request_id in self._tracks else 0 for r in reqs]
         steps = [r.num_output_tokens for r in reqs]
         return SamplingBatch(
