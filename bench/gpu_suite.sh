@@ -23,6 +23,24 @@ for stage in "$@"; do
       for b in bench/bench_matmul.py bench/bench_attention.py bench/bench_small_ops.py; do
         [ -f "$b" ] && timeout 240 python3 "$b" 2>&1 | tee "$OUT/$(basename "$b" .py).log" | tail -40
       done ;;
+    smoke)
+      python3 - <<'PY' 2>&1 | tee "$OUT/smoke.log" | tail -30
+import time, numpy as np
+from forge.testing.synthetic import write_synthetic
+from forge import LLM, SamplingParams
+for arch, q in [("tiny-llama", "Q4_K_M"), ("tiny-gemma3", "Q8_0")]:
+    p = write_synthetic(f"/tmp/{arch}-{q}.gguf", arch, q, seed=1)
+    t = time.time(); g = LLM(p, device="gpu", max_num_seqs=8, kv_cache_tokens=4096); print("load", round(time.time()-t, 1), g.engine.memory_report())
+    c = LLM(p, device="cpu", numerics="f32", max_num_seqs=8)
+    sp = SamplingParams(temperature=0, max_tokens=16, ignore_eos=True)
+    prompts = ["hello world", "a b c d e f g"]
+    og = [o.token_ids for o in g.generate(prompts, sp)]; oc = [o.token_ids for o in c.generate(prompts, sp)]
+    print(arch, q, "gpu", og[0][:8], "cpu", oc[0][:8], "equal", og == oc)
+    ids = c.tokenizer.encode("the quick brown fox")
+    a, b = g.engine.model_logits(ids), c.engine.model_logits(ids)
+    print("logit rel err", float(np.abs(a-b).max()/np.abs(b).max()))
+PY
+      ;;
     parity)
       timeout 500 python3 -m pytest -q -p no:cacheprovider tests/models/test_gpu_cpu_parity.py ${PARITY_K:+-k "$PARITY_K"} 2>&1 | tee "$OUT/parity.log" | tail -30 ;;
     e2e)

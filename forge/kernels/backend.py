@@ -71,7 +71,7 @@ class TritonBackend:
 
     # ---- weights and cache -------------------------------------------------------------
     def load_qtensor(self, ggml_type: int, shape: tuple[int, int], raw: np.ndarray) -> QTensor:
-        host = torch.from_numpy(np.ascontiguousarray(raw).view(np.uint8).reshape(int(shape[0]), -1))
+        host = torch.from_numpy(np.array(raw, copy=True).view(np.uint8).reshape(int(shape[0]), -1))
         qt = dequant.repack(int(ggml_type), (int(shape[0]), int(shape[1])), host.to(self.device))
         self.weight_bytes += sum(t.numel() * t.element_size() for t in qt.data.values())
         return qt
