@@ -1,0 +1,375 @@
+"""forge.kernels.attention against a float64 NumPy reference (explicit loops, dense mask).
+
+Runs under TRITON_INTERPRET=1 on the CPU (small shapes) and natively on a GPU. Caches are filled
+with NaN everywhere except the slots the sequences own, so any read past a sequence's end or of
+the null block 0 poisons the output.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+from forge.kernels import attention as attn  # noqa: E402
+
+DEV = "cuda" if torch.cuda.is_available() else "cpu"
+TORCH_DT = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+# (atol, rtol) on outputs of size ~1: fp32 is exact math up to summation order; bf16/fp16 round
+# the probabilities to the cache dtype before P @ V and the output to the activation dtype.
+TOL = {"fp32": (2e-5, 2e-5), "fp16": (4e-3, 4e-3), "bf16": (2.5e-2, 2.5e-2)}
+
+
+# ----------------------------------------------------------------------------------------------
+# reference and inputs
+
+
+def ref_attention(q, k_cache, v_cache, qsl, seq_lens, block_tables, H, Hkv, scale,
+                  window=None, softcap=None):
+    """Plain float64 paged attention: loops over sequences, queries and heads; dense mask."""
+    q = q.astype(np.float64)
+    kc = k_cache.astype(np.float64)
+    vc = v_cache.astype(np.float64)
+    bs, dk, dv = kc.shape[1], kc.shape[3], vc.shape[3]
+    G = H // Hkv
+    out = np.zeros((q.shape[0], H * dv))
+    for b in range(len(seq_lens)):
+        L = int(seq_lens[b])
+        q0, q1 = int(qsl[b]), int(qsl[b + 1])
+        ql = q1 - q0
+        K = np.stack([kc[block_tables[b, j // bs], j % bs] for j in range(L)])  # [L, Hkv, Dk]
+        V = np.stack([vc[block_tables[b, j // bs], j % bs] for j in range(L)])  # [L, Hkv, Dv]
+        for i in range(ql):
+            p = L - ql + i
+            allowed = np.array([j <= p and (window is None or p - j < window) for j in range(L)])
+            for h in range(H):
+                s = K[:, h // G] @ q[q0 + i, h * dk:(h + 1) * dk] * scale
+                if softcap:
+                    s = softcap * np.tanh(s / softcap)
+                s = np.where(allowed, s, -np.inf)
+                w = np.exp(s - s.max())
+                w /= w.sum()
+                out[q0 + i, h * dv:(h + 1) * dv] = w @ V[:, h // G]
+    return out
+
+
+def make_case(rng, seq_lens, q_lens, H, Hkv, dk, dv, bs, dtype, q_mult=1.0, spare_blocks=3,
+              fused_kv=False, wide_q=False):
+    """Random paged inputs: shuffled block ids, NaN in every slot no sequence owns."""
+    tdt = TORCH_DT[dtype]
+    nblk = [-(-L // bs) for L in seq_lens]
+    nb = 1 + sum(nblk) + spare_blocks  # block 0 is the null block
+    ids = rng.permutation(np.arange(1, nb))
+    W = max(nblk) + 2  # padded with 0
+    bt = np.zeros((len(seq_lens), W), np.int32)
+    k = np.full((nb, bs, Hkv, dk), np.nan, np.float32)
+    v = np.full((nb, bs, Hkv, dv), np.nan, np.float32)
+    used = 0
+    for b, L in enumerate(seq_lens):
+        bt[b, :nblk[b]] = ids[used:used + nblk[b]]
+        used += nblk[b]
+        for j in range(L):
+            k[bt[b, j // bs], j % bs] = rng.standard_normal((Hkv, dk))
+            v[bt[b, j // bs], j % bs] = rng.standard_normal((Hkv, dv))
+    T = int(sum(q_lens))
+    q = (rng.standard_normal((T, H * dk)) * q_mult).astype(np.float32)
+    qsl = np.concatenate([[0], np.cumsum(q_lens)]).astype(np.int32)
+
+    # Round to the dtype first so the reference sees exactly what the kernel sees.
+    q_t = torch.from_numpy(q).to(tdt)
+    if wide_q:  # q as a column slice of a wider activation (row stride != H*Dk)
+        wide = torch.zeros((T, H * dk + 24), dtype=tdt)
+        wide[:, 8:8 + H * dk] = q_t
+        q_t = wide.to(DEV)[:, 8:8 + H * dk]
+    else:
+        q_t = q_t.to(DEV)
+    k_t = torch.from_numpy(k).to(tdt)
+    v_t = torch.from_numpy(v).to(tdt)
+    if fused_kv:  # K and V as views of one [NB, 2, BS, Hkv, D] buffer (block stride doubles)
+        assert dk == dv
+        kv = torch.stack([k_t, v_t], dim=1).to(DEV)
+        k_t, v_t = kv[:, 0], kv[:, 1]
+    else:
+        k_t, v_t = k_t.to(DEV), v_t.to(DEV)
+    t = dict(q=q_t, k_cache=k_t, v_cache=v_t,
+             query_start_loc=torch.from_numpy(qsl).to(DEV),
+             seq_lens=torch.tensor(seq_lens, dtype=torch.int32, device=DEV),
+             block_tables=torch.from_numpy(bt).to(DEV))
+    n = dict(q=q_t.float().cpu().numpy(), k_cache=k_t.float().cpu().numpy(),
+             v_cache=v_t.float().cpu().numpy(), qsl=qsl, seq_lens=np.array(seq_lens),
+             block_tables=bt)
+    return t, n
+
+
+def run_and_check(t, n, H, Hkv, scale, dtype, window=None, softcap=None, **kw):
+    got = attn.attention(t["q"], t["k_cache"], t["v_cache"], t["query_start_loc"], t["seq_lens"],
+                         t["block_tables"], H, Hkv, scale, sliding_window=window, softcap=softcap,
+                         **kw)
+    want = ref_attention(n["q"], n["k_cache"], n["v_cache"], n["qsl"], n["seq_lens"],
+                         n["block_tables"], H, Hkv, scale, window, softcap)
+    assert got.dtype == t["q"].dtype
+    assert tuple(got.shape) == want.shape
+    g = got.float().cpu().numpy()
+    assert np.isfinite(g).all(), "non-finite output (read outside the sequence?)"
+    atol, rtol = TOL[dtype]
+    np.testing.assert_allclose(g, want, atol=atol, rtol=rtol)
+    return got
+
+
+SEQ_LENS = [1, 5, 17, 33, 70]
+# full prompt (1, 5, 70), chunked prefill with context (9 of 17), decode (1 of 33)
+Q_LENS = [1, 5, 9, 1, 70]
+
+
+# ----------------------------------------------------------------------------------------------
+# prefill / mixed batches (varlen kernel)
+
+
+@pytest.fixture
+def single_loop(monkeypatch):
+    """Force the prefill kernel's SINGLE_LOOP variant (the AMD default) on or off."""
+    def force(on: bool):
+        orig = attn._prefill_default
+        monkeypatch.setattr(attn, "_prefill_default",
+                            lambda *a: dict(orig(*a), SINGLE_LOOP=int(on)))
+    return force
+
+
+# bs 16 < BLOCK_N: per-key block gather; bs 32/64 >= BLOCK_N: one block id per KV tile.
+@pytest.mark.parametrize("H,Hkv,dk,dv,dtype,window,softcap,bs,single", [
+    (8, 2, 64, 64, "fp32", None, None, 16, False),  # GQA 4:1
+    (6, 2, 80, 80, "bf16", 7, None, 32, True),      # GQA 6:2 (group of 3), odd head dim, window
+    (2, 2, 64, 64, "fp16", None, 20.0, 64, False),  # MHA 1:1, softcap
+    (4, 4, 80, 80, "fp32", 7, 20.0, 16, True),      # window + softcap together
+])
+def test_prefill_mixed_batch(rng, single_loop, H, Hkv, dk, dv, dtype, window, softcap, bs,
+                             single):
+    single_loop(single)
+    t, n = make_case(rng, SEQ_LENS, Q_LENS, H, Hkv, dk, dv, bs, dtype,
+                     q_mult=3.0 if softcap else 1.0)
+    run_and_check(t, n, H, Hkv, dk ** -0.5, dtype, window, softcap, max_query_len=max(Q_LENS),
+                  max_seq_len=max(SEQ_LENS))
+
+
+@pytest.mark.parametrize("window,single", [(None, False), (7, False), (40, False), (40, True)])
+def test_prefill_tile_edges(rng, single_loop, window, single):
+    """Chunks whose first position sits just before/after multiples of 32 and 64 (the KV tile
+    sizes), so the unmasked middle of the KV loop meets the diagonal and the window edge at
+    every alignment."""
+    ctxs = [30, 31, 32, 33, 36, 37, 62, 63, 64, 65, 70, 102]
+    q_lens = [3] * len(ctxs)
+    seq_lens = [c + 3 for c in ctxs]
+    single_loop(single)
+    t, n = make_case(rng, seq_lens, q_lens, 2, 1, 64, 64, 16, "fp32")
+    run_and_check(t, n, 2, 1, 0.125, "fp32", window, max_query_len=3)
+
+
+@pytest.mark.parametrize("dtype,chunk", [("fp32", 16), ("bf16", 32)])
+def test_qk_chunked(rng, monkeypatch, dtype, chunk):
+    """QK_CHUNK < head dim (the RDNA3 fp32 path): Q K^T summed over head-dim chunks, Q reloaded
+    per KV tile; prefill (both loop structures) and split decode, head dim 80 (masked tail)."""
+    for name in ("_prefill_default", "_decode_default"):
+        orig = getattr(attn, name)
+        monkeypatch.setattr(attn, name, lambda *a, _o=orig: dict(_o(*a), QK_CHUNK=chunk))
+    t, n = make_case(rng, [17, 40], [17, 6], 6, 2, 80, 80, 16, dtype)
+    run_and_check(t, n, 6, 2, 80 ** -0.5, dtype, window=20, max_query_len=17)
+    orig = attn._prefill_default
+    monkeypatch.setattr(attn, "_prefill_default", lambda *a: dict(orig(*a), SINGLE_LOOP=1))
+    run_and_check(t, n, 6, 2, 80 ** -0.5, dtype, softcap=20.0, max_query_len=17)
+    t, n = make_case(rng, [17, 40], [1, 1], 6, 2, 80, 80, 16, dtype)
+    run_and_check(t, n, 6, 2, 80 ** -0.5, dtype, max_query_len=1, partition_size=16)
+
+
+def test_prefill_strided_views_and_out(rng):
+    """q as a column slice, K/V as views of one fused buffer, a caller-given `out`,
+    max_query_len unknown, a sequence with no query this step, Dk != Dv."""
+    H, Hkv = 4, 2
+    seq_lens, q_lens = [17, 3, 33], [17, 0, 4]
+    t, n = make_case(rng, seq_lens, q_lens, H, Hkv, 64, 64, 16, "fp32", fused_kv=True,
+                     wide_q=True)
+    out = torch.full((sum(q_lens), H * 64), float("nan"), device=DEV)
+    got = run_and_check(t, n, H, Hkv, 0.125, "fp32", window=9, out=out)
+    assert got.data_ptr() == out.data_ptr()
+    t, n = make_case(rng, [20, 6], [20, 2], H, Hkv, 64, 80, 16, "bf16")
+    run_and_check(t, n, H, Hkv, 0.125, "bf16", softcap=20.0)
+
+
+def test_prefill_head_dim_256(rng):
+    t, n = make_case(rng, [5, 40], [5, 23], 4, 1, 256, 256, 16, "bf16")
+    run_and_check(t, n, 4, 1, 256 ** -0.5, "bf16", window=7, max_query_len=23)
+
+
+# ----------------------------------------------------------------------------------------------
+# decode (one query per sequence): direct and split-K with the reduce kernel
+
+
+@pytest.mark.parametrize("H,Hkv,dk,dtype,window,softcap,partition,bs", [
+    (8, 2, 64, "fp32", None, None, None, 16),  # no split
+    (8, 2, 64, "fp32", None, None, 16, 16),    # split into 16-key partitions + reduce
+    (6, 2, 80, "bf16", 7, None, 16, 16),       # window: leading splits are empty
+    (2, 2, 64, "fp16", None, 20.0, 24, 32),    # partition not a multiple of BLOCK_N; one id/tile
+    (4, 1, 256, "fp32", 7, 20.0, 32, 64),
+])
+def test_decode(rng, H, Hkv, dk, dtype, window, softcap, partition, bs):
+    q_lens = [1] * len(SEQ_LENS)
+    t, n = make_case(rng, SEQ_LENS, q_lens, H, Hkv, dk, dk, bs, dtype,
+                     q_mult=3.0 if softcap else 1.0)
+    run_and_check(t, n, H, Hkv, dk ** -0.5, dtype, window, softcap, max_query_len=1,
+                  max_seq_len=max(SEQ_LENS), partition_size=partition)
+
+
+def test_decode_with_queryless_sequences(rng):
+    """Decode batch where some sequences have no query this step (graph padding): skipped."""
+    t, n = make_case(rng, [9, 4, 30, 2], [1, 0, 1, 0], 4, 2, 64, 64, 16, "fp16")
+    run_and_check(t, n, 4, 2, 0.125, "fp16", max_query_len=1, max_seq_len=30, partition_size=16)
+
+
+def test_decode_max_seq_len_unknown_or_low(rng):
+    """max_seq_len unknown: splits sized from the block-table capacity (no host sync). Too low a
+    max_seq_len loses no keys: the last split runs to each sequence's end."""
+    t, n = make_case(rng, [3, 41], [1, 1], 4, 2, 64, 64, 16, "fp32")
+    run_and_check(t, n, 4, 2, 0.125, "fp32", max_query_len=1, partition_size=16)
+    run_and_check(t, n, 4, 2, 0.125, "fp32", max_query_len=1, max_seq_len=20, partition_size=16)
+
+
+def test_decode_matches_prefill_kernel(rng):
+    """The same decode batch through both kernels (max_query_len 1 vs unknown)."""
+    t, n = make_case(rng, [5, 33, 70], [1] * 3, 4, 2, 64, 64, 16, "fp32")
+    args = (t["q"], t["k_cache"], t["v_cache"], t["query_start_loc"], t["seq_lens"],
+            t["block_tables"], 4, 2, 0.125)
+    a = attn.attention(*args, sliding_window=7, max_query_len=1, partition_size=16)
+    b = attn.attention(*args, sliding_window=7)
+    torch.testing.assert_close(a, b, atol=2e-5, rtol=2e-5)
+
+
+# ----------------------------------------------------------------------------------------------
+# argument checks
+
+
+def test_bad_arguments(rng):
+    t, _ = make_case(rng, [5], [5], 4, 2, 64, 64, 16, "fp32")
+    base = dict(t, num_heads=4, num_kv_heads=2, scale=0.125)
+
+    def call(**over):
+        kw = dict(base, **over)
+        return attn.attention(**kw)
+
+    with pytest.raises(ValueError, match="num_heads"):
+        call(num_heads=5)
+    with pytest.raises(ValueError, match="q"):
+        call(q=t["q"][:, :100])
+    with pytest.raises(ValueError, match="k_cache"):
+        call(num_kv_heads=4, num_heads=8, q=torch.zeros(5, 8 * 64, device=DEV))
+    with pytest.raises(ValueError, match="v_cache"):
+        call(v_cache=t["v_cache"].half())
+    with pytest.raises(ValueError, match="k_cache"):
+        call(q=t["q"].half())
+    with pytest.raises(ValueError, match="v_cache"):
+        call(v_cache=t["v_cache"][:, :, :1])
+    with pytest.raises(ValueError, match="query_start_loc"):
+        call(query_start_loc=t["query_start_loc"].long())
+    with pytest.raises(ValueError, match="seq_lens"):
+        call(seq_lens=t["seq_lens"].long())
+    with pytest.raises(ValueError, match="block_tables"):
+        call(block_tables=t["block_tables"][:, None])
+    with pytest.raises(ValueError, match="sliding_window"):
+        call(sliding_window=-1)
+    with pytest.raises(ValueError, match="softcap"):
+        call(softcap=-2.0)
+    with pytest.raises(ValueError, match="out"):
+        call(out=torch.empty(5, 7, device=DEV))
+    with pytest.raises(ValueError, match="max_query_len"):
+        call(max_query_len=1)  # 5 query rows for 1 sequence
+    with pytest.raises(ValueError, match="q"):
+        call(q=t["q"].to(torch.int32))
+
+
+def test_compile_specs_cover_kernels_dims_dtypes():
+    names = {s["name"] for s in attn.COMPILE_SPECS}
+    for kern in ("prefill", "decode", "reduce"):
+        for d in (64, 128, 256):
+            for dt in ("fp16", "bf16", "fp32"):
+                assert f"attn_{kern}_d{d}_{dt}" in names
+    for s in attn.COMPILE_SPECS:
+        assert set(s["signature"]) == set(s["fn"].arg_names)
+        for k in s["constexprs"]:
+            assert s["signature"][k] == "constexpr"
+
+
+# ----------------------------------------------------------------------------------------------
+# GPU only: real sizes, and a cache past 2^31 elements
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype,bs,single", [("bf16", 16, False), ("fp16", 64, True),
+                                             ("bf16", 64, False)])
+def test_gpu_llama_shapes(rng, single_loop, dtype, bs, single):
+    """Llama-3-8B heads (32:8, Dh 128), mixed batch with long chunks, and a split decode; both
+    prefill loop structures, per-key gather (bs 16) and one block per tile (bs 64)."""
+    single_loop(single)
+    seq_lens, q_lens = [700, 1500, 333, 2049], [700, 200, 1, 1]
+    t, n = make_case(rng, seq_lens, q_lens, 32, 8, 128, 128, bs, dtype)
+    run_and_check(t, n, 32, 8, 128 ** -0.5, dtype, max_query_len=700, max_seq_len=2049)
+    run_and_check(t, n, 32, 8, 128 ** -0.5, dtype, window=300, softcap=30.0, max_query_len=700,
+                  max_seq_len=2049)
+    t, n = make_case(rng, [4000, 17, 900], [1, 1, 1], 32, 8, 128, 128, bs, dtype)
+    run_and_check(t, n, 32, 8, 128 ** -0.5, dtype, max_query_len=1, max_seq_len=4000)
+    run_and_check(t, n, 32, 8, 128 ** -0.5, dtype, window=512, softcap=50.0, max_query_len=1,
+                  max_seq_len=4000)
+
+
+@pytest.mark.gpu
+def test_gpu_gemma3_shapes(rng):
+    """Gemma 3 270M heads (4:1, Dh 256, sliding window 512): chunked prefill and decode."""
+    t, n = make_case(rng, [1200, 700, 90], [400, 700, 1], 4, 1, 256, 256, 16, "bf16")
+    run_and_check(t, n, 4, 1, 256 ** -0.5, "bf16", window=512, max_query_len=700,
+                  max_seq_len=1200)
+    t, n = make_case(rng, [1200, 3000], [1, 1], 4, 1, 256, 256, 16, "bf16")
+    run_and_check(t, n, 4, 1, 256 ** -0.5, "bf16", window=512, max_query_len=1,
+                  max_seq_len=3000)
+    run_and_check(t, n, 4, 1, 256 ** -0.5, "bf16", max_query_len=1, max_seq_len=3000)
+
+
+@pytest.mark.gpu
+def test_gpu_cache_beyond_int32(rng):
+    """num_blocks * block_size * Hkv * Dh > 2^31: the sequences live in the last blocks."""
+    bs, hkv, d, H = 16, 1, 128, 4
+    per_block = bs * hkv * d
+    nb = (1 << 31) // per_block + 64
+    assert nb * per_block > 2 ** 31
+    k = torch.zeros((nb, bs, hkv, d), dtype=torch.float16, device="cuda")
+    v = torch.zeros_like(k)
+    seq_lens, q_lens = [40, 77], [40, 3]
+    nblk = [-(-L // bs) for L in seq_lens]
+    ids = rng.permutation(np.arange(nb - 32, nb))[:sum(nblk)]
+    bt = np.zeros((2, max(nblk)), np.int32)
+    bt[0, :nblk[0]], bt[1, :nblk[1]] = ids[:nblk[0]], ids[nblk[0]:]
+    used = torch.from_numpy(ids.astype(np.int64)).cuda()
+    k[used] = torch.randn((len(ids), bs, hkv, d), device="cuda").half()
+    v[used] = torch.randn((len(ids), bs, hkv, d), device="cuda").half()
+    # A small dense copy of the touched blocks for the reference (same block ids, remapped).
+    remap = {int(b): i for i, b in enumerate(ids)}
+    bt_small = np.vectorize(lambda b: remap.get(int(b), 0))(bt).astype(np.int32)
+    k_small = k[used].float().cpu().numpy()
+    v_small = v[used].float().cpu().numpy()
+    qsl = np.array([0, 40, 43], np.int32)
+    q = torch.randn((43, H * d), device="cuda").half()
+    args = (q, k, v, torch.from_numpy(qsl).cuda(),
+            torch.tensor(seq_lens, dtype=torch.int32, device="cuda"), torch.from_numpy(bt).cuda(),
+            H, hkv, d ** -0.5)
+    got = attn.attention(*args, max_query_len=40, max_seq_len=77).float().cpu().numpy()
+    want = ref_attention(q.float().cpu().numpy(), k_small, v_small, qsl, seq_lens, bt_small, H,
+                         hkv, d ** -0.5)
+    np.testing.assert_allclose(got, want, atol=4e-3, rtol=4e-3)
+    # decode through the same far blocks, split
+    qd = q[[39, 42]].contiguous()
+    qsl_d = np.array([0, 1, 2], np.int32)
+    got = attn.attention(qd, k, v, torch.from_numpy(qsl_d).cuda(), args[4], args[5], H, hkv,
+                         d ** -0.5, max_query_len=1, max_seq_len=77, partition_size=16)
+    want = ref_attention(qd.float().cpu().numpy(), k_small, v_small, qsl_d, seq_lens, bt_small,
+                         H, hkv, d ** -0.5)
+    np.testing.assert_allclose(got.float().cpu().numpy(), want, atol=4e-3, rtol=4e-3)
