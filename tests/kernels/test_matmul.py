@@ -1,0 +1,238 @@
+"""forge.kernels.matmul.linear against a float64 NumPy reference, every GGML type, both paths.
+
+x @ W^T (+ bias) with W = gguf.quants.dequantize of fresh random blocks; odd T (GEMV for T <= 8,
+GEMM above), N = 131 (not a multiple of any tile), K = 3 super-blocks (K-quants), 7 blocks
+(legacy quants) or 203 (floats: rows end inside a tile). Tolerance on ||out - ref|| / ||ref||:
+float32 activations 1e-4, bfloat16/float16 2e-2 (the output is rounded to 8/11 bits).
+Runs under TRITON_INTERPRET=1 on the CPU and natively on a GPU (plus the @gpu cases).
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from test_dequant import ALL_TYPES, QUANT_TYPES, gguf_type, random_rows, reference  # noqa: E402
+
+from forge.kernels import dequant as dq  # noqa: E402
+from forge.kernels import matmul as mm  # noqa: E402
+from forge.kernels import tuning  # noqa: E402
+from forge.runtime.backend import QTensor  # noqa: E402
+
+DEV = "cuda" if torch.cuda.is_available() else "cpu"
+TOL = {torch.float32: 1e-4, torch.bfloat16: 2e-2, torch.float16: 2e-2}
+
+
+def make_weight(name: str, rows: int, cols: int, rng) -> tuple[QTensor, np.ndarray]:
+    """(repacked QTensor on DEV, float64 dequantized reference [rows, cols])."""
+    raw = random_rows(name, rows, cols, rng, "bytes" if name in QUANT_TYPES else "quantize",
+                      specials=False)  # the fp16 maximum would overflow fp16 outputs
+    qt = dq.repack(int(gguf_type(name)), (rows, cols), torch.from_numpy(raw).to(DEV))
+    return qt, reference(name, raw, rows, cols).astype(np.float64)
+
+
+def default_cols(name: str) -> int:
+    block = dq.TYPES[int(gguf_type(name))].block
+    return 256 * 3 if block == 256 else 32 * 7 if block == 32 else 203
+
+
+def rel_err(got: torch.Tensor, want: np.ndarray) -> float:
+    g = got.detach().float().cpu().numpy().astype(np.float64)
+    assert g.shape == want.shape
+    assert np.all(np.isfinite(g))
+    return float(np.linalg.norm(g - want) / np.linalg.norm(want))
+
+
+def check_linear(qt: QTensor, w64: np.ndarray, T: int, dtype: torch.dtype, rng,
+                 with_bias: bool = True) -> None:
+    x = torch.from_numpy(rng.standard_normal((T, w64.shape[1])).astype(np.float32)).to(dtype)
+    bias = torch.from_numpy(rng.standard_normal(w64.shape[0]).astype(np.float32)) if with_bias \
+        else None
+    ref = x.double().numpy() @ w64.T            # x as the kernel sees it (already rounded)
+    if bias is not None:
+        ref = ref + bias.double().numpy()
+    y = mm.linear(x.to(DEV), qt, None if bias is None else bias.to(DEV))
+    assert y.dtype == dtype and tuple(y.shape) == (T, w64.shape[0])
+    err = rel_err(y, ref)
+    assert err < TOL[dtype], f"T={T} {dtype}: relative error {err:.3e} >= {TOL[dtype]}"
+
+
+# T = 1, 3 take the GEMV (one and two token blocks... 3 -> one block of 4), 17 and 33 the GEMM
+# (bf16/fp16) or the dequantize + matmul path (float32).
+RUNS = [(1, torch.float32), (3, torch.bfloat16), (17, torch.float32), (33, torch.bfloat16)]
+
+
+@pytest.mark.parametrize("name", ALL_TYPES)
+def test_linear_matches_float64(name, rng):
+    qt, w64 = make_weight(name, 131, default_cols(name), rng)
+    for T, dtype in RUNS:
+        check_linear(qt, w64, T, dtype, rng)
+
+
+@pytest.mark.parametrize("name", ["Q4_K", "F16", "Q8_0"])
+def test_linear_fp16_activations(name, rng):
+    qt, w64 = make_weight(name, 131, default_cols(name), rng)
+    for T in (1, 2, 33):
+        check_linear(qt, w64, T, torch.float16, rng, with_bias=False)
+
+
+@pytest.fixture
+def tuning_table():
+    """Lay an in-memory tuning table over every other one for the rest of the test."""
+    stack = contextlib.ExitStack()
+
+    def install(kernels: dict):
+        stack.close()
+        stack.enter_context(tuning.override(kernels))
+        mm.clear_config_cache()
+
+    yield install
+    stack.close()
+    mm.clear_config_cache()
+
+
+class LaunchSpy:
+    """Stands in for a jit kernel in forge.kernels.matmul and counts its launches."""
+
+    def __init__(self, kernel):
+        self.kernel, self.launches = kernel, 0
+
+    def __getitem__(self, grid):
+        self.launches += 1
+        return self.kernel[grid]
+
+
+@pytest.mark.parametrize("name", ["Q4_0", "Q6_K", "BF16"])
+def test_linear_split_k_small_tiles_and_dequant_path(name, rng, tuning_table, monkeypatch):
+    """Configs from a tuning table: uneven split-K over several K steps with token blocks
+    (T = 5 > 4 rows per program), a multi-step small-tile GEMM, and the dequantize + matmul path;
+    each path is checked to have actually run."""
+    cols = {"Q4_0": 32 * 7, "Q6_K": 256, "BF16": 45}[name]
+    qt, w64 = make_weight(name, 131, cols, rng)
+    spies = {k: LaunchSpy(getattr(mm, k)) for k in
+             ("_linear_gemv_kernel", "_linear_splitk_reduce_kernel", "_linear_gemm_kernel")}
+    for k, spy in spies.items():
+        monkeypatch.setattr(mm, k, spy)
+    real_dequantize = mm.dequantize
+    dequant_calls = []
+    monkeypatch.setattr(mm, "dequantize", lambda *a, **kw: dequant_calls.append(1) or
+                        real_dequantize(*a, **kw))
+    tuning_table({
+        "linear_gemv": {"*": {"SPLIT_K": 3, "BLOCK_K": 32, "BLOCK_N": 32, "MAX_T": 8}},
+        "linear_gemm": {"*": {"BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_S": 2, "GROUP_M": 2}},
+    })
+    gv, gm = mm._configs(qt.ggml_type, 5, *qt.shape)
+    assert (gv["SPLIT_K"], gv["BLOCK_K"], gm["BLOCK_M"]) == (3, 32, 16)
+    for T, dtype in ((1, torch.float32), (5, torch.bfloat16)):
+        check_linear(qt, w64, T, dtype, rng, with_bias=T != 5)
+    assert spies["_linear_gemv_kernel"].launches == 2
+    assert spies["_linear_splitk_reduce_kernel"].launches == 2
+    # (bf16 activations on a BF16 weight would go straight to torch.matmul)
+    act = torch.float16 if name == "BF16" else torch.bfloat16
+    check_linear(qt, w64, 9, act, rng)
+    assert spies["_linear_gemm_kernel"].launches == 1 and not dequant_calls
+    tuning_table({"linear_gemm": {"*": {"DEQUANT_T": 8}}})
+    check_linear(qt, w64, 9, act, rng)
+    assert spies["_linear_gemm_kernel"].launches == 1 and len(dequant_calls) == 1
+
+
+def test_linear_strided_x_and_out(rng):
+    qt, w64 = make_weight("Q4_K", 40, 512, rng)
+    for T in (2, 12):
+        big = torch.from_numpy(rng.standard_normal((T, 600)).astype(np.float32)).to(DEV)
+        x = big[:, 50:562]                     # row stride 600, not contiguous
+        out = torch.full((T, 64), 7.0, device=DEV)[:, 10:50]
+        got = mm.linear(x, qt, out=out)
+        assert got is out
+        ref = x.double().cpu().numpy() @ w64.T
+        assert rel_err(out, ref) < 1e-4
+    y = mm.linear(torch.zeros((0, 512), device=DEV), qt)
+    assert tuple(y.shape) == (0, 40)
+
+
+def test_linear_bad_input_raises(rng):
+    qt, _ = make_weight("Q4_0", 8, 64, rng)
+    x = torch.zeros((2, 64), device=DEV)
+    with pytest.raises(ValueError, match="x"):
+        mm.linear(torch.zeros((2, 63), device=DEV), qt)
+    with pytest.raises(ValueError, match="x"):
+        mm.linear(torch.zeros((2, 64), dtype=torch.float64, device=DEV), qt)
+    with pytest.raises(ValueError, match="x"):
+        mm.linear(torch.zeros(64, device=DEV), qt)
+    with pytest.raises(ValueError, match="bias"):
+        mm.linear(x, qt, torch.zeros(7, device=DEV))
+    with pytest.raises(ValueError, match="out"):
+        mm.linear(x, qt, out=torch.zeros((2, 8), dtype=torch.bfloat16, device=DEV))
+    with pytest.raises(ValueError, match="w"):
+        mm.linear(x, QTensor(qt.ggml_type, qt.shape, qt.data["q"], "raw"))
+
+
+# ------------------------------------------------------------------------------------------------
+# GPU only: real sizes, and weights past 2^31 elements (int64 index math)
+
+
+def _partial_check(y: torch.Tensor, x: torch.Tensor, w_rows: np.ndarray, rows: np.ndarray,
+                   tol: float) -> None:
+    ref = x.double().cpu().numpy() @ w_rows.astype(np.float64).T
+    got = y[:, torch.from_numpy(rows).to(y.device)]
+    err = rel_err(got, ref)
+    assert err < tol, f"relative error {err:.3e}"
+
+
+@pytest.mark.gpu
+def test_llama3_output_head_f16():
+    """The Llama-3-8B output head: F16 128256 x 4096 (1 GB), GEMV and GEMM, rows at the end."""
+    N, K = 128256, 4096
+    g = torch.Generator(device=DEV).manual_seed(3)
+    w = (torch.randn((N, K), device=DEV, generator=g) * 0.02).to(torch.float16)
+    qt = dq.repack(int(gguf_type("F16")), (N, K), w.view(torch.uint8))
+    rows = np.r_[np.arange(N - 40, N), np.arange(0, 8), 65535, 65536, 100000]
+    w_rows = w[torch.from_numpy(rows).to(DEV)].float().cpu().numpy()
+    for T, dtype in ((1, torch.bfloat16), (3, torch.float32), (40, torch.bfloat16)):
+        x = torch.randn((T, K), device=DEV, generator=g).to(dtype)
+        _partial_check(mm.linear(x, qt), x, w_rows, rows, TOL[dtype])
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", ["Q8_0", "Q4_K"])
+def test_weight_beyond_int32_elements(name):
+    """More than 2^31 weight elements: plane offsets row * stride overflow int32."""
+    N, K = (1 << 17) + 48, 16384 + (256 if name == "Q4_K" else 0)
+    assert N * K > 2 ** 31
+    rng = np.random.default_rng(7)
+    info = dq.TYPES[int(gguf_type(name))]
+    # Random blocks made on the GPU (2+ GB); a few rows go back to the CPU for the reference.
+    g = torch.Generator(device=DEV).manual_seed(5)
+    nb = K // info.block
+    raw = torch.randint(0, 256, (N, nb, info.type_size), dtype=torch.uint8, device=DEV, generator=g)
+    from test_dequant import SCALE_FIELDS
+
+    for off in SCALE_FIELDS[name]:
+        d = (torch.rand((N, nb), device=DEV, generator=g) * 0.01 + 1e-3).to(torch.float16)
+        raw[:, :, off:off + 2] = d.view(torch.uint8).reshape(N, nb, 2)
+    raw = raw.reshape(N, -1)
+    qt = dq.repack(int(gguf_type(name)), (N, K), raw)
+    rows = np.r_[np.arange(N - 48, N), 131071, 131072, 3]
+    w_rows = reference(name, raw[torch.from_numpy(rows).to(DEV)].cpu().numpy(), len(rows), K)
+    for T in (1, 5, 20):
+        x = torch.from_numpy(rng.standard_normal((T, K)).astype(np.float32)).to(DEV, torch.bfloat16)
+        _partial_check(mm.linear(x, qt), x, w_rows, rows, TOL[torch.bfloat16])
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", ["Q4_K", "Q6_K", "Q8_0", "Q5_0", "F16"])
+def test_llama_shapes_full_reference(name, rng):
+    """4096 x 4096 at decode and prefill sizes, every output checked."""
+    qt, w64 = make_weight(name, 4096, 4096, rng)
+    for T, dtype in ((1, torch.bfloat16), (7, torch.float16), (64, torch.bfloat16),
+                     (300, torch.float16), (2, torch.float32)):
+        check_linear(qt, w64, T, dtype, rng)
