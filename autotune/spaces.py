@@ -1,0 +1,298 @@
+"""Search spaces for autotune.sweep: per kernel, the candidate launch configs for a GPU family,
+and the problems (representative shapes) they are timed on.
+
+A space is a grid of key -> values, expanded and then filtered by rules that need no GPU
+(power-of-two blocks, the LDS/shared-memory budget, warps that a wave64 CU can hold). Problems
+build real inputs on the GPU and return a closure that runs the public op once; a problem
+names the bucket dims its launcher will use, so the winning config lands under that bucket.
+"""
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+# GGML types the sweeps cover for the linear/dequant kernels (the common GGUF choices).
+SWEEP_TYPES = ("Q4_K", "Q6_K", "Q8_0", "Q4_0", "Q5_K")
+# f16 fields in each GGML block (byte offsets), set to sane scales in synthetic weights.
+_F16_FIELDS = {"Q4_0": (0,), "Q4_1": (0, 2), "Q5_0": (0,), "Q5_1": (0, 2), "Q8_0": (0,),
+               "Q2_K": (80, 82), "Q3_K": (108,), "Q4_K": (0, 2), "Q5_K": (0, 2), "Q6_K": (208,)}
+
+
+def _grid(**axes) -> list[dict]:
+    keys = list(axes)
+    return [dict(zip(keys, vals)) for vals in itertools.product(*(axes[k] for k in keys))]
+
+
+def _is_amd(family: str) -> bool:
+    return family.startswith(("cdna", "rdna", "gcn"))
+
+
+def _stages(family: str, big: bool = False) -> tuple[int, ...]:
+    """AMD's stream pipeliner wants 1-2 stages (LDS is 64 KiB); NVIDIA async copies like 2-4."""
+    if _is_amd(family):
+        return (1, 2)
+    if family in ("hopper", "blackwell"):
+        return (2, 3, 4) if big else (1, 2, 3)
+    return (2, 3) if big else (1, 2)
+
+
+def _warps(family: str, small: bool = False) -> tuple[int, ...]:
+    if family.startswith(("cdna", "gcn")):  # wave64: 4 warps = 256 lanes already
+        return (1, 2, 4) if small else (2, 4, 8)
+    return (1, 2, 4, 8) if small else (2, 4, 8)
+
+
+def _amd_mma(family: str) -> dict:
+    if family.startswith("cdna"):
+        return {"matrix_instr_nonkdim": (16, 32), "kpack": (1, 2), "waves_per_eu": (0, 2)}
+    if family.startswith("rdna"):
+        return {"waves_per_eu": (0, 2)}
+    return {}
+
+
+def space(kernel: str, family: str, *, sub: int = 1, lds_bytes: int = 64 * 1024,
+          elem: int = 2, warp: int | None = None) -> list[dict]:
+    """Candidate configs for `kernel` ("linear_gemv", ...) on `family` ("cdna3", "hopper", ...).
+
+    sub: the GGML type's sub-block (BLOCK_S counts sub-blocks; for linear_gemv, the columns one
+    thread takes per step, matmul.gemv_block); elem: activation bytes; warp: the wave size.
+    """
+    amd = _is_amd(family)
+    warp = warp or (64 if family.startswith(("cdna", "gcn")) else 32)
+    if kernel == "linear_gemv":
+        # matmul.py's GEMV layout wants BLOCK_K = lanes x warps x SG: vary warps, rows per
+        # program and the K split; num_stages is unused (the kernel prefetches by hand)
+        cands = _grid(BLOCK_N=(1, 2, 4, 8), num_warps=_warps(family, small=True), SPLIT_K=(1, 2, 4, 8),
+                      num_stages=(1,))
+        for c in cands:
+            c["BLOCK_K"] = sub * warp * c["num_warps"]
+        return cands
+    if kernel == "linear_gemm":
+        mma = _amd_mma(family) if amd else {}
+        cands = _grid(BLOCK_M=(32, 64, 128), BLOCK_N=(32, 64, 128), KT=(32, 64, 128),
+                      GROUP_M=(8,), num_warps=(4, 8), num_stages=_stages(family, big=True),
+                      **{k: v for k, v in mma.items()})
+        out = []
+        for c in cands:
+            if c["KT"] < sub:
+                continue
+            smem = (c["BLOCK_M"] + c["BLOCK_N"]) * c["KT"] * elem * max(1, c["num_stages"])
+            if smem > lds_bytes or (c["num_warps"] == 8 and c["BLOCK_M"] * c["BLOCK_N"] < 64 * 64):
+                continue
+            if c.get("matrix_instr_nonkdim") == 32 and min(c["BLOCK_M"], c["BLOCK_N"]) < 32:
+                continue
+            out.append(_ktile(c, sub))
+        return out
+    if kernel == "dequant":
+        cands = _grid(BLOCK_N=(8, 16, 32), KT=(256, 512, 1024), num_warps=_warps(family, small=True),
+                      num_stages=(1,))
+        return [_ktile(c, sub) for c in cands if c["KT"] >= sub and c["BLOCK_N"] * c["KT"] <= 16384]
+    if kernel == "attn_prefill":
+        extra = {"waves_per_eu": (0, 1, 2)} if family.startswith("cdna") else {}
+        cands = _grid(BLOCK_M=(32, 64, 128), BLOCK_N=(16, 32, 64, 128), num_warps=(4, 8),
+                      num_stages=(1,) if amd else (1, 2, 3), **extra)
+        return [c for c in cands if c["BLOCK_N"] <= c["BLOCK_M"] * 2
+                and not (c["num_warps"] == 8 and c["BLOCK_M"] < 64)]
+    if kernel == "attn_decode":
+        return _grid(BLOCK_N=(16, 32, 64, 128), num_warps=_warps(family, small=True),
+                     num_stages=(1,) if amd else (1, 2), MIN_PARTITION=(128, 256, 512),
+                     SPLITS_PER_CU=(1, 2, 4, 8))
+    if kernel == "attn_reduce":
+        return _grid(SPLIT_CHUNK=(8, 16, 32), num_warps=_warps(family, small=True), num_stages=(1,))
+    if kernel == "rms_norm":
+        return _grid(BLOCK_N=(1, 2, 4, 8, 16), num_warps=(1, 2, 4, 8, 16), num_stages=(1,))
+    if kernel == "rope":
+        return _grid(BLOCK_H=(1, 2, 4, 8, 16, 32), num_warps=(1, 2, 4, 8), num_stages=(1,))
+    if kernel == "act_mul":
+        return _grid(BLOCK_F=(256, 512, 1024, 2048, 4096), num_warps=(1, 2, 4, 8, 16), num_stages=(1,))
+    if kernel == "sample":
+        return _grid(BLOCK=(1024, 2048, 4096, 8192), num_warps=(4, 8, 16), num_stages=(1,))
+    raise ValueError(f"kernel: no search space for {kernel!r} (have {', '.join(KERNELS)})")
+
+
+def _ktile(c: dict, sub: int) -> dict:
+    """KT (the K tile in elements) -> BLOCK_S (sub-blocks per tile) for the GGML type."""
+    c = dict(c)
+    c["BLOCK_S"] = max(1, c.pop("KT") // sub)
+    return c
+
+
+KERNELS = ("linear_gemv", "linear_gemm", "dequant", "attn_prefill", "attn_decode", "attn_reduce",
+           "rms_norm", "rope", "act_mul", "sample")
+
+
+# ---------------------------------------------------------------------------------------------
+# problems
+
+
+@dataclass
+class Problem:
+    """One bucket's worth of work: `setup(device, dtype)` -> a zero-argument callable that runs
+    the op once and returns its output (for the correctness check)."""
+    kernel: str          # the table kernel the result is stored under (may be "linear_gemv.Q4_K")
+    space_kernel: str    # the kernel whose space to search
+    name: str
+    dims: dict           # bucket dims, as the launcher computes them
+    setup: Callable[[Any, Any], Callable[[], Any]]
+    sub: int = 1
+    tol: float = 2e-2    # candidates must match the shipped config's output to this (rel. to max)
+    extra: dict = field(default_factory=dict)
+
+
+def _qweight(torch, type_name: str, n: int, k: int, dev):
+    from forge.kernels import dequant
+
+    tid = next(t for t, i in dequant.TYPES.items() if i.name == type_name)
+    info = dequant.TYPES[tid]
+    bpr = dequant.row_bytes(tid, k)
+    g = torch.Generator(device="cpu").manual_seed(n * 31 + k)
+    raw = torch.randint(0, 256, (n, bpr), dtype=torch.uint8, generator=g)
+    if info.block > 1:
+        scale = torch.tensor([0.01], dtype=torch.float16).view(torch.uint8)
+        per = raw.view(n, k // info.block, -1)
+        for off in _F16_FIELDS.get(type_name, ()):
+            per[:, :, off], per[:, :, off + 1] = scale[0], scale[1]
+    else:  # float weights: random values of the right dtype
+        dt = torch.float16 if type_name == "F16" else torch.bfloat16
+        raw = (torch.randn(n, k, generator=g) * 0.02).to(dt).view(torch.uint8)
+    return dequant.repack(tid, (n, k), raw.to(dev)), info.sub
+
+
+def linear_problems(kernel: str, types=SWEEP_TYPES) -> list[Problem]:
+    import torch  # noqa: F401 - only needed when a problem is set up
+
+    shapes = [(4096, 4096), (14336, 4096), (4096, 14336), (1024, 4096), (576, 576), (1536, 576)]
+    tokens = (1, 4) if kernel == "linear_gemv" else (64, 512, 2048)
+    out = []
+    for tname in types:
+        for n, k in shapes:
+            for t in tokens:
+                def setup(dev, dtype, n=n, k=k, t=t, tname=tname):
+                    import torch
+
+                    from forge.kernels import matmul
+
+                    w, _ = _qweight(torch, tname, n, k, dev)
+                    x = torch.randn(t, k, device=dev, dtype=dtype)
+                    return lambda: matmul.linear(x, w)
+
+                from forge.kernels import dequant, matmul
+
+                tid = next(t for t, i in dequant.TYPES.items() if i.name == tname)
+                sub = matmul.gemv_block(tid) if kernel == "linear_gemv" else dequant.TYPES[tid].sub
+                out.append(Problem(f"{kernel}.{tname}", kernel, f"{tname} T{t} N{n} K{k}",
+                                   {"T": t, "N": n, "K": k}, setup, sub=sub, tol=3e-2))
+    return out
+
+
+def attention_problems(kernel: str) -> list[Problem]:
+    out = []
+    for d, h, hkv in ((64, 32, 8), (128, 32, 8), (128, 32, 4), (256, 8, 4)):
+        g = h // hkv
+        if kernel == "attn_prefill":
+            cases = [("prefill 1x2048", [2048], [2048]), ("chunk 4x512@4096", [512] * 4, [4096] * 4)]
+        else:
+            cases = [("decode 16x4096", [1] * 16, [4096] * 16), ("decode 64x1024", [1] * 64, [1024] * 64)]
+        for label, qlens, klens in cases:
+            def setup(dev, dtype, d=d, h=h, hkv=hkv, qlens=qlens, klens=klens):
+                return _attn_setup(dev, dtype, d, h, hkv, qlens, klens)
+
+            out.append(Problem(kernel, kernel, f"{label} d{d} h{h}/{hkv}", {"d": d, "g": g}, setup))
+    return out
+
+
+def _attn_setup(dev, dtype, d, h, hkv, qlens, klens, bs: int = 16):
+    import torch
+
+    from forge.kernels import attention
+
+    nseq = len(qlens)
+    blocks_per = [-(-kl // bs) for kl in klens]
+    nb = sum(blocks_per) + 1
+    kc = torch.randn(nb, bs, hkv, d, device=dev, dtype=dtype)
+    vc = torch.randn(nb, bs, hkv, d, device=dev, dtype=dtype)
+    w = max(blocks_per)
+    bt = torch.zeros(nseq, w, dtype=torch.int32)
+    nxt = 1
+    for i, b in enumerate(blocks_per):
+        bt[i, :b] = torch.arange(nxt, nxt + b, dtype=torch.int32)
+        nxt += b
+    qsl = torch.tensor([0] + list(itertools.accumulate(qlens)), dtype=torch.int32, device=dev)
+    sl = torch.tensor(klens, dtype=torch.int32, device=dev)
+    q = torch.randn(sum(qlens), h * d, device=dev, dtype=dtype)
+    bt = bt.to(dev)
+    mq, mk = max(qlens), max(klens)
+    return lambda: attention.attention(q, kc, vc, qsl, sl, bt, h, hkv, d ** -0.5,
+                                       max_query_len=mq, max_seq_len=mk)
+
+
+def elementwise_problems(kernel: str) -> list[Problem]:
+    out = []
+    if kernel == "rms_norm":
+        for dd in (128, 576, 2048, 4096, 8192):
+            def setup(dev, dtype, dd=dd):
+                import torch
+
+                from forge.kernels import norm
+
+                xs = [torch.randn(n, dd, device=dev, dtype=dtype) for n in (1, 64, 4096)]
+                wt = torch.randn(dd, device=dev, dtype=dtype)
+                return lambda: torch.cat([norm.rms_norm(x, wt, 1e-6).flatten() for x in xs])
+
+            out.append(Problem(kernel, kernel, f"D{dd} rows 1/64/4096", {"D": dd}, setup))
+    elif kernel == "act_mul":
+        for f in (1536, 8192, 14336):
+            def setup(dev, dtype, f=f):
+                import torch
+
+                from forge.kernels import activation
+
+                xs = [(torch.randn(n, f, device=dev, dtype=dtype), torch.randn(n, f, device=dev, dtype=dtype))
+                      for n in (1, 64, 2048)]
+                return lambda: torch.cat([activation.act_mul(g, u, "silu").flatten() for g, u in xs])
+
+            out.append(Problem(kernel, kernel, f"F{f} rows 1/64/2048", {"F": f}, setup))
+    elif kernel == "rope":
+        for h, hkv, dd in ((32, 8, 128), (8, 4, 256), (9, 3, 64)):
+            def setup(dev, dtype, h=h, hkv=hkv, dd=dd):
+                return _rope_setup(dev, dtype, h, hkv, dd)
+
+            out.append(Problem(kernel, kernel, f"H{h}/{hkv} D{dd} T 1/2048", {"H": h, "D": dd}, setup))
+    return out
+
+
+def _rope_setup(dev, dtype, h, hkv, dd, bs: int = 16):
+    import torch
+
+    from forge.kernels import rope as rope_mod
+    from forge.runtime.backend import RopeSpec
+
+    spec = RopeSpec(rot_dim=dd, base=10000.0, style="neox")
+    runs = []
+    for t in (1, 2048):
+        nb = -(-t // bs) + 1
+        kc = torch.zeros(nb, bs, hkv, dd, device=dev, dtype=dtype)
+        vc = torch.zeros_like(kc)
+        q = torch.randn(t, h * dd, device=dev, dtype=dtype)
+        k = torch.randn(t, hkv * dd, device=dev, dtype=dtype)
+        v = torch.randn(t, hkv * dd, device=dev, dtype=dtype)
+        pos = torch.arange(t, dtype=torch.int32, device=dev)
+        slots = torch.arange(bs, bs + t, dtype=torch.int64, device=dev)
+        runs.append((q, k, v, pos, kc, vc, slots))
+    return lambda: torch.cat([rope_mod.rope(q, k, v, p, kc, vc, s, spec, h, hkv, dd).flatten()
+                              for q, k, v, p, kc, vc, s in runs])
+
+
+def problems(kernel: str, types=SWEEP_TYPES) -> list[Problem]:
+    if kernel in ("linear_gemv", "linear_gemm"):
+        return linear_problems(kernel, types)
+    if kernel in ("attn_prefill", "attn_decode"):
+        return attention_problems(kernel)
+    if kernel in ("rms_norm", "act_mul", "rope"):
+        return elementwise_problems(kernel)
+    raise ValueError(f"kernel: no sweep problems for {kernel!r} (have linear_gemv, linear_gemm, "
+                     "attn_prefill, attn_decode, rms_norm, act_mul, rope)")
+
+
+SWEEPABLE = ("linear_gemv", "linear_gemm", "attn_prefill", "attn_decode", "rms_norm", "act_mul", "rope")

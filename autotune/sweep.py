@@ -1,0 +1,183 @@
+"""Time candidate launch configs on the GPU you have and write a tuning table.
+
+    python -m autotune.sweep --kernel linear_gemv --out my_table.json
+    python -m autotune.sweep --kernel attn_prefill --kernel attn_decode        # -> user table
+    FORGE_TUNING_TABLE=my_table.json forge generate ...                          # use it
+
+For each problem of a kernel (autotune/spaces.py: representative shapes, one bucket each) every
+candidate of the family's search space runs through the real launcher (forced with
+`tuning.override`), must reproduce the shipped config's output, and is timed with
+triton.testing.do_bench (warm-up, then the median). The fastest candidate per bucket is written
+as a table entry with source "sweep <date> <device name>" (merged into --out if it exists).
+Without --out the table goes to ~/.cache/forge/tuning/<arch>.json, which get_config reads as the
+user table. Runs only on a GPU.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+from autotune import spaces
+
+
+def _time(fn: Callable[[], Any], warmup: int, rep: int) -> float:
+    """Median milliseconds of fn on the GPU (do_bench: warm-up ms, then rep ms of runs)."""
+    from triton.testing import do_bench
+
+    return float(do_bench(fn, warmup=warmup, rep=rep, return_mode="median"))
+
+
+def _close(a, b, tol: float) -> bool:
+    import torch
+
+    if a.shape != b.shape:
+        return False
+    a, b = a.float(), b.float()
+    fin = torch.isfinite(b)
+    if not torch.equal(fin, torch.isfinite(a)):
+        return False
+    if not fin.any():
+        return True
+    scale = b[fin].abs().max().clamp_min(1e-6)
+    return bool(((a[fin] - b[fin]).abs().max() / scale) <= tol)
+
+
+def _first(out):
+    return out[0] if isinstance(out, tuple) else out
+
+
+def _subsample(cands: list[dict], limit: int | None) -> list[dict]:
+    if not limit or len(cands) <= limit:
+        return cands
+    step = len(cands) / limit
+    return [cands[int(i * step)] for i in range(limit)]
+
+
+def sweep_problem(prob: spaces.Problem, cands: list[dict], dev, dtype, *, warmup: int, rep: int,
+                  timer=_time, progress=None) -> dict:
+    """Time every candidate on one problem. Returns {"best": cfg|None, "best_ms", "shipped_ms",
+    "tried", "rejected": [(cfg, why)]}."""
+    from forge.kernels import tuning
+
+    run = prob.setup(dev, dtype)
+    ref = _first(run())  # the shipped config: the baseline and the correctness reference
+    shipped = timer(run, warmup, rep)
+    best, best_ms, rejected = None, math.inf, []
+    for cfg in cands:
+        try:
+            with tuning.override({prob.kernel: {"*": cfg}}):
+                out = _first(run())
+                if not _close(out, ref, prob.tol):
+                    rejected.append((cfg, "output differs from the shipped config's"))
+                    continue
+                ms = timer(run, warmup, rep)
+        except Exception as e:  # noqa: BLE001 - out of resources, compile errors: skip the config
+            rejected.append((cfg, f"{type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}"))
+            continue
+        finally:
+            if progress is not None:
+                progress.update(1)
+        if ms < best_ms:
+            best, best_ms = cfg, ms
+    return {"best": best, "best_ms": best_ms, "shipped_ms": shipped, "tried": len(cands),
+            "rejected": rejected}
+
+
+def merge_entry(table: dict, kernel: str, bucket: str, entry: dict) -> None:
+    table.setdefault("kernels", {}).setdefault(kernel, {})[bucket] = entry
+
+
+def new_table(arch: str, family: str, device_name: str, date: str) -> dict:
+    return {"arch": arch, "family": family, "source": f"sweep {date} {device_name}", "kernels": {}}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m autotune.sweep", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--kernel", action="append", required=True,
+                    help=f"kernel to sweep (repeatable): {', '.join(spaces.SWEEPABLE)}")
+    ap.add_argument("--out", help="tuning table to write or merge into "
+                    "(default ~/.cache/forge/tuning/<arch>.json, the user table)")
+    ap.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float16", "float32"),
+                    help="activation dtype of the problems (default bfloat16)")
+    ap.add_argument("--types", default=",".join(spaces.SWEEP_TYPES),
+                    help="GGML types for linear_* sweeps (comma-separated)")
+    ap.add_argument("--max-candidates", type=int, default=None,
+                    help="time at most this many candidates per problem (evenly spaced)")
+    ap.add_argument("--warmup", type=int, default=25, help="do_bench warm-up, ms (default 25)")
+    ap.add_argument("--rep", type=int, default=100, help="do_bench measuring time, ms (default 100)")
+    args = ap.parse_args(argv)
+    for k in args.kernel:
+        if k not in spaces.SWEEPABLE:
+            ap.error(f"--kernel: {k!r} cannot be swept (choose from {', '.join(spaces.SWEEPABLE)})")
+
+    from forge.runtime import device
+
+    info = device.detect()
+    if info is None:
+        print("autotune.sweep times kernels on a GPU, and torch sees no CUDA/ROCm GPU here.\n"
+              "On a machine without one, `python -m autotune.report --target gfx942` still shows "
+              "registers, LDS and spills of every shipped config.", file=sys.stderr)
+        return 2
+    import torch
+    from tqdm import tqdm
+
+    from forge.kernels import tuning
+
+    dev = torch.device("cuda")
+    dtype = getattr(torch, args.dtype)
+    date = _dt.date.today().isoformat()
+    src = f"sweep {date} {info.name}"
+    home_table = Path.home() / ".cache" / "forge" / "tuning" / f"{info.arch}.json"
+    out_path = Path(args.out).expanduser() if args.out else home_table
+    table = new_table(info.arch, info.family, info.name, date)
+    if out_path.exists():
+        table = json.loads(out_path.read_text())
+        if table.get("arch") not in (None, info.arch):
+            print(f"--out: {out_path} is a table for {table.get('arch')}, this GPU is {info.arch}",
+                  file=sys.stderr)
+            return 2
+        table["arch"], table["family"] = info.arch, info.family
+    types = tuple(t for t in args.types.split(",") if t)
+    print(f"sweeping on {info.name} ({info.arch}, {info.family}, {info.num_cus} CUs, "
+          f"wave{info.warp_size}, {info.lds_bytes // 1024} KiB LDS), activations {args.dtype}")
+    for kernel in args.kernel:
+        probs = spaces.problems(kernel, types)
+        plan = []
+        for p in probs:
+            cands = spaces.space(p.space_kernel, info.family, sub=p.sub, lds_bytes=info.lds_bytes,
+                                 elem=torch.tensor([], dtype=dtype).element_size(), warp=info.warp_size)
+            plan.append((p, _subsample(cands, args.max_candidates)))
+        total = sum(len(c) for _, c in plan)
+        with tqdm(total=total, desc=kernel, unit="cfg") as bar:
+            for p, cands in plan:
+                bar.set_postfix_str(p.name)
+                r = sweep_problem(p, cands, dev, dtype, warmup=args.warmup, rep=args.rep, progress=bar)
+                b = tuning.bucket(**p.dims)
+                if r["best"] is None:
+                    tqdm.write(f"  {p.name}: no candidate ran correctly; bucket {b} left as is")
+                    continue
+                gain = r["shipped_ms"] / r["best_ms"]
+                tqdm.write(f"  {p.name} [{b}]: {r['best_ms'] * 1e3:.1f} us vs shipped "
+                           f"{r['shipped_ms'] * 1e3:.1f} us ({gain:.2f}x), {len(r['rejected'])} rejected")
+                entry = dict(r["best"])
+                entry["source"] = src
+                entry["comment"] = (f"{p.name}: median {r['best_ms'] * 1e3:.1f} us, shipped "
+                                    f"{r['shipped_ms'] * 1e3:.1f} us, {r['tried']} candidates")
+                merge_entry(table, p.kernel, b, entry)
+                out_path.parent.mkdir(parents=True, exist_ok=True)
+                out_path.write_text(json.dumps(table, indent=1, sort_keys=True) + "\n")  # keep progress
+    tuning.parse_table(table, str(out_path))
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    out_path.write_text(json.dumps(table, indent=1, sort_keys=True) + "\n")
+    print(f"wrote {out_path}" + ("" if out_path == home_table else
+                                 f"; use it with FORGE_TUNING_TABLE={out_path} or copy it to {home_table}"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

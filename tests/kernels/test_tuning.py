@@ -1,0 +1,473 @@
+"""forge.kernels.tuning: buckets, table lookup order, nearest-bucket choice, key filtering, and
+the shipped tables' schema and provenance. CPU only; no GPU, no Triton compile."""
+from __future__ import annotations
+
+import json
+import math
+import warnings
+
+import pytest
+
+from forge.kernels import tuning
+from forge.runtime import device
+
+
+@pytest.fixture(autouse=True)
+def _fresh(monkeypatch, tmp_path):
+    monkeypatch.delenv("FORGE_TUNING_TABLE", raising=False)
+    monkeypatch.delenv("FORGE_ARCH", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # no real ~/.cache/forge tables
+    tuning.clear_cache()
+    yield
+    tuning.clear_cache()
+
+
+def _write(path, doc):
+    path.write_text(json.dumps(doc))
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
+# buckets
+
+
+def test_bucket_rounds_up_and_sorts():
+    assert tuning.bucket(N=16000, K=4096) == "K4096_N16384"
+    assert tuning.bucket(K=4097, N=1) == "K8192_N1"
+    assert tuning.bucket(T=0) == "T1"
+    assert tuning.bucket(T=3, head_dim=80) == "T4_head_dim128"
+    # numpy-style ints are accepted
+    np = pytest.importorskip("numpy")
+    assert tuning.bucket(N=np.int64(33)) == "N64"
+
+
+@pytest.mark.parametrize("v", [-1, 2.5, "8", True, None])
+def test_bucket_rejects_bad_values(v):
+    with pytest.raises(ValueError, match="N"):
+        tuning.bucket(N=v)
+
+
+def test_bucket_rejects_bad_names_and_empty():
+    with pytest.raises(ValueError, match="dims"):
+        tuning.bucket()
+    with pytest.raises(ValueError, match="dims"):
+        tuning.bucket(**{"N2": 4})
+    with pytest.raises(ValueError, match="dims"):
+        tuning.bucket(**{"N_": 4})
+
+
+def test_parse_bucket_round_trip():
+    for dims in [{"K": 4096, "N": 16384}, {"head_dim": 128, "T": 64}, {"a_b_c": 2, "Z": 1}]:
+        b = tuning.bucket(**dims)
+        assert tuning.parse_bucket(b) == {k: tuning._pow2_ceil(v) for k, v in dims.items()}
+    for bad in ["", "K", "4096", "K4096__N2", "K4096N", "k-4"]:
+        with pytest.raises(ValueError, match="bucket"):
+            tuning.parse_bucket(bad)
+
+
+def test_bucket_distance():
+    d = tuning.bucket_distance({"K": 1024, "N": 4096}, {"K": 4096, "N": 1024})
+    assert d == pytest.approx(4.0)
+    assert tuning.bucket_distance({"K": 8}, {"K": 8}) == 0
+    assert tuning.bucket_distance({"K": 8}, {"N": 8}) == math.inf
+
+
+# ---------------------------------------------------------------------------------------------
+# lookup order
+
+
+@pytest.fixture
+def tables(tmp_path, monkeypatch):
+    cfg = tmp_path / "configs"
+    cfg.mkdir()
+    _write(cfg / "gfx1100.json", {
+        "arch": "gfx1100", "family": "rdna3", "source": "test",
+        "kernels": {"k": {"*": {"BLOCK": 16, "num_warps": 2, "source": "reasoned: rdna3 file"}}}})
+    _write(cfg / "gfx942.json", {
+        "arch": "gfx942", "family": "cdna3", "source": "test",
+        "kernels": {"k": {"*": {"BLOCK": 64, "num_warps": 8, "waves_per_eu": 2, "kpack": 2,
+                                "matrix_instr_nonkdim": 16, "source": "reasoned: cdna3"}}}})
+    _write(cfg / "default.json", {
+        "arch": None, "family": None, "source": "test",
+        "families": {"ampere": {"kernels": {"k": {"*": {"BLOCK": 128, "source": "reasoned: ampere"}}}}},
+        "vendors": {"amd": {"kernels": {"k": {"*": {"BLOCK": 256, "source": "reasoned: amd"}}}}},
+        "kernels": {"k": {"*": {"BLOCK": 512, "source": "reasoned: generic"}},
+                    "only_default": {"*": {"BLOCK": 1024, "source": "reasoned: generic"}}}})
+    monkeypatch.setattr(tuning, "CONFIG_DIR", cfg)
+    return cfg
+
+
+DEFAULT = {"BLOCK": 1, "num_warps": 4}
+
+
+@pytest.mark.parametrize("arch,level,block", [
+    ("gfx1100", "arch", 16),      # shipped arch file
+    ("gfx1101", "family", 16),    # same family (rdna3) as gfx1100.json
+    ("gfx942", "arch", 64),
+    ("sm80", "family", 128),      # default.json families.ampere
+    ("gfx90a", "vendor", 256),    # cdna2: no family entry -> vendors.amd
+    ("sm90", "default", 512),     # hopper: no table here -> default.json kernels
+    ("cpu", "builtin", 1),        # no GPU (the interpreter): the launcher's own default
+])
+def test_lookup_levels(tables, arch, level, block):
+    r = tuning.resolve("k", tuning.bucket(N=7), DEFAULT, arch=arch)
+    assert (r.level, r.config["BLOCK"]) == (level, block)
+    assert r.source.startswith("reasoned: ") or level == "builtin"
+    assert "source" not in r.config
+
+
+def test_builtin_default_when_no_table_has_the_kernel(tables):
+    r = tuning.resolve("nobody", "N8", DEFAULT, arch="gfx1100")
+    assert r.level == "builtin" and r.config == DEFAULT
+    assert tuning.get_config("only_default", "N8", DEFAULT, arch="gfx1100")["BLOCK"] == 1024
+
+
+def test_user_table_wins(tables, tmp_path, monkeypatch):
+    user = _write(tmp_path / "mine.json", {
+        "arch": "gfx1100", "family": "rdna3", "source": "sweep 2025-01-01 test",
+        "kernels": {"k": {"N8": {"BLOCK": 32, "source": "sweep 2025-01-01 test"}}}})
+    monkeypatch.setenv("FORGE_TUNING_TABLE", str(user))
+    r = tuning.resolve("k", "N8", DEFAULT, arch="gfx1100")
+    assert (r.level, r.config["BLOCK"], r.key) == ("user", 32, "N8")
+    # different dims in the user table: its only bucket is not comparable and it has no "*",
+    # so lookup falls through to the shipped file
+    r = tuning.resolve("k", "T8", DEFAULT, arch="gfx1100")
+    assert (r.level, r.config["BLOCK"]) == ("arch", 16)
+
+
+def test_user_table_in_home_cache(tables, tmp_path, monkeypatch):
+    home = tmp_path / "home"
+    d = home / ".cache" / "forge" / "tuning"
+    d.mkdir(parents=True)
+    _write(d / "gfx942.json", {"arch": "gfx942", "kernels": {"k": {"*": {"BLOCK": 8, "source": "sweep x"}}}})
+    assert tuning.get_config("k", "N1", DEFAULT, arch="gfx942")["BLOCK"] == 8
+    assert tuning.get_config("k", "N1", DEFAULT, arch="gfx1100")["BLOCK"] == 16  # other arch: own file
+
+
+def test_user_table_for_other_arch_is_ignored_with_warning(tables, tmp_path, monkeypatch):
+    user = _write(tmp_path / "mine.json", {"arch": "sm90", "kernels": {"k": {"*": {"BLOCK": 2}}}})
+    monkeypatch.setenv("FORGE_TUNING_TABLE", str(user))
+    with pytest.warns(RuntimeWarning, match="sm90"):
+        cfg = tuning.get_config("k", "N8", DEFAULT, arch="gfx1100")
+    assert cfg["BLOCK"] == 16
+
+
+@pytest.mark.parametrize("content", ["{not json", json.dumps({"kernels": {"k": {"N8": {"BLOCK": 3}}}}),
+                                     json.dumps({"kernels": {"k": {"N8": {"num_warps": 6}}}}),
+                                     json.dumps({"kernels": {"k": {"bogus bucket": {}}}})])
+def test_invalid_user_table_is_ignored_with_warning(tables, tmp_path, monkeypatch, content):
+    p = tmp_path / "bad.json"
+    p.write_text(content)
+    monkeypatch.setenv("FORGE_TUNING_TABLE", str(p))
+    with pytest.warns(RuntimeWarning, match="ignoring tuning table"):
+        cfg = tuning.get_config("k", "N8", DEFAULT, arch="gfx1100")
+    assert cfg["BLOCK"] == 16
+
+
+def test_missing_user_table_env_warns(tables, tmp_path, monkeypatch):
+    monkeypatch.setenv("FORGE_TUNING_TABLE", str(tmp_path / "nope.json"))
+    with pytest.warns(RuntimeWarning, match="does not exist"):
+        assert tuning.get_config("k", "N8", DEFAULT, arch="gfx1100")["BLOCK"] == 16
+
+
+def test_invalid_shipped_table_raises(tables):
+    (tables / "gfx1100.json").write_text(json.dumps({"kernels": {"k": {"*": {"BLOCK_N": 24}}}}))
+    with pytest.raises(ValueError, match="BLOCK_N"):
+        tuning.get_config("k", "N8", DEFAULT, arch="gfx1100")
+
+
+# ---------------------------------------------------------------------------------------------
+# within one table
+
+
+@pytest.fixture
+def one_table(tmp_path, monkeypatch):
+    cfg = tmp_path / "configs"
+    cfg.mkdir()
+    _write(cfg / "sm90.json", {"arch": "sm90", "family": "hopper", "kernels": {"g": {
+        "K1024_N1024": {"BLOCK_N": 16, "source": "reasoned: a"},
+        "K4096_N4096": {"BLOCK_N": 64, "source": "reasoned: b"},
+        "K4096_N16384": {"BLOCK_N": 128, "source": "reasoned: c"},
+        # not canonical on disk: unsorted and not a power of two -> canonicalised to K256_N256
+        "N200_K256": {"BLOCK_N": 32, "source": "reasoned: d"},
+        "*": {"BLOCK_N": 8, "source": "reasoned: star"},
+    }}})
+    _write(cfg / "default.json", {"kernels": {}})
+    monkeypatch.setattr(tuning, "CONFIG_DIR", cfg)
+
+
+@pytest.mark.parametrize("dims,key,block", [
+    ({"K": 4096, "N": 4096}, "K4096_N4096", 64),      # exact
+    ({"K": 3000, "N": 3000}, "K4096_N4096", 64),      # exact after rounding
+    ({"K": 4096, "N": 8192}, "K4096_N4096", 64),      # tie (1 vs 1): the smaller bucket
+    ({"K": 4096, "N": 65536}, "K4096_N16384", 128),   # nearest
+    ({"K": 1024, "N": 2048}, "K1024_N1024", 16),
+    ({"K": 128, "N": 128}, "K256_N256", 32),
+    ({"T": 4}, "*", 8),                               # no comparable bucket -> "*"
+])
+def test_exact_nearest_star(one_table, dims, key, block):
+    r = tuning.resolve("g", tuning.bucket(**dims), {"BLOCK_N": 1}, arch="sm90")
+    assert (r.key, r.config["BLOCK_N"]) == (key, block)
+
+
+def test_nearest_tie_break_prefers_smaller_bucket(one_table):
+    # K512_N512 is 2 away from both K1024_N1024 and K256_N256
+    r = tuning.resolve("g", "K512_N512", {"BLOCK_N": 1}, arch="sm90")
+    assert r.key == "K256_N256"
+
+
+def test_amd_keys_only_on_amd(tables):
+    d = {"BLOCK": 1, "num_warps": 4, "kpack": 1}
+    amd = tuning.get_config("k", "N8", d, arch="gfx942")
+    assert amd == {"BLOCK": 64, "num_warps": 8, "kpack": 2, "waves_per_eu": 2, "matrix_instr_nonkdim": 16}
+    # the launcher's own AMD-only default is dropped off AMD too
+    nv = tuning.get_config("k", "N8", d, arch="sm90")
+    assert nv == {"BLOCK": 512, "num_warps": 4}
+    assert not tuning.AMD_ONLY_KEYS & tuning.get_config("k", "N8", d, arch="cpu").keys()
+
+
+def test_unknown_keys_dropped_with_warning(tables):
+    (tables / "gfx1100.json").write_text(json.dumps({"arch": "gfx1100", "family": "rdna3", "kernels": {
+        "k": {"*": {"BLOCK": 32, "BLOCK_Q": 64, "num_stages": 2, "source": "reasoned: x"}}}}))
+    with pytest.warns(RuntimeWarning, match="BLOCK_Q"):
+        cfg = tuning.get_config("k", "N8", {"BLOCK": 1}, arch="gfx1100")
+    assert cfg == {"BLOCK": 32, "num_stages": 2}  # launch options always pass
+
+
+def test_results_are_copies_and_cached(tables):
+    a = tuning.get_config("k", "N8", DEFAULT, arch="gfx1100")
+    a["BLOCK"] = 999
+    assert tuning.get_config("k", "N8", DEFAULT, arch="gfx1100")["BLOCK"] == 16
+
+
+def test_arch_from_device_module(tables, monkeypatch):
+    monkeypatch.setenv("FORGE_ARCH", "gfx942")
+    assert tuning.get_config("k", "N8", DEFAULT)["BLOCK"] == 64
+    monkeypatch.setenv("FORGE_ARCH", "gfx1100")
+    assert tuning.get_config("k", "N8", DEFAULT)["BLOCK"] == 16
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="kernel"):
+        tuning.get_config("", "N8", {})
+    with pytest.raises(ValueError, match="bucket"):
+        tuning.get_config("k", "n-8", {})
+    with pytest.raises(ValueError, match="default"):
+        tuning.get_config("k", "N8", None)
+
+
+# ---------------------------------------------------------------------------------------------
+# the shipped tables
+
+SHIPPED = sorted(tuning.CONFIG_DIR.glob("*.json"))
+AMD_RULES = {
+    # arch: (wave size, allowed num_stages, allowed matrix_instr_nonkdim)
+    "gfx1100": (32, {1, 2}, {0, 16}),
+    "gfx942": (64, {1, 2}, {0, 16, 32}),
+}
+
+
+def _all_entries(doc, file_vendor):
+    """(kernel, bucket, entry, vendor the entry is for) over all sections of a table."""
+    yield from ((k, b, e, file_vendor) for k, bs in doc.get("kernels", {}).items() for b, e in bs.items())
+    for sect, vendor_of in (("families", device.vendor_of_family), ("vendors", lambda v: v)):
+        for name, body in doc.get(sect, {}).items():
+            v = vendor_of(name)
+            assert v is not None, f"{sect}.{name}: unknown family/vendor"
+            yield from ((k, b, e, v) for k, bs in body.get("kernels", {}).items() for b, e in bs.items())
+
+
+def test_shipped_tables_exist():
+    names = {p.stem for p in SHIPPED}
+    assert {"gfx1100", "gfx942", "sm90", "default"} <= names
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
+def test_shipped_table_schema_and_provenance(path):
+    doc = json.loads(path.read_text())
+    tuning.parse_table(doc, str(path))  # raises on schema errors
+    assert doc.get("source"), f"{path.name}: top-level 'source' missing"
+    if path.stem != "default":
+        assert doc["arch"] == path.stem
+        assert doc["family"] == device.family_of(path.stem)
+    n = 0
+    for kernel, b, e, vendor in _all_entries(doc, device.vendor_of(path.stem)):
+        amd = vendor == "amd"
+        n += 1
+        where = f"{path.name}:{kernel}[{b}]"
+        src = e.get("source", "")
+        assert src.startswith("sweep ") or src.startswith("reasoned: "), f"{where}: source {src!r}"
+        if b != "*":
+            assert b == tuning.bucket(**tuning.parse_bucket(b)), f"{where}: bucket not canonical"
+        if not amd:
+            assert not tuning.AMD_ONLY_KEYS & e.keys(), f"{where}: AMD-only keys in a non-AMD table"
+        if path.stem in AMD_RULES:
+            _, stages, nonk = AMD_RULES[path.stem]
+            assert e.get("num_stages", 1) in stages, where
+            assert e.get("matrix_instr_nonkdim", 0) in nonk, where
+            assert e.get("kpack", 1) in (1, 2), where
+            if path.stem == "gfx1100":
+                for k, v in e.items():
+                    if k.startswith("BLOCK") and kernel in ("linear_gemm", "attn_prefill"):
+                        assert v % 16 == 0, f"{where}: {k}={v} is not a multiple of the WMMA tile 16"
+        if path.stem == "sm90" and kernel == "linear_gemm":
+            assert e.get("num_stages", 3) in (3, 4), where
+    assert n > 0, f"{path.name} has no entries"
+
+
+# ---------------------------------------------------------------------------------------------
+# in-memory overrides (autotune.sweep) and the autotune tools' GPU-free parts
+
+
+def test_override_beats_every_table_and_is_undone(tables):
+    assert tuning.get_config("k", "N8", DEFAULT, arch="gfx1100")["BLOCK"] == 16
+    with tuning.override({"k": {"*": {"BLOCK": 4096, "num_warps": 8}}}):
+        assert tuning.get_config("k", "N8", DEFAULT, arch="gfx1100") == {"BLOCK": 4096, "num_warps": 8}
+        assert tuning.get_config("k", "N8", DEFAULT, arch="cpu")["BLOCK"] == 4096  # even on CPU
+    assert tuning.get_config("k", "N8", DEFAULT, arch="gfx1100")["BLOCK"] == 16
+    with pytest.raises(ValueError, match="BLOCK"):
+        with tuning.override({"k": {"*": {"BLOCK": 3}}}):
+            pass
+
+
+@pytest.mark.parametrize("family", ["cdna3", "rdna3", "hopper", "ampere"])
+@pytest.mark.parametrize("kernel", ["linear_gemv", "linear_gemm", "dequant", "attn_prefill", "attn_decode",
+                                    "attn_reduce", "rms_norm", "rope", "act_mul", "sample"])
+def test_search_spaces_are_valid_tables(family, kernel):
+    from autotune import spaces
+
+    amd = family in ("cdna3", "rdna3")
+    cands = spaces.space(kernel, family, sub=32, lds_bytes=64 * 1024)
+    assert cands, f"empty space for {kernel} on {family}"
+    assert len({json.dumps(c, sort_keys=True) for c in cands}) == len(cands)
+    for c in cands:
+        tuning._validate_entry(f"{family}:{kernel}", c)  # powers of two etc.
+        if not amd:
+            assert not tuning.AMD_ONLY_KEYS & c.keys()
+        else:
+            assert c.get("num_stages", 1) <= 2
+        if kernel == "linear_gemm":
+            kt = c["BLOCK_S"] * 32
+            assert (c["BLOCK_M"] + c["BLOCK_N"]) * kt * 2 * c["num_stages"] <= 64 * 1024
+    with pytest.raises(ValueError, match="kernel"):
+        spaces.space("nope", family)
+
+
+def test_sweep_refuses_to_run_without_gpu(monkeypatch, capsys):
+    from autotune import sweep
+
+    monkeypatch.setattr(device, "detect", lambda: None)
+    assert sweep.main(["--kernel", "rms_norm", "--out", "x.json"]) == 2
+    assert "GPU" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        sweep.main(["--kernel", "bogus"])
+
+
+def test_sweep_picks_the_fastest_correct_candidate(tables):
+    """sweep_problem with a fake timer: the run goes through get_config, so the override
+    reaches it; a wrong-answer candidate is rejected, a crashing one is skipped."""
+    torch = pytest.importorskip("torch")
+    from autotune import spaces, sweep
+
+    def setup(dev, dtype):
+        def run():
+            cfg = tuning.get_config("k", "N8", DEFAULT, arch="gfx1100")
+            if cfg["BLOCK"] == 64:
+                raise RuntimeError("out of resources")
+            val = 1.0 if cfg["BLOCK"] != 32 else 2.0  # BLOCK 32 computes the wrong answer
+            return torch.full((4,), val)
+        return run
+
+    def timer(fn, warmup, rep):
+        fn()
+        return {16: 5.0, 32: 0.1, 64: 0.1, 128: 3.0, 256: 4.0}[tuning.get_config("k", "N8", DEFAULT, arch="gfx1100")["BLOCK"]]
+
+    prob = spaces.Problem("k", "k", "fake", {"N": 8}, setup)
+    cands = [{"BLOCK": b} for b in (32, 64, 128, 256)]
+    r = sweep.sweep_problem(prob, cands, "cpu", torch.float32, warmup=1, rep=1, timer=timer)
+    assert r["best"] == {"BLOCK": 128} and r["best_ms"] == 3.0 and r["shipped_ms"] == 5.0
+    assert [c["BLOCK"] for c, _ in r["rejected"]] == [32, 64]
+    assert "differs" in r["rejected"][0][1] and "out of resources" in r["rejected"][1][1]
+
+
+def test_sweep_table_is_read_back_as_user_table(tables, tmp_path, monkeypatch):
+    from autotune import sweep
+
+    t = sweep.new_table("gfx1100", "rdna3", "Radeon RX 7900 XTX", "2025-01-02")
+    sweep.merge_entry(t, "k", tuning.bucket(N=8), {"BLOCK": 2048, "source": t["source"]})
+    p = tmp_path / "mine.json"
+    p.write_text(json.dumps(t))
+    monkeypatch.setenv("FORGE_TUNING_TABLE", str(p))
+    r = tuning.resolve("k", "N8", DEFAULT, arch="gfx1100")
+    assert (r.level, r.config["BLOCK"], r.source) == ("user", 2048, "sweep 2025-01-02 Radeon RX 7900 XTX")
+
+
+def test_occupancy_formulas():
+    from autotune import report
+
+    # gfx942: 512 VGPRs per lane, granule 8, cap 8 waves/SIMD
+    assert report.amd_waves_per_simd("gfx942", 64, 0, 4) == 8
+    assert report.amd_waves_per_simd("gfx942", 169, 0, 4) == 2      # ceil8(169)=176 -> 512//176
+    assert report.amd_waves_per_simd("gfx942", 512, 0, 4) == 1
+    # LDS: 64 KiB per CU; 32 KiB per workgroup -> 2 groups x 4 waves over 4 SIMDs = 2
+    assert report.amd_waves_per_simd("gfx942", 64, 32 * 1024, 4) == 2
+    # gfx1100 wave32: 1536 VGPRs per lane, granule 24, cap 16
+    assert report.amd_waves_per_simd("gfx1100", 93, 0, 4) == 16     # ceil24(93)=96 -> 16
+    assert report.amd_waves_per_simd("gfx1100", 256, 0, 4) == 5     # ceil24(256)=264 -> 5
+    # sm90: 255 regs x 32 -> 8192 per warp (256-granular); 8 warps -> 65536 -> one block
+    assert report.sm90_warps_per_sm(255, 0, 8) == 8
+    assert report.sm90_warps_per_sm(32, 0, 4) == 64
+    assert report.sm90_warps_per_sm(32, 100 * 1024, 4) == 8         # 228 KiB // 101 KiB = 2 blocks
+
+
+def test_inspect_amd_reads_the_metadata():
+    from autotune import report
+
+    asm = """
+    v_mfma_f32_16x16x16_bf16 v[0:3], v[4:5], v[6:7], v[0:3]
+    ; NumVGPRsForWavesPerEU: 120
+    ; Occupancy: 4
+    .sgpr_count:     44
+    .sgpr_spill_count: 3
+    .vgpr_count:     100
+    .agpr_count:     20
+    .vgpr_spill_count: 0
+    .private_segment_fixed_size: 16
+    .group_segment_fixed_size: 0
+    """
+    r = report.inspect_amd(asm, 8192, "gfx942", 4)
+    assert (r["vgprs"], r["agprs"], r["sgprs"], r["scratch"], r["lds"], r["mfma"], r["wmma"]) == \
+        (100, 20, 44, 16, 8192, 1, 0)
+    assert (r["sgpr_spills"], r["vgpr_spills"], r["llvm_occupancy"]) == (3, 0, 4)
+    assert r["waves_per_simd"] == 4  # 512 // 120 -> 4; LDS: 8 groups x 4 / 4 = 8
+
+
+def test_spec_kernel_names():
+    from autotune import report
+
+    assert report.spec_kernel({"name": "attn_prefill_d128_fp16"}) == "attn_prefill"
+    assert report.spec_kernel({"name": "_linear_gemv_kernel[Q4_K,bf16,T1]"}) == "linear_gemv"
+    assert report.spec_kernel({"name": "_dequant_kernel[Q6_K]"}) == "dequant"
+    assert report.spec_kernel({"name": "whatever", "kernel": "rope"}) == "rope"
+    assert report.spec_type({"name": "_linear_gemv_kernel[Q4_K,bf16,T1]"}) == "Q4_K"
+
+
+def test_spec_target_filter_and_default_attrs():
+    from autotune import report
+
+    cdna = {"name": "_linear_gemv_kernel[Q4_K,bf16,T1,cdna]"}
+    assert [t for t in report.TARGETS if report.spec_runs_on(cdna, t)] == ["gfx942"]
+    rdna = {"name": "x[rdna]", "vendors": ("amd",)}
+    assert [t for t in report.TARGETS if report.spec_runs_on(rdna, t)] == ["gfx1100"]
+    nv = {"name": "x", "vendors": ("nvidia",)}
+    assert [t for t in report.TARGETS if report.spec_runs_on(nv, t)] == ["sm90"]
+    assert all(report.spec_runs_on({"name": "rms_norm_bf16"}, t) for t in report.TARGETS)
+    assert report.spec_runs_on({"name": "x", "families": ("hopper",)}, "sm90")
+
+    class Fn:  # what ASTSource needs of a JIT function here
+        arg_names = ["x_ptr", "n", "out_ptr", "BLOCK"]
+
+    spec = {"fn": Fn, "signature": {"x_ptr": "*bf16", "n": "i32", "out_ptr": "*fp32", "BLOCK": "constexpr"}}
+    assert report.spec_attrs(spec) == {(0,): [["tt.divisibility", 16]], (2,): [["tt.divisibility", 16]]}
+    spec["attrs"] = {}
+    assert report.spec_attrs(spec) == {}
