@@ -109,8 +109,8 @@ def run_bench(a) -> int:
 
     rows = [(f"pp{a.n_prompt}", *ms(pp)), (f"tg{a.n_gen}" + (f" b{a.batch}" if a.batch > 1 else ""), *ms(tg))]
     name = Path(path).name
-    print(f"| model | backend | test | t/s |")
-    print(f"| --- | --- | --- | ---: |")
+    print("| model | backend | test | t/s |")
+    print("| --- | --- | --- | ---: |")
     for test, mean, sd in rows:
         print(f"| {name} | {eng.backend.name} | {test} | {mean:,.2f} ± {sd:,.2f} |")
     print(f"\ndecode weight traffic: {weight_bytes / 2**20:,.1f} MiB/step -> {achieved / 1e9:,.2f} GB/s "

@@ -151,6 +151,9 @@ class TritonBackend:
     def gather_rows(self, x, idx) -> torch.Tensor:
         return x.index_select(0, idx)
 
+    def argmax(self, logits) -> torch.Tensor:
+        return torch.argmax(logits, dim=-1)
+
     def sample(self, logits, sb: SamplingBatch):
         return sampling.sample(logits.float(), sb)
 

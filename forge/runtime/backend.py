@@ -189,6 +189,9 @@ class Backend(Protocol):
     def gather_rows(self, x: Any, idx: Any) -> Any:
         """x[idx] for row indices idx [S]."""
 
+    def argmax(self, logits: Any) -> Any:
+        """logits [S, V] -> [S] int64 index of each row's maximum (the first one on ties)."""
+
     def sample(self, logits: Any, sb: SamplingBatch) -> tuple[Any, Any]:
         """logits [S, V] f32 -> (token ids [S] int64, logprobs [S] f32 or None). No host sync."""
 

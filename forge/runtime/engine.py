@@ -142,7 +142,10 @@ class Engine:
             dev = {k: be.asarray(v) if isinstance(v, np.ndarray) else v for k, v in host.items()}
             logits = self.model.forward(ForwardBatch(**dev, host=host), self.kv.layers)
         reqs = out.sampling
-        if reqs:
+        if reqs and all(_plain_greedy(r.params) for r in reqs):
+            ids = self.backend.to_numpy(self.backend.argmax(logits)).tolist()
+            lps = None
+        elif reqs:
             ids, lps = self.backend.sample(logits, self._sampling_batch(reqs))
             ids = self.backend.to_numpy(ids).tolist()
             lps = self.backend.to_numpy(lps).tolist() if lps is not None else None
@@ -268,6 +271,12 @@ class Engine:
             return np.asarray(self.backend.to_numpy(logits), dtype=np.float32)
         finally:
             self.pool.free(blocks)
+
+
+def _plain_greedy(p: SamplingParams) -> bool:
+    """Greedy with nothing that needs the sampler: one argmax kernel, no parameter uploads."""
+    return (p.temperature == 0.0 and not p.logprobs and p.repetition_penalty == 1.0
+            and not p.presence_penalty and not p.frequency_penalty)
 
 
 def _pad(rows: list[list[int]]) -> np.ndarray:

@@ -2,9 +2,10 @@
 
 A decode step (every sequence computes one token and samples) with B sequences replays the graph
 of the smallest rung >= B. Padding rows compute token 0 at position 0 into the null block (block
-0, never handed out), so they touch nothing real. The forward's inputs live in static device
-buffers that each step overwrites with small host-to-device copies; the graph's logits buffer is
-read back as a view. Sampling runs eagerly after the replay (its history widths vary per step).
+0, never handed out), so they touch nothing real. Each rung owns one int32 device buffer holding
+all of the step's inputs (token ids, positions, context lengths, slots, block tables) as views;
+a step fills a pinned host copy of it and sends it with ONE host-to-device copy, then replays.
+The graph's logits buffer is read back as a view. Sampling runs eagerly after the replay.
 
 The attention kernel's grid depends on `max_seq_len`; graphs are captured with the largest
 context the engine admits, and the kernel skips the partitions past each sequence's length.
@@ -21,8 +22,62 @@ from forge.runtime.backend import ForwardBatch
 
 def ladder(max_bs: int) -> list[int]:
     rungs = [1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512]
-    out = [r for r in rungs if r < max_bs]
-    return out + [max_bs]
+    return [r for r in rungs if r < max_bs] + [max_bs]
+
+
+class _Rung:
+    """The static inputs of one batch size: a device buffer, its pinned host twin, and views."""
+
+    def __init__(self, torch, bs: int, W: int, device):
+        # int32 words: tokens | positions | seq_lens | pad to even | slots (int64) | block tables
+        self.bs, self.W = bs, W
+        o_slot = 3 * bs + (3 * bs) % 2
+        o_bt = o_slot + 2 * bs
+        n = o_bt + bs * W
+        self.dev = torch.zeros(n, dtype=torch.int32, device=device)
+        self.host_t = torch.zeros(n, dtype=torch.int32, pin_memory=True)
+        self.host = self.host_t.numpy()
+        self.o_slot, self.o_bt = o_slot, o_bt
+        d = self.dev
+        self.views = {
+            "token_ids": d[0:bs],
+            "positions": d[bs:2 * bs],
+            "seq_lens": d[2 * bs:3 * bs],
+            "slot_mapping": d[o_slot:o_bt].view(torch.int64),
+            "block_tables": d[o_bt:].view(bs, W),
+        }
+        self.host[2 * bs:3 * bs] = 1  # padding rows: one token of context
+        self.query_start_loc = torch.arange(bs + 1, dtype=torch.int32, device=device)
+        self.logits_indices = torch.arange(bs, dtype=torch.int64, device=device)
+        self.graph = None
+        self.logits = None
+
+    def batch(self, max_len: int) -> ForwardBatch:
+        v = self.views
+        return ForwardBatch(
+            token_ids=v["token_ids"], positions=v["positions"],
+            query_start_loc=self.query_start_loc, seq_lens=v["seq_lens"],
+            block_tables=v["block_tables"], slot_mapping=v["slot_mapping"],
+            logits_indices=self.logits_indices, max_query_len=1, max_seq_len=max_len,
+            num_seqs=self.bs, num_tokens=self.bs)
+
+    def fill(self, host: dict) -> None:
+        n, bs, h = host["num_seqs"], self.bs, self.host
+        h[0:n] = host["token_ids"]
+        h[n:bs] = 0
+        h[bs:bs + n] = host["positions"]
+        h[bs + n:2 * bs] = 0
+        h[2 * bs:2 * bs + n] = host["seq_lens"]
+        h[2 * bs + n:3 * bs] = 1
+        slots = h[self.o_slot:self.o_bt].view(np.int64)
+        slots[:n] = host["slot_mapping"]
+        slots[n:] = 0
+        bt = h[self.o_bt:].reshape(bs, self.W)
+        src = host["block_tables"]
+        bt[:n, : src.shape[1]] = src
+        bt[:n, src.shape[1]:] = 0
+        bt[n:] = 0
+        self.dev.copy_(self.host_t, non_blocking=True)
 
 
 class DecodeGraphs:
@@ -31,35 +86,12 @@ class DecodeGraphs:
 
         self.torch = torch
         self.engine = engine
-        be = engine.backend
-        self.device = be.device
-        self.block_size = engine.block_size
+        self.device = engine.backend.device
         self.max_len = engine.max_model_len
-        self.W = -(-self.max_len // self.block_size)
+        self.W = -(-self.max_len // engine.block_size)
         self.rungs = ladder(min(max_batch or engine.max_num_seqs, engine.max_num_seqs))
-        n = self.rungs[-1]
-        dev = self.device
-        self.buf = {
-            "token_ids": torch.zeros(n, dtype=torch.int32, device=dev),
-            "positions": torch.zeros(n, dtype=torch.int32, device=dev),
-            "query_start_loc": torch.arange(n + 1, dtype=torch.int32, device=dev),
-            "seq_lens": torch.ones(n, dtype=torch.int32, device=dev),
-            "block_tables": torch.zeros((n, self.W), dtype=torch.int32, device=dev),
-            "slot_mapping": torch.zeros(n, dtype=torch.int64, device=dev),
-            "logits_indices": torch.arange(n, dtype=torch.int64, device=dev),
-        }
-        self.graphs: dict[int, Any] = {}
-        self.logits: dict[int, Any] = {}
+        self.by_size: dict[int, _Rung] = {bs: _Rung(torch, bs, self.W, self.device) for bs in self.rungs}
         self.pool = None
-
-    def _batch(self, bs: int) -> ForwardBatch:
-        b = self.buf
-        return ForwardBatch(
-            token_ids=b["token_ids"][:bs], positions=b["positions"][:bs],
-            query_start_loc=b["query_start_loc"][: bs + 1], seq_lens=b["seq_lens"][:bs],
-            block_tables=b["block_tables"][:bs], slot_mapping=b["slot_mapping"][:bs],
-            logits_indices=b["logits_indices"][:bs], max_query_len=1, max_seq_len=self.max_len,
-            num_seqs=bs, num_tokens=bs)
 
     def capture(self, progress: bool = False) -> None:
         torch = self.torch
@@ -71,9 +103,11 @@ class DecodeGraphs:
             bar = tqdm(total=len(self.rungs), desc="capturing decode graphs", unit="graph",
                        file=sys.stderr, leave=False)
         stream = torch.cuda.Stream(self.device)
-        stream.wait_stream(torch.cuda.current_stream(self.device))
         for bs in sorted(self.rungs, reverse=True):
-            batch = self._batch(bs)
+            rung = self.by_size[bs]
+            rung.dev.copy_(rung.host_t)
+            batch = rung.batch(self.max_len)
+            stream.wait_stream(torch.cuda.current_stream(self.device))
             with torch.cuda.stream(stream):
                 for _ in range(2):  # compile and warm every kernel outside the capture
                     model.forward(batch, kv)
@@ -84,8 +118,7 @@ class DecodeGraphs:
                 out = model.forward(batch, kv)
             if self.pool is None:
                 self.pool = g.pool()
-            self.graphs[bs] = g
-            self.logits[bs] = out
+            rung.graph, rung.logits = g, out
             if bar:
                 bar.update(1)
         if bar:
@@ -93,28 +126,13 @@ class DecodeGraphs:
         torch.cuda.synchronize(self.device)
 
     def can_run(self, host: dict) -> bool:
-        return (self.graphs and host["max_query_len"] == 1 and host["num_seqs"] <= self.rungs[-1]
+        return (host["max_query_len"] == 1 and host["num_seqs"] <= self.rungs[-1]
                 and len(host["logits_indices"]) == host["num_seqs"]
                 and host["block_tables"].shape[1] <= self.W)
 
-    def run(self, host: dict):
-        torch = self.torch
+    def run(self, host: dict) -> Any:
         n = host["num_seqs"]
-        bs = next(r for r in self.rungs if r >= n)
-        b = self.buf
-
-        def put(name: str, arr: np.ndarray, fill: int) -> None:
-            full = np.full((bs,) + arr.shape[1:], fill, dtype=arr.dtype)
-            full[:n] = arr
-            b[name][:bs].copy_(torch.from_numpy(full), non_blocking=True)
-
-        put("token_ids", host["token_ids"], 0)
-        put("positions", host["positions"], 0)
-        put("seq_lens", host["seq_lens"], 1)
-        put("slot_mapping", host["slot_mapping"], 0)
-        bt = host["block_tables"]
-        full = np.zeros((bs, self.W), dtype=np.int32)
-        full[:n, : bt.shape[1]] = bt
-        b["block_tables"][:bs].copy_(torch.from_numpy(full), non_blocking=True)
-        self.graphs[bs].replay()
-        return self.logits[bs][:n]
+        rung = self.by_size[next(r for r in self.rungs if r >= n)]
+        rung.fill(host)
+        rung.graph.replay()
+        return rung.logits[:n]

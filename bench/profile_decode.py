@@ -1,0 +1,78 @@
+"""Where a decode step's time goes on the GPU: host-side step time vs the graph's GPU time, and
+the GPU time per kernel (torch profiler), for a synthetic model.
+
+    python bench/profile_decode.py --shape llama3-8b --quant Q4_K_M [--batch 1] [--ctx 512]
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from forge import LLM, SamplingParams
+from forge.testing.synthetic import write_synthetic
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--shape", default="llama3-8b")
+    ap.add_argument("--quant", default="Q4_K_M")
+    ap.add_argument("--batch", type=int, default=1)
+    ap.add_argument("--ctx", type=int, default=512)
+    ap.add_argument("--steps", type=int, default=64)
+    a = ap.parse_args()
+    path = Path(tempfile.gettempdir()) / f"forge-synthetic-{a.shape}-{a.quant}.gguf"
+    if not path.exists():
+        write_synthetic(path, a.shape, a.quant, seed=0)
+    llm = LLM(path, device="gpu", max_model_len=max(1024, a.ctx + a.steps + 16),
+              max_num_seqs=a.batch, kv_cache_tokens=a.batch * (a.ctx + a.steps + 64))
+    eng = llm.engine
+    rng = np.random.default_rng(0)
+    vocab = eng.cfg.vocab_size
+    params = SamplingParams(max_tokens=a.steps * 3, temperature=0, ignore_eos=True)
+    for _ in range(a.batch):
+        eng.add_request(rng.integers(100, vocab - 1, a.ctx).tolist(), params)
+    while not all(len(r.output_token_ids) for r in eng.scheduler.running) or eng.scheduler.waiting:
+        eng.step()
+    for _ in range(8):
+        eng.step()
+    torch.cuda.synchronize()
+    walls = []
+    for _ in range(a.steps):
+        t = time.perf_counter()
+        eng.step()
+        walls.append(time.perf_counter() - t)
+    host = statistics.median(walls)
+
+    g = eng.graphs
+    bs = next(r for r in g.rungs if r >= a.batch)
+    graph = g.graphs[bs]
+    times = []
+    for _ in range(20):
+        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        s.record()
+        graph.replay()
+        e.record()
+        e.synchronize()
+        times.append(s.elapsed_time(e) / 1e3)
+    gpu = statistics.median(times)
+    print(f"{a.shape} {a.quant} batch {a.batch} ctx {a.ctx}: step {host * 1e3:.3f} ms host wall "
+          f"({a.batch / host:.1f} tok/s); graph replay {gpu * 1e3:.3f} ms GPU; "
+          f"host overhead {max(host - gpu, 0) * 1e3:.3f} ms")
+
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        for _ in range(5):
+            eng.step()
+        torch.cuda.synchronize()
+    print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=25, max_name_column_width=60))
+
+
+if __name__ == "__main__":
+    main()
