@@ -134,23 +134,12 @@ class Engine:
         out = self.scheduler.schedule()
         if out.is_empty:
             return []
-        host = build_batch_arrays(out, self.block_size)
-        if self.graphs is not None and self.graphs.can_run(host):
-            logits = self.graphs.run(host)
-        else:
-            be = self.backend
-            dev = {k: be.asarray(v) if isinstance(v, np.ndarray) else v for k, v in host.items()}
-            logits = self.model.forward(ForwardBatch(**dev, host=host), self.kv.layers)
         reqs = out.sampling
-        if reqs and all(_plain_greedy(r.params) for r in reqs):
-            ids = self.backend.to_numpy(self.backend.argmax(logits)).tolist()
-            lps = None
-        elif reqs:
-            ids, lps = self.backend.sample(logits, self._sampling_batch(reqs))
-            ids = self.backend.to_numpy(ids).tolist()
-            lps = self.backend.to_numpy(lps).tolist() if lps is not None else None
-        else:
-            ids, lps = [], None
+        try:
+            ids, lps = self._forward_and_sample(out, reqs)
+        except BaseException:
+            self.scheduler.rollback(out)  # requests wait to be recomputed; nothing is lost
+            raise
         finished = self.scheduler.update(out, ids, lps)
         done = {r.request_id for r in finished}
         outputs = []
@@ -160,6 +149,21 @@ class Engine:
             if req not in reqs:
                 outputs.append(self._postprocess(req, True))
         return outputs
+
+    def _forward_and_sample(self, out, reqs: list[Request]) -> tuple[list[int], list[float] | None]:
+        be = self.backend
+        host = build_batch_arrays(out, self.block_size)
+        if self.graphs is not None and self.graphs.can_run(host):
+            logits = self.graphs.run(host)
+        else:
+            dev = {k: be.asarray(v) if isinstance(v, np.ndarray) else v for k, v in host.items()}
+            logits = self.model.forward(ForwardBatch(**dev, host=host), self.kv.layers)
+        if not reqs:
+            return [], None
+        if all(_plain_greedy(r.params) for r in reqs):
+            return be.to_numpy(be.argmax(logits)).tolist(), None
+        ids, lps = be.sample(logits, self._sampling_batch(reqs))
+        return be.to_numpy(ids).tolist(), (be.to_numpy(lps).tolist() if lps is not None else None)
 
     def _postprocess(self, req: Request, finished: bool) -> RequestOutput:
         tr = self._tracks.get(req.request_id)

@@ -274,6 +274,24 @@ class Scheduler:
             self.running = [r for r in self.running if not r.is_finished]
         return finished
 
+    def rollback(self, out: SchedulerOutput) -> None:
+        """Undo a step whose forward failed (e.g. out of device memory): its requests go back to
+        the waiting queue to be recomputed, keeping their outputs, and the prefix cache forgets
+        blocks whose K/V may be half-written. Nothing is lost; the next step can run."""
+        if out is not self._in_flight:
+            raise RuntimeError("rollback() must get the output of the last schedule()")
+        self._in_flight = None
+        for s in reversed(out.seqs):
+            req = s.request
+            if req.status is RequestStatus.RUNNING and req in self.running:
+                self.running.remove(req)
+                self._preempt(req)
+        self.pool.reset_prefix_cache()
+        for rid, status in self._deferred.items():
+            if rid in self.requests:
+                self.finish(rid, status)
+        self._deferred.clear()
+
     # ---- internals ----------------------------------------------------------------------
     def _commit(self, req: Request, n: int, out: SchedulerOutput) -> None:
         start = req.num_computed_tokens

@@ -145,3 +145,34 @@ def test_chat_renders_template(llm):
     assert len(out.token_ids) == 4
     ids = llm.tokenizer.encode_chat([{"role": "user", "content": "hi"}])
     assert ids[:2].count(llm.tokenizer.bos_id) <= 1
+
+
+def test_failed_forward_loses_nothing(tiny, monkeypatch):
+    """A forward that raises (e.g. out of memory) rolls the step back: the requests are
+    recomputed on the next steps and finish with the outputs of an undisturbed run."""
+    llm = LLM(tiny, device="cpu", kv_cache_tokens=2048, block_size=4)
+    prompts = ["one two three four five six", "seven eight"]
+    want = [o.token_ids for o in llm.generate(prompts, GREEDY)]
+    eng = llm.engine
+    rids = [eng.add_request(p, GREEDY) for p in prompts]
+    for _ in range(3):
+        eng.step()
+    real = eng.model.forward
+    calls = {"n": 0}
+
+    def flaky(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise MemoryError("simulated out of memory")
+        return real(*a, **k)
+
+    monkeypatch.setattr(eng.model, "forward", flaky)
+    with pytest.raises(MemoryError):
+        eng.step()
+    done = {}
+    while len(done) < 2:
+        for out in eng.step():
+            if out.finished:
+                done[out.request_id] = out
+    assert [done[r].token_ids for r in rids] == want
+    assert eng.pool.num_free == eng.pool.num_usable
