@@ -1,38 +1,58 @@
 """Microbenchmark: forge paged attention vs torch scaled_dot_product_attention (GPU only).
 
-    python bench/bench_attention.py [--graph] [--dtype bf16|fp16]
+    python bench/bench_attention.py [--dtype bf16|fp16] [--only decode|prefill]
+    python bench/bench_attention.py --sweep decode|prefill     # try launch configs, print best
 
 Llama-3-8B heads: 32 query heads, 8 KV heads, head dim 128, cache block size 16 with shuffled
 block ids.
-- decode: batch 1 and 32 at contexts 512, 4096, 32768. Metric: KV bytes read / time (GB/s).
-  torch reference: SDPA of one query over a contiguous [B, Hkv, ctx, D] K/V (enable_gqa), the
-  same bytes without paging.
-- prefill: one causal sequence of 512, 2048, 8192 tokens. Metric: TFLOP/s with
-  FLOPs = 4 * H * D * N(N+1)/2 (QK^T and PV over the causal triangle), the same count for both.
-  torch reference: SDPA is_causal over contiguous [1, H, N, D] (K/V expanded to H heads so the
-  flash backend applies).
-Times are medians of triton.testing.do_bench (or do_bench_cudagraph with --graph).
+
+decode (one query per sequence), batch 1 and 32 at contexts 512, 4096, 32768, plus the engine's
+CUDA-graph situation: max_seq_len = 32768 (the graph's capacity, block tables 2048 wide) while
+the real contexts are 512. Metric: KV bytes read / time (GB/s).
+  graph us  the time per call inside a CUDA graph that runs L layers back to back, each with its
+            own cache (L chosen so that the caches exceed L2 several times): what a decode step
+            in the engine sees per layer, launch gaps included, no host overhead.
+  eager us  triton.testing.do_bench (L2 flushed between calls): includes the Python launch cost
+            whenever the GPU work is shorter than it.
+  host us   CPU time of one eager call (Python launcher + Triton launch), measured without sync.
+  torch reference: SDPA of one query over a contiguous [B, Hkv, ctx, D] copy of the same K/V
+  (enable_gqa), timed the same two ways. Outputs are compared (max |diff|).
+prefill (one causal sequence of 512, 2048, 8192 tokens): TFLOP/s with FLOPs = 4 * H * D *
+  N(N+1)/2, the same count for both; SDPA is_causal over contiguous [1, H, N, D] (K/V expanded
+  to H heads so the flash backend applies); do_bench medians.
 "vs sdpa" = SDPA time / forge time (above 1: forge is faster).
+
+--sweep times candidate launch configs through the real launcher (tuning.override) on the
+decode (graph mode) or prefill shapes above and prints them ranked by the geometric mean of
+their speedup over the launcher's default, with the JSON entry to put into a tuning table.
 """
 from __future__ import annotations
 
 import argparse
+import itertools
+import json
+import math
 import os
+import statistics
 import sys
+import time
 
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 H, HKV, D, BS = 32, 8, 128, 16
+DEV = "cuda"
+L2_TARGET = 256 << 20   # bytes of KV the graph rotates through (H100 L2: 50 MiB)
 
 
-def paged_cache(total_tokens_per_seq: list[int], dtype, device, gen):
-    """Random K/V in a paged cache with shuffled block ids; returns (k, v, block_tables)."""
+def paged_cache(total_tokens_per_seq: list[int], dtype, device, gen, width: int | None = None):
+    """Random K/V in a paged cache with shuffled block ids; returns (k, v, block_tables).
+    `width`: block-table columns (zero-padded, as the engine's graphs have)."""
     nblk = [-(-n // BS) for n in total_tokens_per_seq]
     nb = 1 + sum(nblk)
     ids = torch.randperm(nb - 1, generator=gen, device="cpu")[: sum(nblk)] + 1
-    W = max(nblk)
+    W = max(max(nblk), width or 0)
     bt = torch.zeros((len(nblk), W), dtype=torch.int32)
     used = 0
     for b, n in enumerate(nblk):
@@ -43,111 +63,281 @@ def paged_cache(total_tokens_per_seq: list[int], dtype, device, gen):
     return k, v, bt.to(device)
 
 
-def bench(fn, graph: bool) -> float:
-    """Median milliseconds."""
+def dense_from_paged(k, v, bt, ctx: int):
+    """[B, Hkv, ctx, D] contiguous copies of the first ctx keys/values of each sequence."""
+    B = bt.shape[0]
+    cols = bt[:, : -(-ctx // BS)].long()
+    kk = k[cols].reshape(B, -1, HKV, D)[:, :ctx].transpose(1, 2).contiguous()
+    vv = v[cols].reshape(B, -1, HKV, D)[:, :ctx].transpose(1, 2).contiguous()
+    return kk, vv
+
+
+def do_bench_ms(fn) -> float:
     import triton.testing as tt
 
     fn()
     torch.cuda.synchronize()
-    if graph:
-        return tt.do_bench_cudagraph(fn, return_mode="median")
     return tt.do_bench(fn, warmup=25, rep=100, return_mode="median")
+
+
+def graph_ms(fns, reps: int = 20) -> float:
+    """Median ms per call of fns (one per layer) captured back to back in one CUDA graph."""
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        for _ in range(2):
+            for f in fns:
+                f()
+    torch.cuda.current_stream().wait_stream(s)
+    torch.cuda.synchronize()
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        for f in fns:
+            f()
+    g.replay()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(reps):
+        st, en = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        st.record()
+        g.replay()
+        en.record()
+        en.synchronize()
+        times.append(st.elapsed_time(en))
+    del g
+    return statistics.median(times) / len(fns)
+
+
+def host_us(fn, n: int = 200) -> float:
+    fn()
+    torch.cuda.synchronize()
+    t = time.perf_counter()
+    for _ in range(n):
+        fn()
+    dt = time.perf_counter() - t
+    torch.cuda.synchronize()
+    return dt / n * 1e6
+
+
+# ----------------------------------------------------------------------------------------------
+# decode
+
+
+class DecodeCase:
+    """L layers of paged caches for `batch` sequences of `ctx` tokens; max_seq_len as given."""
+
+    def __init__(self, batch, ctx, max_seq_len, dtype, gen, layers=None, with_dense=True):
+        dev = DEV
+        esz = torch.finfo(dtype).bits // 8
+        self.batch, self.ctx, self.max_seq_len = batch, ctx, max_seq_len
+        self.nbytes = 2 * batch * ctx * HKV * D * esz
+        self.layers = layers or max(1, min(64, math.ceil(L2_TARGET / self.nbytes)))
+        width = -(-max_seq_len // BS)
+        self.caches = [paged_cache([ctx] * batch, dtype, dev, gen, width)
+                       for _ in range(self.layers)]
+        self.q = torch.randn((batch, H * D), dtype=dtype, device=dev)
+        self.qsl = torch.arange(batch + 1, dtype=torch.int32, device=dev)
+        self.sl = torch.full((batch,), ctx, dtype=torch.int32, device=dev)
+        self.outs = [torch.empty_like(self.q) for _ in range(self.layers)]
+        self.dense = [dense_from_paged(k, v, bt, ctx) for k, v, bt in self.caches] \
+            if with_dense else None
+        self.scale = D ** -0.5
+
+    def forge_fns(self):
+        from forge.kernels.attention import attention
+
+        def make(i):
+            k, v, bt = self.caches[i]
+            return lambda: attention(self.q, k, v, self.qsl, self.sl, bt, H, HKV, self.scale,
+                                     max_query_len=1, max_seq_len=self.max_seq_len,
+                                     out=self.outs[i])
+        return [make(i) for i in range(self.layers)]
+
+    def sdpa_fns(self):
+        import torch.nn.functional as F
+
+        qd = self.q.view(self.batch, H, 1, D)
+
+        def make(i):
+            kd, vd = self.dense[i]
+            return lambda: F.scaled_dot_product_attention(qd, kd, vd, scale=self.scale,
+                                                          enable_gqa=True)
+        return [make(i) for i in range(self.layers)]
+
+    def max_diff(self) -> float:
+        fns, ref = self.forge_fns(), self.sdpa_fns()
+        fns[0]()
+        want = ref[0]().reshape(self.batch, H * D)
+        return (self.outs[0].float() - want.float()).abs().max().item()
+
+
+def run_decode(dtype, gen) -> None:
+    print("\n## decode (one query per sequence); graph = per layer inside a CUDA graph of L layers")
+    print(f"{'batch':>5} {'ctx':>6} {'max_seq':>7} {'L':>3} | {'graph us':>9} {'GB/s':>6} "
+          f"{'eager us':>9} {'host us':>8} | {'sdpa gr us':>10} {'GB/s':>6} {'eager us':>9} | "
+          f"{'vs sdpa':>7} {'max|diff|':>9}")
+    cases = [(b, c, c) for b in (1, 32) for c in (512, 4096, 32768)]
+    cases += [(1, 512, 32768), (32, 512, 32768)]  # the engine's graphs: capacity >> context
+    for batch, ctx, msl in cases:
+        case = DecodeCase(batch, ctx, msl, dtype, gen)
+        ours = case.forge_fns()
+        t_g = graph_ms(ours)
+        t_e = do_bench_ms(ours[0])
+        t_h = host_us(ours[0])
+        try:
+            ref = case.sdpa_fns()
+            r_g = graph_ms(ref)
+            r_e = do_bench_ms(ref[0])
+            err = case.max_diff()
+        except Exception as e:  # noqa: BLE001 - an SDPA build without enable_gqa
+            print(f"  (sdpa failed: {type(e).__name__}: {str(e)[:100]})")
+            r_g = r_e = err = float("nan")
+        nbytes, layers = case.nbytes, case.layers
+        gbs = lambda ms: nbytes / (ms * 1e-3) / 1e9  # noqa: E731
+        tag = "  <- graph capacity" if msl != ctx else ""
+        print(f"{batch:>5} {ctx:>6} {msl:>7} {layers:>3} | {t_g * 1e3:>9.1f} "
+              f"{gbs(t_g):>6.0f} {t_e * 1e3:>9.1f} {t_h:>8.1f} | {r_g * 1e3:>10.1f} "
+              f"{gbs(r_g):>6.0f} {r_e * 1e3:>9.1f} | {r_g / t_g:>7.2f} {err:>9.1e}{tag}")
+        del case
+        torch.cuda.empty_cache()
+
+
+# ----------------------------------------------------------------------------------------------
+# prefill
+
+
+def prefill_fns(n, dtype, gen):
+    from forge.kernels.attention import attention
+    import torch.nn.functional as F
+
+    dev = DEV
+    k, v, bt = paged_cache([n], dtype, dev, gen)
+    q = torch.randn((n, H * D), dtype=dtype, device=dev)
+    qsl = torch.tensor([0, n], dtype=torch.int32, device=dev)
+    sl = torch.tensor([n], dtype=torch.int32, device=dev)
+    out = torch.empty_like(q)
+    scale = D ** -0.5
+
+    def ours():
+        attention(q, k, v, qsl, sl, bt, H, HKV, scale, max_query_len=n, max_seq_len=n, out=out)
+
+    kk = k[bt[0].long()].reshape(-1, HKV, D)[:n]
+    vv = v[bt[0].long()].reshape(-1, HKV, D)[:n]
+    qd = q.view(n, H, D).transpose(0, 1).unsqueeze(0).contiguous()
+    kd = kk.repeat_interleave(H // HKV, dim=1).transpose(0, 1).unsqueeze(0).contiguous()
+    vd = vv.repeat_interleave(H // HKV, dim=1).transpose(0, 1).unsqueeze(0).contiguous()
+
+    def ref():
+        return F.scaled_dot_product_attention(qd, kd, vd, is_causal=True, scale=scale)
+
+    def err():
+        ours()
+        want = ref()[0].transpose(0, 1).reshape(n, H * D)
+        return (out.float() - want.float()).abs().max().item()
+    return ours, ref, err
+
+
+def run_prefill(dtype, gen) -> None:
+    print("\n## prefill (one causal sequence)")
+    print(f"{'tokens':>6} | {'forge us':>9} {'TFLOP/s':>8} | {'sdpa us':>9} {'TFLOP/s':>8} | "
+          f"{'vs sdpa':>7} {'max|diff|':>9}")
+    for n in (512, 2048, 8192):
+        ours, ref, err = prefill_fns(n, dtype, gen)
+        t_ours = do_bench_ms(ours)
+        t_ref = do_bench_ms(ref)
+        flops = 4.0 * H * D * n * (n + 1) / 2
+        tf = lambda ms: flops / (ms * 1e-3) / 1e12  # noqa: E731
+        print(f"{n:>6} | {t_ours * 1e3:>9.1f} {tf(t_ours):>8.1f} | {t_ref * 1e3:>9.1f} "
+              f"{tf(t_ref):>8.1f} | {t_ref / t_ours:>7.2f} {err():>9.1e}")
+        torch.cuda.empty_cache()
+
+
+# ----------------------------------------------------------------------------------------------
+# sweep
+
+
+def _grid(**axes):
+    keys = list(axes)
+    return [dict(zip(keys, vals)) for vals in itertools.product(*(axes[k] for k in keys))]
+
+
+def sweep(kind: str, dtype, gen) -> None:
+    from forge.kernels import tuning
+
+    kernel = "attn_decode" if kind == "decode" else "attn_prefill"
+    if kind == "decode":
+        shapes = [(1, 512, 32768), (1, 4096, 4096), (1, 32768, 32768), (32, 512, 32768),
+                  (32, 4096, 4096), (32, 32768, 32768)]
+        cases = {s: DecodeCase(*s, dtype, gen, with_dense=False) for s in shapes}
+        # tiles first (split scheme at its default), then the split scheme with the best tile
+        stage1 = [c for c in _grid(BLOCK_N=(32, 64, 128), num_warps=(4, 8), num_stages=(2, 3))
+                  if not (c["BLOCK_N"] == 32 and c["num_warps"] == 8)]
+        stage2 = _grid(MIN_PARTITION=(64, 128, 256), SPLITS_PER_CU=(2, 4, 8),
+                       MAX_SPLITS=(32, 64, 128))
+
+        def measure(s):
+            return graph_ms(cases[s].forge_fns(), reps=10)
+    else:
+        shapes = [2048, 8192]
+        fns = {n: prefill_fns(n, dtype, gen)[0] for n in shapes}
+        stage1 = [c for c in _grid(BLOCK_M=(64, 128), BLOCK_N=(32, 64, 128), num_warps=(4, 8),
+                                   num_stages=(2, 3, 4))
+                  if (c["BLOCK_M"] == 128) == (c["num_warps"] == 8)
+                  and 2 * (c["BLOCK_M"] * D + c["num_stages"] * c["BLOCK_N"] * 2 * D) <= 227 << 10]
+        stage2 = []
+
+        def measure(n):
+            return do_bench_ms(fns[n])
+
+    def run(label, cands, base):
+        base_t = None
+        rows = []
+        for c in [{}] + cands:
+            entry = dict(base, **c)
+            try:
+                with tuning.override({kernel: {"*": entry}}):
+                    ts = {s: measure(s) for s in shapes}
+            except Exception as e:  # noqa: BLE001 - a config that does not compile or fit
+                print(f"  {json.dumps(entry)}: failed ({type(e).__name__}: {str(e)[:80]})")
+                continue
+            if base_t is None:
+                base_t = ts
+            gm = math.exp(sum(math.log(base_t[s] / ts[s]) for s in shapes) / len(shapes))
+            rows.append((gm, entry, ts))
+        rows.sort(key=lambda r: -r[0])
+        print(f"\n### {kind} sweep, {label}: speedup over the default (geometric mean), "
+              "us per shape")
+        print("  shapes: " + ", ".join(map(str, shapes)))
+        for gm, entry, ts in rows[:8]:
+            print(f"  {gm:5.2f}x  " + " ".join(f"{ts[s] * 1e3:8.1f}" for s in shapes)
+                  + f"   {json.dumps(entry)}")
+        return rows[0][1] if rows else base
+
+    best = run("tiles", stage1, {})
+    if stage2:
+        best = run("splits", stage2, best)
+    print(f"\nbest {kernel} entry for configs/sm90.json (bucket d128_g4): {json.dumps(best)}")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--graph", action="store_true", help="time under a CUDA/HIP graph")
     ap.add_argument("--dtype", default="bf16", choices=["bf16", "fp16"])
+    ap.add_argument("--only", choices=["decode", "prefill"])
+    ap.add_argument("--sweep", choices=["decode", "prefill"])
     args = ap.parse_args()
     if not torch.cuda.is_available():
         print("bench_attention: needs a CUDA or ROCm GPU; nothing to do")
         return
-    from forge.kernels.attention import attention
-    import torch.nn.functional as F
-
     dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float16
-    dev = "cuda"
     gen = torch.Generator().manual_seed(0)
-    scale = D ** -0.5
-    esz = torch.finfo(dtype).bits // 8
-    print(f"# {torch.cuda.get_device_name()}  {args.dtype}  H={H} Hkv={HKV} D={D} block={BS}"
-          f"  timing={'cudagraph' if args.graph else 'do_bench'} (median)")
-
-    # ---- decode ---------------------------------------------------------------------------
-    print("\n## decode (one query per sequence)")
-    print(f"{'batch':>5} {'ctx':>6} | {'forge us':>9} {'GB/s':>7} | {'sdpa us':>9} {'GB/s':>7} | "
-          f"{'vs sdpa':>10}")
-    for batch in (1, 32):
-        for ctx in (512, 4096, 32768):
-            k, v, bt = paged_cache([ctx] * batch, dtype, dev, gen)
-            q = torch.randn((batch, H * D), dtype=dtype, device=dev)
-            qsl = torch.arange(batch + 1, dtype=torch.int32, device=dev)
-            sl = torch.full((batch,), ctx, dtype=torch.int32, device=dev)
-            out = torch.empty_like(q)
-
-            def ours():
-                attention(q, k, v, qsl, sl, bt, H, HKV, scale, max_query_len=1, max_seq_len=ctx,
-                          out=out)
-
-            t_ours = bench(ours, args.graph)
-            del k, v
-            kd = torch.randn((batch, HKV, ctx, D), dtype=dtype, device=dev)
-            vd = torch.randn((batch, HKV, ctx, D), dtype=dtype, device=dev)
-            qd = q.view(batch, H, 1, D)
-
-            def ref():
-                F.scaled_dot_product_attention(qd, kd, vd, scale=scale, enable_gqa=True)
-
-            try:
-                t_ref = bench(ref, args.graph)
-            except Exception as e:  # an SDPA build without enable_gqa
-                print(f"  (sdpa failed: {e})")
-                t_ref = float("nan")
-            del kd, vd
-            nbytes = 2 * batch * ctx * HKV * D * esz
-            gbs = lambda ms: nbytes / (ms * 1e-3) / 1e9  # noqa: E731
-            print(f"{batch:>5} {ctx:>6} | {t_ours * 1e3:>9.1f} {gbs(t_ours):>7.0f} | "
-                  f"{t_ref * 1e3:>9.1f} {gbs(t_ref):>7.0f} | {t_ref / t_ours:>10.2f}")
-            torch.cuda.empty_cache()
-
-    # ---- prefill --------------------------------------------------------------------------
-    print("\n## prefill (one causal sequence)")
-    print(f"{'tokens':>6} | {'forge us':>9} {'TFLOP/s':>8} | {'sdpa us':>9} {'TFLOP/s':>8} | "
-          f"{'vs sdpa':>10}")
-    for n in (512, 2048, 8192):
-        k, v, bt = paged_cache([n], dtype, dev, gen)
-        q = torch.randn((n, H * D), dtype=dtype, device=dev)
-        qsl = torch.tensor([0, n], dtype=torch.int32, device=dev)
-        sl = torch.tensor([n], dtype=torch.int32, device=dev)
-        out = torch.empty_like(q)
-
-        def ours():
-            attention(q, k, v, qsl, sl, bt, H, HKV, scale, max_query_len=n, max_seq_len=n,
-                      out=out)
-
-        t_ours = bench(ours, args.graph)
-        # the same K/V, contiguous and expanded to H heads for SDPA
-        kk = k[bt[0].long()].reshape(-1, HKV, D)[:n]
-        vv = v[bt[0].long()].reshape(-1, HKV, D)[:n]
-        qd = q.view(n, H, D).transpose(0, 1).unsqueeze(0).contiguous()
-        kd = kk.repeat_interleave(H // HKV, dim=1).transpose(0, 1).unsqueeze(0).contiguous()
-        vd = vv.repeat_interleave(H // HKV, dim=1).transpose(0, 1).unsqueeze(0).contiguous()
-
-        def ref():
-            F.scaled_dot_product_attention(qd, kd, vd, is_causal=True, scale=scale)
-
-        t_ref = bench(ref, args.graph)
-        # sanity: the two agree
-        want = F.scaled_dot_product_attention(qd, kd, vd, is_causal=True, scale=scale)
-        want = want[0].transpose(0, 1).reshape(n, H * D)
-        ours()
-        err = (out.float() - want.float()).abs().max().item()
-        flops = 4.0 * H * D * n * (n + 1) / 2
-        tf = lambda ms: flops / (ms * 1e-3) / 1e12  # noqa: E731
-        print(f"{n:>6} | {t_ours * 1e3:>9.1f} {tf(t_ours):>8.1f} | {t_ref * 1e3:>9.1f} "
-              f"{tf(t_ref):>8.1f} | {t_ref / t_ours:>10.2f}   (max |diff| {err:.1e})")
-        del k, v, kd, vd, qd
-        torch.cuda.empty_cache()
+    print(f"# {torch.cuda.get_device_name()}  {args.dtype}  H={H} Hkv={HKV} D={D} block={BS}")
+    if args.sweep:
+        sweep(args.sweep, dtype, gen)
+        return
+    if args.only in (None, "decode"):
+        run_decode(dtype, gen)
+    if args.only in (None, "prefill"):
+        run_prefill(dtype, gen)
 
 
 if __name__ == "__main__":

@@ -96,10 +96,16 @@ def run_bench(a) -> int:
         _, t_rest = _run_requests(eng, [rand_prompt(1) for _ in range(a.batch)], a.n_gen + 1)
         tg.append(a.batch * a.n_gen / t_rest)
 
-    weight_bytes = sum(t.n_bytes for t in eng.file.tensors.values())
-    if eng.cfg.tied_embeddings:
-        weight_bytes += eng.file.tensors["token_embd.weight"].n_bytes  # read again as the head
-    weight_bytes -= eng.file.tensors["token_embd.weight"].n_bytes  # the gather reads a few rows only
+    # Bytes of weights one decode step reads: every matrix once (the embedding table only as
+    # the tied output head), in the form the backend holds them: GGUF blocks on the GPU,
+    # dequantized float32 copies on the CPU.
+    on_cpu = eng.backend.name == "cpu"
+    weight_bytes = 0
+    for name, t in eng.file.tensors.items():
+        if name == "token_embd.weight" and not eng.cfg.tied_embeddings:
+            continue
+        n_elem = int(np.prod(t.shape))
+        weight_bytes += 4 * n_elem if (on_cpu and len(t.shape) == 2) else t.n_bytes
     bw = copy_bandwidth(eng.backend)
     steps_per_s = statistics.mean(tg) / a.batch
     achieved = weight_bytes * steps_per_s

@@ -24,7 +24,10 @@ def linear(x: np.ndarray, w: QTensor, bias: np.ndarray | None = None,
     elif out.shape != (t, w.rows) or out.dtype != np.float32:
         raise ValueError(f"out: expected float32 {(t, w.rows)}, got {out.dtype} {tuple(out.shape)}")
     if w.layout == "f32":
-        np.matmul(x, w.data.T, out=out)
+        if t == 1:  # one token: BLAS gemv on the 1-D row is ~15-20% faster than an M=1 gemm
+            np.matmul(w.data, x[0], out=out[0])
+        else:
+            np.matmul(x, w.data.T, out=out)
     elif w.layout == "raw":
         step = chunk_rows(w.cols, RAW_CHUNK_BYTES)
         buf = np.empty((min(step, w.rows), w.cols), np.float32)

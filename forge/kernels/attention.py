@@ -8,26 +8,65 @@ then softcap * tanh(s / softcap), then an fp32 online softmax, then @ V. Query h
 head h // (H // Hkv). The K/V of this step's tokens are already in the cache, so chunked prefill,
 plain prefill and decode are one piece of math.
 
-Kernels:
+Kernels
+-------
 - `_attn_prefill_kernel`: flash attention over the paged cache, varlen. A program owns a tile of
   BLOCK_M rows = BQ consecutive query tokens x HT query heads of one KV group (all heads of the
   group when they fit), so every K/V tile it loads serves all heads of the group. Program ids map
   to (sequence, query tile) on the device (no host sync): sequence b's tiles start at
-  qsl[b] // BQ + b, so the grid is T // BQ + B tiles. The KV loop runs from the window's first
-  tile to the diagonal; only the edge tiles pay for masks (SINGLE_LOOP=False), or one masked
-  loop body does it all (SINGLE_LOOP=True: fewer live registers, the AMD default).
+  qsl[b] // BQ + b, so the grid is T // BQ + B tiles, walked from the last tile to the first (the
+  causally longest tiles start first: less tail). The KV loop runs from the window's first tile
+  to the diagonal; only the edge tiles pay for masks (SINGLE_LOOP=False), or one masked loop body
+  does it all (SINGLE_LOOP=True: fewer live registers, the AMD default). P @ V accumulates into
+  the rescaled accumulator inside the MMA. The cache block ids of the next K/V tile are loaded
+  one tile ahead and carried: with the id gather in the same iteration as the K/V loads that
+  use it, Triton's software pipeliner (sm90, 3 stages) single-buffered K/V and waited for every
+  copy at the top of each tile, so each tile paid the full memory latency; carried, the K/V
+  tiles are triple-buffered and issued two tiles ahead (`async_wait num=2` in the TTGIR).
 - `_attn_decode_kernel`: one query per sequence; one program per (sequence, KV head, split)
-  handles the whole GQA group. Long contexts are split (flash-decoding): each split writes its
-  partial (max, sum, acc) and `_attn_reduce_kernel` combines them. The split count comes from
-  host ints only (max_seq_len, the number of sequences and of CUs), never from device tensors.
+  handles the whole GQA group (the G query heads are the rows of one tl.dot, padded to 16).
+  K and V tiles are [BLOCK_N, D] loads, D contiguous (16-byte vectors), issued back to back.
+- `_attn_reduce_kernel`: merges the splits' partials when FUSED_REDUCE is off (see below).
+
+Decode splits under CUDA graphs
+-------------------------------
+The decode step is captured once per batch size with max_seq_len = the engine's max_model_len
+(8K .. 128K), so the grid is fixed while the real contexts vary from 1 to max_model_len. Hence:
+
+1. The grid's split count S comes from host ints only: S = min(cdiv(max_seq_len, MIN_PARTITION),
+   cdiv(SPLITS_PER_CU * #CUs, B * Hkv), MAX_SPLITS). It aims at ~SPLITS_PER_CU programs per CU
+   for the whole batch and is bounded by it, so the grid never grows with max_seq_len beyond
+   ~SPLITS_PER_CU x #CUs programs (H100, B=1, Hkv=8: S=64, 512 programs, whether max_seq_len is
+   8K or 128K). Programs that find no work exit after three scalar loads.
+2. Each sequence splits ITS OWN length on the device: part = max(MIN_PARTITION, cdiv(span, S))
+   rounded up to BLOCK_N, n_parts = cdiv(span, part) <= S, where span is the keys it attends
+   (the window's keys only). A 512-token sequence in a graph captured for 128K uses 8 splits of
+   64 keys (batch 1), not one split of 512 nor 2048 mostly-empty ones; a 100K-token one uses all
+   S. Splits >= n_parts exit at once. (A split size derived from max_seq_len instead would give
+   a short sequence one serial program, or a grid that scales with max_seq_len.)
+3. With n_parts == 1 a program writes the output directly: one kernel, no partials, no reduce.
+4. With n_parts > 1 each split writes (max, sum, acc) partials; with FUSED_REDUCE the last split
+   of a (sequence, KV head) group to finish merges them (an arrival counter per group, acq_rel
+   atomics at GPU scope, reset to zero by that last program, so the counters are zero between
+   launches and graph replays need no memset). So decode is always ONE launch, and the merge
+   reads exactly the n_parts partials that exist. Without FUSED_REDUCE (the CDNA default:
+   agent-scope release writes back the XCD's L2 on gfx942) `_attn_reduce_kernel` does the same
+   merge in a second launch and skips groups with n_parts == 1.
+   The counters live in one int32 buffer per device that is only ever grown (old buffers are
+   kept alive: a captured graph keeps using the one it saw). Two decode launches must not run
+   concurrently on different streams of one device (they would share counters).
+5. The price of a fixed grid: at large batches S falls to 1 (B * Hkv programs already fill the
+   GPU), so one long sequence among many short ones is one program per KV head.
 
 Scores are kept in log2 units (scale * log2(e) folded in) so the softmax uses exp2. Cache block
 ids are widened to int64 before they multiply a stride: a cache may hold more than 2^31 elements.
 Masked-off keys are never read (their loads are masked), so stale or NaN cache slots past a
-sequence's end and the null block 0 cannot leak into the output.
+sequence's end and the null block 0 cannot leak into the output. The cache strides are
+constexprs (fixed per model): address arithmetic folds to immediates and the launch is shorter.
 """
 from __future__ import annotations
 
+import functools
 import math
 import os
 
@@ -38,7 +77,7 @@ import triton.language as tl
 from forge.kernels import tuning
 
 LOG2E = 1.4426950408889634
-MAX_SPLITS = 256          # cap on decode partitions per sequence (the reduce's BLOCK_S)
+MAX_SPLITS = 256          # hard cap on decode splits per sequence (configs cap lower: MAX_SPLITS)
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
@@ -72,76 +111,99 @@ def _dot(a, b, DOT_F32: tl.constexpr):
 
 
 @triton.jit
-def _qk(q, q_ok, k_rows, kmask, in_kv, Dk: tl.constexpr, BLOCK_M: tl.constexpr,
-        BLOCK_N: tl.constexpr, BLOCK_DK: tl.constexpr, QK_CHUNK: tl.constexpr,
-        MASK_ROWS: tl.constexpr, DOT_F32: tl.constexpr):
-    """Q K^T for one KV tile, [BLOCK_M, BLOCK_N] fp32. k_rows: [BLOCK_N] pointers to the key
-    rows. With QK_CHUNK == BLOCK_DK, q is the Q tile held in registers; with a smaller
-    QK_CHUNK (for FMA dots, fp32 on RDNA3, which keep a whole K-row per thread), q holds the
-    [BLOCK_M] row pointers and the head dim is reduced in chunks reloaded from cache, in a
-    loop that is kept rolled (unrolled, the compiler schedules every chunk's loads at once and
-    the registers are gone again: gfx1100 fp32 d256 spilled ~240 VGPRs, rolled it needs ~128)."""
-    if QK_CHUNK == BLOCK_DK:
-        k = tl.load(k_rows[:, None] + tl.arange(0, BLOCK_DK)[None, :], mask=kmask, other=0.0)
-        return _dot(q, tl.trans(k), DOT_F32)
+def _dot_acc(a, b, acc, DOT_F32: tl.constexpr):
+    """acc + a @ b, accumulated inside the MMA."""
+    if DOT_F32:
+        return tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
     else:
-        qk = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-        for c in tl.range(0, BLOCK_DK // QK_CHUNK, loop_unroll_factor=1):
-            offs_c = c * QK_CHUNK + tl.arange(0, QK_CHUNK)
-            qc = tl.load(q[:, None] + offs_c[None, :],
-                         mask=q_ok[:, None] & (offs_c[None, :] < Dk), other=0.0)
-            if MASK_ROWS:
-                kcm = in_kv[:, None] & (offs_c[None, :] < Dk)
-            else:
-                kcm = offs_c[None, :] < Dk
-            kc = tl.load(k_rows[:, None] + offs_c[None, :], mask=kcm, other=0.0)
-            qk += _dot(qc, tl.trans(kc), DOT_F32)
-        return qk
+        return tl.dot(a, b, acc, input_precision="ieee")
+
+
+@triton.jit
+def _load_rows(row_ptrs, row_ok, D: tl.constexpr, BLOCK_D: tl.constexpr, MASK_ROWS: tl.constexpr):
+    """[R, BLOCK_D] tile: row r is D contiguous elements at row_ptrs[r]; zeros past D and (with
+    MASK_ROWS) on rows where row_ok is false, which are not read. With full rows and no row mask
+    the load carries no predicate at all (plain 16-byte loads / async copies)."""
+    offs_d = tl.arange(0, BLOCK_D)
+    ptrs = row_ptrs[:, None] + offs_d[None, :]
+    if MASK_ROWS:
+        return tl.load(ptrs, mask=row_ok[:, None] & (offs_d[None, :] < D), other=0.0)
+    elif D == BLOCK_D:
+        return tl.load(ptrs)
+    else:
+        return tl.load(ptrs, mask=offs_d[None, :] < D, other=0.0)
+
+
+@triton.jit
+def _qk_chunked(q_rows, q_ok, k_rows, in_kv, Dk: tl.constexpr, BLOCK_M: tl.constexpr,
+                BLOCK_N: tl.constexpr, BLOCK_DK: tl.constexpr, QK_CHUNK: tl.constexpr,
+                MASK_ROWS: tl.constexpr, DOT_F32: tl.constexpr):
+    """Q K^T [BLOCK_M, BLOCK_N] summed over head-dim chunks of QK_CHUNK, Q reloaded from its row
+    pointers (for FMA dots, fp32 on RDNA3, which keep a whole K-row per thread). The loop is
+    kept rolled (unrolled, the compiler schedules every chunk's loads at once and the registers
+    are gone again: gfx1100 fp32 d256 spilled ~240 VGPRs, rolled it needs ~128)."""
+    qk = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    for c in tl.range(0, BLOCK_DK // QK_CHUNK, loop_unroll_factor=1):
+        offs_c = c * QK_CHUNK + tl.arange(0, QK_CHUNK)
+        qc = tl.load(q_rows[:, None] + offs_c[None, :],
+                     mask=q_ok[:, None] & (offs_c[None, :] < Dk), other=0.0)
+        if MASK_ROWS:
+            kcm = in_kv[:, None] & (offs_c[None, :] < Dk)
+        else:
+            kcm = offs_c[None, :] < Dk
+        kc = tl.load(k_rows[:, None] + offs_c[None, :], mask=kcm, other=0.0)
+        qk = _dot_acc(qc, tl.trans(kc), qk, DOT_F32)
+    return qk
+
+
+@triton.jit
+def _tile_ids(bt_ptr, start, hi, BLOCK_N: tl.constexpr, BLOCK_SIZE: tl.constexpr,
+              MASKED: tl.constexpr):
+    """Cache block ids (int64) of the keys [start, start + BLOCK_N): one id when the tile lies
+    in one cache block (start is a multiple of BLOCK_N), else one per key; keys >= hi get
+    block 0 (never read) when MASKED (and the table past its end is not touched)."""
+    if BLOCK_SIZE % BLOCK_N == 0:
+        if MASKED:
+            return tl.load(bt_ptr + start // BLOCK_SIZE, mask=start < hi, other=0).to(tl.int64)
+        else:
+            return tl.load(bt_ptr + start // BLOCK_SIZE).to(tl.int64)
+    else:
+        offs_n = start + tl.arange(0, BLOCK_N)
+        if MASKED:
+            return tl.load(bt_ptr + offs_n // BLOCK_SIZE, mask=offs_n < hi, other=0).to(tl.int64)
+        else:
+            return tl.load(bt_ptr + offs_n // BLOCK_SIZE).to(tl.int64)
 
 
 @triton.jit
 def _prefill_tile(
     acc, l_i, m_i, q, q_ok, start, hi, pos0,
+    blk,          # cache block ids of the tile (_tile_ids)
     k_cache_ptr,  # [NB, BS, Hkv, Dk]
     v_cache_ptr,  # [NB, BS, Hkv, Dv]
-    bt_ptr,       # [W] this sequence's block-table row
     k_head_off, v_head_off,
-    stride_kb, stride_ks, stride_vb, stride_vs,
     qk_scale, cap_scale, window,
     HT: tl.constexpr, Dk: tl.constexpr, Dv: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr,
-    BLOCK_SIZE: tl.constexpr, QK_CHUNK: tl.constexpr,
+    BLOCK_SIZE: tl.constexpr, STRIDE_KB: tl.constexpr, STRIDE_KS: tl.constexpr,
+    STRIDE_VB: tl.constexpr, STRIDE_VS: tl.constexpr, QK_CHUNK: tl.constexpr,
     MASKED: tl.constexpr, SOFTCAP: tl.constexpr, WINDOW: tl.constexpr, DOT_F32: tl.constexpr,
 ):
     """Online-softmax update with the keys [start, start + BLOCK_N) (those < hi). MASKED=False
-    only for tiles every row of the query tile may fully see. Row r of the tile is query
-    position pos0 + r // HT. q: the Q tile, or (QK_CHUNK < BLOCK_DK) its row pointers, with
-    q_ok the valid rows."""
+    only for tiles every row of the query tile may fully see (no predicate on any load). Row r
+    of the tile is query position pos0 + r // HT. q: the Q tile, or (QK_CHUNK < BLOCK_DK) its
+    row pointers, with q_ok the valid rows. blk: the tile's cache block ids, loaded by the
+    caller (the unmasked loop loads them one tile ahead)."""
     offs_n = start + tl.arange(0, BLOCK_N)
-    offs_dk = tl.arange(0, BLOCK_DK)
-    offs_dv = tl.arange(0, BLOCK_DV)
-    if MASKED:
-        in_kv = offs_n < hi
-        kmask = in_kv[:, None] & (offs_dk[None, :] < Dk)
-        vmask = in_kv[:, None] & (offs_dv[None, :] < Dv)
+    in_kv = offs_n < hi
+    slot = offs_n % BLOCK_SIZE
+    k_rows = k_cache_ptr + (blk * STRIDE_KB + (slot * STRIDE_KS + k_head_off))
+    if QK_CHUNK == BLOCK_DK:
+        k = _load_rows(k_rows, in_kv, Dk, BLOCK_DK, MASKED)
+        qk = _dot(q, tl.trans(k), DOT_F32)
     else:
-        kmask = offs_dk[None, :] < Dk
-        vmask = offs_dv[None, :] < Dv
-    if BLOCK_SIZE % BLOCK_N == 0:
-        # The tile (start is a multiple of BLOCK_N) lies in one cache block: one id, no gather.
-        blk = tl.load(bt_ptr + start // BLOCK_SIZE).to(tl.int64)
-    elif MASKED:
-        blk = tl.load(bt_ptr + offs_n // BLOCK_SIZE, mask=in_kv, other=0).to(tl.int64)
-    else:
-        blk = tl.load(bt_ptr + offs_n // BLOCK_SIZE).to(tl.int64)
-    slot = (offs_n % BLOCK_SIZE).to(tl.int64)
-    k_rows = k_cache_ptr + (blk * stride_kb + slot * stride_ks + k_head_off)
-    if MASKED:
-        qk = _qk(q, q_ok, k_rows, kmask, in_kv, Dk, BLOCK_M, BLOCK_N, BLOCK_DK, QK_CHUNK, True,
-                 DOT_F32)
-    else:
-        qk = _qk(q, q_ok, k_rows, kmask, kmask, Dk, BLOCK_M, BLOCK_N, BLOCK_DK, QK_CHUNK, False,
-                 DOT_F32)
+        qk = _qk_chunked(q, q_ok, k_rows, in_kv, Dk, BLOCK_M, BLOCK_N, BLOCK_DK, QK_CHUNK, MASKED,
+                         DOT_F32)
     s = _scores(qk, qk_scale, cap_scale, SOFTCAP)
     if MASKED:
         pos = pos0 + tl.arange(0, BLOCK_M) // HT
@@ -153,24 +215,23 @@ def _prefill_tile(
     alpha = tl.exp2(m_i - m_new)
     p = tl.exp2(s - m_new[:, None])
     l_i = l_i * alpha + tl.sum(p, 1)
-    v = tl.load(v_cache_ptr + (blk * stride_vb + slot * stride_vs + v_head_off)[:, None]
-                + offs_dv[None, :], mask=vmask, other=0.0)
-    acc = acc * alpha[:, None] + _dot(p.to(v.dtype), v, DOT_F32)
+    v = _load_rows(v_cache_ptr + (blk * STRIDE_VB + (slot * STRIDE_VS + v_head_off)), in_kv, Dv,
+                   BLOCK_DV, MASKED)
+    acc = _dot_acc(p.to(v.dtype), v, acc * alpha[:, None], DOT_F32)
     return acc, l_i, m_new
 
 
 @triton.jit
 def _attn_prefill_kernel(
     q_ptr,             # [T, H*Dk]   row stride stride_qt
-    k_cache_ptr,       # [NB, BS, Hkv, Dk]
-    v_cache_ptr,       # [NB, BS, Hkv, Dv]
+    k_cache_ptr,       # [NB, BS, Hkv, Dk]  strides (STRIDE_KB, STRIDE_KS, STRIDE_KH, 1)
+    v_cache_ptr,       # [NB, BS, Hkv, Dv]  strides (STRIDE_VB, STRIDE_VS, STRIDE_VH, 1)
     out_ptr,           # [T, H*Dv]   row stride stride_ot
     qsl_ptr,           # [B+1] i32
     seq_lens_ptr,      # [B] i32
     block_tables_ptr,  # [B, W] i32  row stride stride_bt
     num_seqs,
     stride_qt, stride_ot, stride_bt,
-    stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh,
     qk_scale, cap_scale, window,
     G: tl.constexpr,        # query heads per KV head
     HT: tl.constexpr,       # query heads per tile (<= G)
@@ -181,11 +242,15 @@ def _attn_prefill_kernel(
     BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr,
     BLOCK_SIZE: tl.constexpr,  # cache block size (tokens per block)
     BLOCK_B: tl.constexpr,     # chunk of query_start_loc scanned at a time
+    STRIDE_KB: tl.constexpr, STRIDE_KS: tl.constexpr, STRIDE_KH: tl.constexpr,
+    STRIDE_VB: tl.constexpr, STRIDE_VS: tl.constexpr, STRIDE_VH: tl.constexpr,
     SOFTCAP: tl.constexpr, WINDOW: tl.constexpr, DOT_F32: tl.constexpr,
     SINGLE_LOOP: tl.constexpr,  # one masked loop over all keys (fewer registers: AMD)
     QK_CHUNK: tl.constexpr,     # head-dim chunk of Q K^T (BLOCK_DK: Q stays in registers)
 ):
-    pid_q = tl.program_id(0)
+    # Last tile first: with causal masking the late tiles of a sequence have the most keys, so
+    # starting them first keeps the tail of the grid short.
+    pid_q = tl.num_programs(0) - 1 - tl.program_id(0)
     pid_h = tl.program_id(1)
     kvh = pid_h // NHC
     hc = pid_h % NHC
@@ -208,14 +273,12 @@ def _attn_prefill_kernel(
 
     # Rows: BQ tokens x HT heads of KV group kvh; row r is token q0 + r // HT, head r % HT.
     offs_m = tl.arange(0, BLOCK_M)
-    offs_dk = tl.arange(0, BLOCK_DK)
     tok = offs_m // HT
     hg = hc * HT + offs_m % HT  # head within the KV group
     row_ok = (tok < BQ) & (q0 + tok < q_len) & (hg < G)
     q_rows = q_ptr + ((q_start + q0 + tok).to(tl.int64) * stride_qt + (kvh * G + hg) * Dk)
     if QK_CHUNK == BLOCK_DK:
-        q = tl.load(q_rows[:, None] + offs_dk[None, :],
-                    mask=row_ok[:, None] & (offs_dk[None, :] < Dk), other=0.0)
+        q = _load_rows(q_rows, row_ok, Dk, BLOCK_DK, True)
     else:
         q = q_rows
 
@@ -236,8 +299,8 @@ def _attn_prefill_kernel(
     n_masked = n_front + tl.cdiv(kv_end - c_end, BLOCK_N)
 
     bt_ptr = block_tables_ptr + seq.to(tl.int64) * stride_bt
-    k_head_off = kvh.to(tl.int64) * stride_kh
-    v_head_off = kvh.to(tl.int64) * stride_vh
+    k_head_off = kvh * STRIDE_KH
+    v_head_off = kvh * STRIDE_VH
     acc = tl.zeros([BLOCK_M, BLOCK_DV], dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     m_i = tl.full([BLOCK_M], -1.0e30, dtype=tl.float32)
@@ -245,26 +308,36 @@ def _attn_prefill_kernel(
         # One loop body: masks on every tile, but only one copy of the dot operands live (two
         # loops overflow RDNA3's 256 VGPRs even at 64x16 tiles).
         for start in range(kv_lo, kv_end, BLOCK_N):
+            blk = _tile_ids(bt_ptr, start, kv_end, BLOCK_N, BLOCK_SIZE, True)
             acc, l_i, m_i = _prefill_tile(
-                acc, l_i, m_i, q, row_ok, start, kv_end, p_lo, k_cache_ptr, v_cache_ptr, bt_ptr,
-                k_head_off, v_head_off, stride_kb, stride_ks, stride_vb, stride_vs,
-                qk_scale, cap_scale, window, HT, Dk, Dv, BLOCK_M, BLOCK_N, BLOCK_DK, BLOCK_DV,
-                BLOCK_SIZE, QK_CHUNK, True, SOFTCAP, WINDOW, DOT_F32)
+                acc, l_i, m_i, q, row_ok, start, kv_end, p_lo, blk, k_cache_ptr, v_cache_ptr,
+                k_head_off, v_head_off, qk_scale, cap_scale, window, HT, Dk, Dv, BLOCK_M,
+                BLOCK_N, BLOCK_DK, BLOCK_DV, BLOCK_SIZE, STRIDE_KB, STRIDE_KS, STRIDE_VB,
+                STRIDE_VS, QK_CHUNK, True, SOFTCAP, WINDOW, DOT_F32)
     else:
+        # The block ids of tile i + 1 are loaded during tile i and carried: the K/V loads then
+        # depend on no load of their own iteration, so the software pipeliner can issue them
+        # num_stages - 1 tiles ahead (with the id gather in the same iteration it waits for
+        # every copy at the top of each tile and the memory latency shows on every tile).
+        blk = _tile_ids(bt_ptr, b_end, c_end, BLOCK_N, BLOCK_SIZE, True)
         for start in range(b_end, c_end, BLOCK_N):
+            blk_next = _tile_ids(bt_ptr, start + BLOCK_N, c_end, BLOCK_N, BLOCK_SIZE, True)
             acc, l_i, m_i = _prefill_tile(
-                acc, l_i, m_i, q, row_ok, start, c_end, p_lo, k_cache_ptr, v_cache_ptr, bt_ptr,
-                k_head_off, v_head_off, stride_kb, stride_ks, stride_vb, stride_vs,
-                qk_scale, cap_scale, window, HT, Dk, Dv, BLOCK_M, BLOCK_N, BLOCK_DK, BLOCK_DV,
-                BLOCK_SIZE, QK_CHUNK, False, SOFTCAP, WINDOW, DOT_F32)
+                acc, l_i, m_i, q, row_ok, start, c_end, p_lo, blk, k_cache_ptr, v_cache_ptr,
+                k_head_off, v_head_off, qk_scale, cap_scale, window, HT, Dk, Dv, BLOCK_M,
+                BLOCK_N, BLOCK_DK, BLOCK_DV, BLOCK_SIZE, STRIDE_KB, STRIDE_KS, STRIDE_VB,
+                STRIDE_VS, QK_CHUNK, False, SOFTCAP, WINDOW, DOT_F32)
+            blk = blk_next
         for i in range(0, n_masked):
             front = i < n_front
             start = tl.where(front, kv_lo + i * BLOCK_N, c_end + (i - n_front) * BLOCK_N)
+            hi = tl.where(front, b_end, kv_end)
+            blk = _tile_ids(bt_ptr, start, hi, BLOCK_N, BLOCK_SIZE, True)
             acc, l_i, m_i = _prefill_tile(
-                acc, l_i, m_i, q, row_ok, start, tl.where(front, b_end, kv_end), p_lo,
-                k_cache_ptr, v_cache_ptr, bt_ptr, k_head_off, v_head_off, stride_kb, stride_ks,
-                stride_vb, stride_vs, qk_scale, cap_scale, window, HT, Dk, Dv, BLOCK_M, BLOCK_N,
-                BLOCK_DK, BLOCK_DV, BLOCK_SIZE, QK_CHUNK, True, SOFTCAP, WINDOW, DOT_F32)
+                acc, l_i, m_i, q, row_ok, start, hi, p_lo, blk, k_cache_ptr, v_cache_ptr,
+                k_head_off, v_head_off, qk_scale, cap_scale, window, HT, Dk, Dv, BLOCK_M,
+                BLOCK_N, BLOCK_DK, BLOCK_DV, BLOCK_SIZE, STRIDE_KB, STRIDE_KS, STRIDE_VB,
+                STRIDE_VS, QK_CHUNK, True, SOFTCAP, WINDOW, DOT_F32)
 
     l_i = tl.where(l_i > 0.0, l_i, 1.0)
     o = acc / l_i[:, None]
@@ -280,145 +353,233 @@ def _attn_prefill_kernel(
 
 
 @triton.jit
+def _decode_partition(seq_len, window, num_splits, min_part, part_align,
+                      WINDOW: tl.constexpr, BLOCK_N: tl.constexpr):
+    """How one sequence's keys are split (the decode kernel and the reduce must agree): keys
+    [kv_start, seq_len) are attended; split p covers [base + p * part, base + (p + 1) * part)
+    of them, base = kv_start rounded down to BLOCK_N; n_parts = cdiv(seq_len - base, part) <=
+    num_splits (and at least 1)."""
+    if WINDOW:
+        kv_start = tl.maximum(seq_len - window, 0)
+    else:
+        kv_start = seq_len * 0
+    base = (kv_start // BLOCK_N) * BLOCK_N
+    span = seq_len - base
+    part = tl.cdiv(span, num_splits)
+    part = tl.maximum(tl.cdiv(part, part_align) * part_align, min_part)
+    n_parts = tl.maximum(tl.cdiv(span, part), 1)
+    return kv_start, base, part, n_parts
+
+
+@triton.jit
+def _combine(acc_ptr, ml_ptr, row0, n_parts, HT: tl.constexpr, Dv: tl.constexpr,
+             BLOCK_HT: tl.constexpr, BLOCK_DV: tl.constexpr, SPLIT_CHUNK: tl.constexpr):
+    """Merge the partials of rows row0 .. row0 + n_parts - 1 (one group's splits) into the
+    normalised output [BLOCK_HT, BLOCK_DV] fp32: an online softmax over the splits, SPLIT_CHUNK
+    splits per step. acc_ptr: [rows, BLOCK_HT, Dv] f32; ml_ptr: [rows, 2, BLOCK_HT] f32."""
+    offs_s = tl.arange(0, SPLIT_CHUNK)
+    offs_h = tl.arange(0, BLOCK_HT)
+    offs_d = tl.arange(0, BLOCK_DV)
+    h_ok = offs_h < HT
+    d_ok = offs_d < Dv
+    m_run = tl.full([BLOCK_HT], -1.0e30, dtype=tl.float32)
+    l_run = tl.zeros([BLOCK_HT], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_HT, BLOCK_DV], dtype=tl.float32)
+    for s0 in range(0, n_parts, SPLIT_CHUNK):
+        rows = row0 + s0 + offs_s                       # [SC] int64
+        ok = ((s0 + offs_s) < n_parts)[:, None] & h_ok[None, :]
+        ml = ml_ptr + rows[:, None] * (2 * BLOCK_HT) + offs_h[None, :]
+        # ".cg": from L2, never a stale L1 line (other programs wrote these in this launch).
+        m = tl.load(ml, mask=ok, other=-1.0e30, cache_modifier=".cg")
+        lp = tl.load(ml + BLOCK_HT, mask=ok, other=0.0, cache_modifier=".cg")
+        a = tl.load(acc_ptr + ((rows[:, None] * BLOCK_HT + offs_h[None, :]) * Dv)[:, :, None]
+                    + offs_d[None, None, :], mask=ok[:, :, None] & d_ok[None, None, :], other=0.0,
+                    cache_modifier=".cg")
+        m_new = tl.maximum(m_run, tl.max(m, 0))
+        alpha = tl.exp2(m_run - m_new)
+        w = tl.exp2(m - m_new[None, :])                 # [SC, BLOCK_HT]; 0 where masked
+        acc = acc * alpha[:, None] + tl.sum(w[:, :, None] * a, 0)
+        l_run = l_run * alpha + tl.sum(w * lp, 0)
+        m_run = m_new
+    l_run = tl.where(l_run > 0.0, l_run, 1.0)
+    return acc / l_run[:, None]
+
+
+@triton.jit
+def _store_group(out_ptr, t_idx, stride_ot, o, kvh, hc, G: tl.constexpr, HT: tl.constexpr,
+                 Dv: tl.constexpr, ROWS: tl.constexpr, BLOCK_DV: tl.constexpr):
+    """Store o [ROWS, BLOCK_DV] as heads kvh*G + hc*HT + r (r < HT, head < G) of token t_idx."""
+    offs_r = tl.arange(0, ROWS)
+    offs_d = tl.arange(0, BLOCK_DV)
+    hg = hc * HT + offs_r
+    ok = (offs_r < HT) & (hg < G)
+    ptrs = out_ptr + t_idx * stride_ot + ((kvh * G + hg) * Dv)[:, None] + offs_d[None, :]
+    tl.store(ptrs, o.to(out_ptr.dtype.element_ty), mask=ok[:, None] & (offs_d[None, :] < Dv))
+
+
+@triton.jit
 def _attn_decode_kernel(
     q_ptr,             # [T, H*Dk]   row stride stride_qt (T <= B: at most one query a sequence)
-    k_cache_ptr,       # [NB, BS, Hkv, Dk]
-    v_cache_ptr,       # [NB, BS, Hkv, Dv]
-    out_ptr,           # [T, H*Dv]   row stride stride_ot (written when not SPLIT)
-    part_ml_ptr,       # [B, H, S, 2] f32 (max in log2 units, sum) per split (when SPLIT)
-    part_acc_ptr,      # [B, H, S, Dv] f32 unnormalised accumulators (when SPLIT)
+    k_cache_ptr,       # [NB, BS, Hkv, Dk]  strides (STRIDE_KB, STRIDE_KS, STRIDE_KH, 1)
+    v_cache_ptr,       # [NB, BS, Hkv, Dv]  strides (STRIDE_VB, STRIDE_VS, STRIDE_VH, 1)
+    out_ptr,           # [T, H*Dv]   row stride stride_ot
+    part_ptr,          # f32 [R, BLOCK_HT, Dv] partial accs, then [R, 2, BLOCK_HT] (max, sum);
+                       #   R = B * NG * S, row (b * NG + g) * S + split (used when SPLIT)
+    sem_ptr,           # [>= B*NG] i32 arrival counters, zero between launches (FUSED_REDUCE)
     qsl_ptr,           # [B+1] i32
     seq_lens_ptr,      # [B] i32
     block_tables_ptr,  # [B, W] i32  row stride stride_bt
-    num_splits, partition,
+    num_splits, min_part, part_align,
     stride_qt, stride_ot, stride_bt,
-    stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh,
     qk_scale, cap_scale, window,
-    H: tl.constexpr, G: tl.constexpr, HT: tl.constexpr, NHC: tl.constexpr,
+    G: tl.constexpr, HT: tl.constexpr, NHC: tl.constexpr,
     Dk: tl.constexpr, Dv: tl.constexpr,
-    BLOCK_G: tl.constexpr, BLOCK_N: tl.constexpr,
-    BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr, BLOCK_SIZE: tl.constexpr,
-    SOFTCAP: tl.constexpr, WINDOW: tl.constexpr, SPLIT: tl.constexpr, DOT_F32: tl.constexpr,
-    QK_CHUNK: tl.constexpr,  # head-dim chunk of Q K^T (BLOCK_DK: Q stays in registers)
+    BLOCK_G: tl.constexpr,     # dot rows: HT heads padded to >= 16
+    BLOCK_HT: tl.constexpr,    # partial rows per group: HT padded to a power of two
+    BLOCK_N: tl.constexpr, BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr,
+    BLOCK_SIZE: tl.constexpr,
+    STRIDE_KB: tl.constexpr, STRIDE_KS: tl.constexpr, STRIDE_KH: tl.constexpr,
+    STRIDE_VB: tl.constexpr, STRIDE_VS: tl.constexpr, STRIDE_VH: tl.constexpr,
+    SOFTCAP: tl.constexpr, WINDOW: tl.constexpr,
+    SPLIT: tl.constexpr,         # num_splits may be > 1
+    FUSED_REDUCE: tl.constexpr,  # the last split of a group merges the partials
+    SPLIT_CHUNK: tl.constexpr,   # splits merged per step
+    DOT_F32: tl.constexpr,
+    QK_CHUNK: tl.constexpr,      # head-dim chunk of Q K^T (BLOCK_DK: Q stays in registers)
+    V_EARLY: tl.constexpr,       # load V with K (needs QK_CHUNK == BLOCK_DK), else after softmax
 ):
     seq = tl.program_id(0)
-    pid_h = tl.program_id(1)
+    gid = tl.program_id(1)  # KV head x head chunk
     split = tl.program_id(2)
-    kvh = pid_h // NHC
-    hc = pid_h % NHC
 
     q_start = tl.load(qsl_ptr + seq)
     q_len = tl.load(qsl_ptr + seq + 1) - q_start
     seq_len = tl.load(seq_lens_ptr + seq)
-    kv_lo = split * partition
-    if (q_len <= 0) | (kv_lo >= seq_len):
-        return  # a padding sequence, or a split past this sequence's end (the reduce skips it)
-    # The last split runs to the end, so a max_seq_len below a real length loses no keys.
-    kv_hi = tl.where(split == num_splits - 1, seq_len, tl.minimum(kv_lo + partition, seq_len))
-    if WINDOW:
-        kv_lo = tl.maximum(kv_lo, seq_len - window)
+    kv_start, base, part, n_parts = _decode_partition(seq_len, window, num_splits, min_part,
+                                                      part_align, WINDOW, BLOCK_N)
+    if (q_len <= 0) | (split >= n_parts):
+        return  # a padding sequence, or a split this sequence's length does not reach
+    lo = base + split * part
+    hi = tl.minimum(lo + part, seq_len)
+    lo = tl.maximum(lo, kv_start)
+    kvh = gid // NHC
+    hc = gid % NHC
 
     offs_g = tl.arange(0, BLOCK_G)
     hg = hc * HT + offs_g
     row_ok = (offs_g < HT) & (hg < G)
-    head = kvh * G + hg
-    offs_dk = tl.arange(0, BLOCK_DK)
-    offs_dv = tl.arange(0, BLOCK_DV)
     t_idx = q_start.to(tl.int64)
-    q_rows = q_ptr + t_idx * stride_qt + head * Dk
+    q_rows = q_ptr + t_idx * stride_qt + (kvh * G + hg) * Dk
     if QK_CHUNK == BLOCK_DK:
-        q = tl.load(q_rows[:, None] + offs_dk[None, :],
-                    mask=row_ok[:, None] & (offs_dk[None, :] < Dk), other=0.0)
+        q = _load_rows(q_rows, row_ok, Dk, BLOCK_DK, True)
     else:
         q = q_rows
 
     bt_ptr = block_tables_ptr + seq.to(tl.int64) * stride_bt
-    k_head_off = kvh.to(tl.int64) * stride_kh
-    v_head_off = kvh.to(tl.int64) * stride_vh
+    k_head_off = kvh * STRIDE_KH
+    v_head_off = kvh * STRIDE_VH
     acc = tl.zeros([BLOCK_G, BLOCK_DV], dtype=tl.float32)
     l_i = tl.zeros([BLOCK_G], dtype=tl.float32)
     m_i = tl.full([BLOCK_G], -1.0e30, dtype=tl.float32)
     offs_n0 = tl.arange(0, BLOCK_N)
-    # Tiles start at multiples of BLOCK_N (the keys before kv_lo are masked off).
-    for start in range((kv_lo // BLOCK_N) * BLOCK_N, kv_hi, BLOCK_N):
+    # Tiles start at multiples of BLOCK_N (keys before lo are masked off). The next tile's
+    # block ids are loaded one tile ahead and carried (see the prefill kernel's unmasked loop).
+    first = (lo // BLOCK_N) * BLOCK_N
+    blk = _tile_ids(bt_ptr, first, hi, BLOCK_N, BLOCK_SIZE, True)
+    for start in range(first, hi, BLOCK_N):
+        blk_next = _tile_ids(bt_ptr, start + BLOCK_N, hi, BLOCK_N, BLOCK_SIZE, True)
         offs_n = start + offs_n0
-        in_kv = (offs_n >= kv_lo) & (offs_n < kv_hi)
-        if BLOCK_SIZE % BLOCK_N == 0:  # the tile lies in one cache block
-            blk = tl.load(bt_ptr + start // BLOCK_SIZE).to(tl.int64)
+        in_kv = (offs_n >= lo) & (offs_n < hi)
+        slot = offs_n % BLOCK_SIZE
+        k_rows = k_cache_ptr + (blk * STRIDE_KB + (slot * STRIDE_KS + k_head_off))
+        v_rows = v_cache_ptr + (blk * STRIDE_VB + (slot * STRIDE_VS + v_head_off))
+        if V_EARLY:
+            # K and V requested back to back: one memory round trip per tile, not two (without
+            # software pipelining; with it both are async copies issued ahead anyway).
+            k = _load_rows(k_rows, in_kv, Dk, BLOCK_DK, True)
+            v = _load_rows(v_rows, in_kv, Dv, BLOCK_DV, True)
+            qk = _dot(q, tl.trans(k), DOT_F32)
+        elif QK_CHUNK == BLOCK_DK:
+            k = _load_rows(k_rows, in_kv, Dk, BLOCK_DK, True)
+            qk = _dot(q, tl.trans(k), DOT_F32)
         else:
-            blk = tl.load(bt_ptr + offs_n // BLOCK_SIZE, mask=in_kv, other=0).to(tl.int64)
-        slot = (offs_n % BLOCK_SIZE).to(tl.int64)
-        qk = _qk(q, row_ok, k_cache_ptr + (blk * stride_kb + slot * stride_ks + k_head_off),
-                 in_kv[:, None] & (offs_dk[None, :] < Dk), in_kv, Dk, BLOCK_G, BLOCK_N, BLOCK_DK,
-                 QK_CHUNK, True, DOT_F32)
+            qk = _qk_chunked(q, row_ok, k_rows, in_kv, Dk, BLOCK_G, BLOCK_N, BLOCK_DK, QK_CHUNK,
+                             True, DOT_F32)
         s = _scores(qk, qk_scale, cap_scale, SOFTCAP)
         s = tl.where(in_kv[None, :], s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
         alpha = tl.exp2(m_i - m_new)
         p = tl.exp2(s - m_new[:, None])
         l_i = l_i * alpha + tl.sum(p, 1)
-        v = tl.load(v_cache_ptr + (blk * stride_vb + slot * stride_vs + v_head_off)[:, None]
-                    + offs_dv[None, :], mask=in_kv[:, None] & (offs_dv[None, :] < Dv), other=0.0)
-        acc = acc * alpha[:, None] + _dot(p.to(v.dtype), v, DOT_F32)
+        if not V_EARLY:
+            v = _load_rows(v_rows, in_kv, Dv, BLOCK_DV, True)
+        acc = _dot_acc(p.to(v.dtype), v, acc * alpha[:, None], DOT_F32)
         m_i = m_new
+        blk = blk_next
 
     if SPLIT:
-        row = (seq.to(tl.int64) * H + head) * num_splits + split  # [BLOCK_G]
-        tl.store(part_ml_ptr + row * 2, m_i, mask=row_ok)
-        tl.store(part_ml_ptr + row * 2 + 1, l_i, mask=row_ok)
-        tl.store(part_acc_ptr + (row * Dv)[:, None] + offs_dv[None, :], acc,
-                 mask=row_ok[:, None] & (offs_dv[None, :] < Dv))
+        if n_parts > 1:
+            ng = tl.num_programs(1)
+            grp = seq * ng + gid
+            row = grp.to(tl.int64) * num_splits + split
+            offs_dv = tl.arange(0, BLOCK_DV)
+            acc_rows = part_ptr + (row * BLOCK_HT + offs_g) * Dv
+            tl.store(acc_rows[:, None] + offs_dv[None, :], acc,
+                     mask=row_ok[:, None] & (offs_dv[None, :] < Dv))
+            n_rows = (tl.num_programs(0) * ng).to(tl.int64) * num_splits
+            ml_ptr = part_ptr + n_rows * (BLOCK_HT * Dv)
+            tl.store(ml_ptr + row * (2 * BLOCK_HT) + offs_g, m_i, mask=row_ok)
+            tl.store(ml_ptr + row * (2 * BLOCK_HT) + BLOCK_HT + offs_g, l_i, mask=row_ok)
+            if FUSED_REDUCE:
+                # Every thread's partial stores, then one release by the program: the last
+                # arrival (acquire) sees all n_parts partials of the group.
+                tl.debug_barrier()
+                arrived = tl.atomic_add(sem_ptr + grp, 1, sem="acq_rel", scope="gpu")
+                if arrived == n_parts - 1:
+                    o = _combine(part_ptr, ml_ptr, grp.to(tl.int64) * num_splits, n_parts, HT,
+                                 Dv, BLOCK_HT, BLOCK_DV, SPLIT_CHUNK)
+                    _store_group(out_ptr, t_idx, stride_ot, o, kvh, hc, G, HT, Dv, BLOCK_HT,
+                                 BLOCK_DV)
+                    tl.atomic_xchg(sem_ptr + grp, 0, sem="relaxed", scope="gpu")
+        else:
+            l_i = tl.where(l_i > 0.0, l_i, 1.0)
+            _store_group(out_ptr, t_idx, stride_ot, acc / l_i[:, None], kvh, hc, G, HT, Dv,
+                         BLOCK_G, BLOCK_DV)
     else:
         l_i = tl.where(l_i > 0.0, l_i, 1.0)
-        o = acc / l_i[:, None]
-        tl.store(out_ptr + t_idx * stride_ot + (head * Dv)[:, None] + offs_dv[None, :],
-                 o.to(out_ptr.dtype.element_ty), mask=row_ok[:, None] & (offs_dv[None, :] < Dv))
+        _store_group(out_ptr, t_idx, stride_ot, acc / l_i[:, None], kvh, hc, G, HT, Dv, BLOCK_G,
+                     BLOCK_DV)
 
 
 @triton.jit
 def _attn_reduce_kernel(
     out_ptr,           # [T, H*Dv]   row stride stride_ot
-    part_ml_ptr,       # [B, H, S, 2] f32
-    part_acc_ptr,      # [B, H, S, Dv] f32
+    part_ptr,          # f32 partials, laid out as in _attn_decode_kernel
     qsl_ptr,           # [B+1] i32
     seq_lens_ptr,      # [B] i32
-    num_splits, partition, stride_ot,
-    H: tl.constexpr, Dv: tl.constexpr,
-    BLOCK_S: tl.constexpr, SPLIT_CHUNK: tl.constexpr, BLOCK_DV: tl.constexpr,
+    num_splits, min_part, part_align, stride_ot, window,
+    G: tl.constexpr, HT: tl.constexpr, NHC: tl.constexpr, Dv: tl.constexpr,
+    BLOCK_HT: tl.constexpr, BLOCK_DV: tl.constexpr, BLOCK_N: tl.constexpr,
+    WINDOW: tl.constexpr, SPLIT_CHUNK: tl.constexpr,
 ):
+    """One program per (sequence, group) of the decode grid: merge its n_parts partials (groups
+    with one split were written by the decode kernel itself)."""
     seq = tl.program_id(0)
-    head = tl.program_id(1)
+    gid = tl.program_id(1)
     q_start = tl.load(qsl_ptr + seq)
     q_len = tl.load(qsl_ptr + seq + 1) - q_start
-    if q_len <= 0:
-        return
     seq_len = tl.load(seq_lens_ptr + seq)
-    n_valid = tl.minimum(tl.cdiv(seq_len, partition), num_splits)  # splits that wrote partials
-    base = (seq.to(tl.int64) * H + head) * num_splits
-
-    offs_s = tl.arange(0, BLOCK_S)
-    ok = offs_s < n_valid
-    m = tl.load(part_ml_ptr + (base + offs_s) * 2, mask=ok, other=-1.0e30)
-    l = tl.load(part_ml_ptr + (base + offs_s) * 2 + 1, mask=ok, other=0.0)
-    m_max = tl.max(m, 0)
-    w = tl.where(ok, tl.exp2(m - m_max), 0.0)
-    total = tl.sum(w * l, 0)
-    total = tl.where(total > 0.0, total, 1.0)
-
-    offs_c = tl.arange(0, SPLIT_CHUNK)
-    offs_dv = tl.arange(0, BLOCK_DV)
-    acc = tl.zeros([BLOCK_DV], dtype=tl.float32)
-    for s0 in range(0, n_valid, SPLIT_CHUNK):
-        sc = s0 + offs_c
-        okc = sc < n_valid
-        mc = tl.load(part_ml_ptr + (base + sc) * 2, mask=okc, other=-1.0e30)
-        wc = tl.where(okc, tl.exp2(mc - m_max), 0.0)
-        a = tl.load(part_acc_ptr + ((base + sc) * Dv)[:, None] + offs_dv[None, :],
-                    mask=okc[:, None] & (offs_dv[None, :] < Dv), other=0.0)
-        acc += tl.sum(wc[:, None] * a, 0)
-    o = acc / total
-    tl.store(out_ptr + q_start.to(tl.int64) * stride_ot + head * Dv + offs_dv,
-             o.to(out_ptr.dtype.element_ty), mask=offs_dv < Dv)
+    _, _, _, n_parts = _decode_partition(seq_len, window, num_splits, min_part, part_align,
+                                         WINDOW, BLOCK_N)
+    if (q_len <= 0) | (n_parts <= 1):
+        return
+    ng = tl.num_programs(1)
+    grp = seq * ng + gid
+    n_rows = (tl.num_programs(0) * ng).to(tl.int64) * num_splits
+    o = _combine(part_ptr, part_ptr + n_rows * (BLOCK_HT * Dv), grp.to(tl.int64) * num_splits,
+                 n_parts, HT, Dv, BLOCK_HT, BLOCK_DV, SPLIT_CHUNK)
+    _store_group(out_ptr, q_start.to(tl.int64), stride_ot, o, gid // NHC, gid % NHC, G, HT, Dv,
+                 BLOCK_HT, BLOCK_DV)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -431,6 +592,9 @@ def _pow2(n: int) -> int:
 
 def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "on", "yes")
+
+
+_INTERPRET = _interpreting()  # as the kernels were decorated (triton.jit reads it at import)
 
 
 def _device_info():
@@ -452,10 +616,11 @@ def _kind(info) -> str:
 def _prefill_default(kind: str, dk: int, elem: int) -> dict:
     """Launcher default for the prefill kernel (the tuning tables override it per arch).
 
-    nvidia: big tiles, multi-stage cp.async pipelining, the KV loop split into unmasked and
-    masked parts. cdna: 64 KiB LDS, so one stage and narrower K/V tiles at head dim 256. rdna:
-    WMMA keeps every K/V operand per wave in VGPRs (256 max): small tiles and one loop body
-    (gfx1100 ISA: D=128 at 64x16 needs ~245 VGPRs; larger tiles or two loop bodies spill).
+    nvidia: 128-row tiles on two wgmma warpgroups (8 warps), 3-stage cp.async pipelining of the
+    K/V tiles, the KV loop split into unmasked and masked parts. cdna: 64 KiB LDS, so one stage
+    and narrower K/V tiles at head dim 256. rdna: WMMA keeps every K/V operand per wave in VGPRs
+    (256 max): small tiles and one loop body (gfx1100 ISA: D=128 at 64x16 needs ~245 VGPRs;
+    larger tiles or two loop bodies spill).
     SINGLE_LOOP (0/1): one masked loop instead of two. QK_CHUNK: 0 (Q K^T in one dot) or a
     power of two < head dim (chunked dots, Q reloaded per KV tile: fewer registers).
     """
@@ -464,9 +629,11 @@ def _prefill_default(kind: str, dk: int, elem: int) -> dict:
         return {"BLOCK_M": 64, "BLOCK_N": 32, "num_warps": 4, "num_stages": 1, "SINGLE_LOOP": 0,
                 "QK_CHUNK": 0}
     if kind == "nvidia":
-        cfg = {"BLOCK_M": 64 if big else 128, "BLOCK_N": 64,
-               "num_warps": 4 if dk <= 64 or big else 8, "num_stages": 2 if big else 3,
-               "SINGLE_LOOP": 0, "QK_CHUNK": 0}
+        # sm90 ISA (bf16): d128 128x64 / 8 warps / 3 stages: 216 regs, 129 KiB smem, K/V two
+        # tiles ahead; d64 at 4 warps sits at 255 regs (8: 159); d256 64x64 spills at 2 and 3
+        # stages, 64x32 with 8 warps and 3 stages: 224 regs, no spills, 129 KiB.
+        cfg = {"BLOCK_M": 64 if big else 128, "BLOCK_N": 32 if big else 64,
+               "num_warps": 8, "num_stages": 3, "SINGLE_LOOP": 0, "QK_CHUNK": 0}
     elif kind == "cdna":
         # 8 waves keep the 128x64 (d <= 128) and 64x32 (d = 256) tiles under the 256 VGPRs
         # that waves_per_eu=2 allows (4 waves spill a few at d = 128).
@@ -480,10 +647,10 @@ def _prefill_default(kind: str, dk: int, elem: int) -> dict:
                "SINGLE_LOOP": 1, "QK_CHUNK": 64 if big else 0}
     if elem == 4:  # fp32: twice the bytes, FMA dots (no tensor cores): small tiles
         cfg["BLOCK_N"] = max(16, cfg["BLOCK_N"] // 2)
-        cfg["num_stages"] = min(cfg["num_stages"], 2)
         cfg["BLOCK_M"] = 16 if kind == "rdna" else 64
-        if kind == "nvidia":
-            cfg["num_warps"] = 4
+        if kind == "nvidia":  # sm90: 64x32 one-dot fp32 tiles at 4 warps spilled 1-70 KB;
+            # 8 warps with 32-wide chunks above d64 (180-246 regs), one dot at d64 (110): none
+            cfg["num_warps"], cfg["QK_CHUNK"] = 8, 32 if dk > 64 else 0
         if kind == "rdna":  # no fp32 WMMA: FMA dots hold a K-row per thread; chunk the head dim
             cfg["num_warps"], cfg["QK_CHUNK"] = 8, 32
     return cfg
@@ -497,11 +664,15 @@ def _fit_shared(cfg: dict, dk: int, dv: int, elem: int, lds_bytes: int) -> dict:
     def need() -> int:
         return elem * (cfg["BLOCK_M"] * dk + cfg["num_stages"] * cfg["BLOCK_N"] * (dk + dv))
 
+    # Keep 3 stages as long as possible: the K/V tiles are then loaded two tiles ahead (with 2
+    # stages the pipeliner single-buffers them and waits for each tile's load).
     while need() > lds_bytes:
-        if cfg["num_stages"] > 2:
+        if cfg["num_stages"] > 3:
             cfg["num_stages"] -= 1
         elif cfg["BLOCK_N"] > 32:
             cfg["BLOCK_N"] //= 2
+        elif cfg["num_stages"] > 2:
+            cfg["num_stages"] -= 1
         elif cfg["num_stages"] > 1:
             cfg["num_stages"] -= 1
         elif cfg["BLOCK_N"] > 16:
@@ -514,23 +685,52 @@ def _fit_shared(cfg: dict, dk: int, dv: int, elem: int, lds_bytes: int) -> dict:
 
 
 def _decode_default(kind: str, dk: int, elem: int) -> dict:
-    """Launcher default for the decode kernel. MIN_PARTITION (keys per split, at least) and
-    SPLITS_PER_CU (aim for this many programs per CU) drive the split-K choice."""
+    """Launcher default for the decode kernel (see the module docstring for the split scheme).
+
+    BLOCK_N keys per loop step; MIN_PARTITION keys per split at least (rounded up to BLOCK_N);
+    SPLITS_PER_CU programs per CU the split count aims at for the whole batch; MAX_SPLITS caps
+    the splits of one sequence (the merge reads them SPLIT_CHUNK at a time, so more splits mean
+    a longer serial merge); FUSED_REDUCE (0/1): the last split merges (one launch) instead of
+    `_attn_reduce_kernel` (two); V_EARLY (0/1): issue a tile's V load with its K load (one
+    memory round trip without software pipelining) or after the softmax (fewer live registers:
+    gfx1100 d128 with V early needs 250 VGPRs and spills, after the softmax 198).
+
+    A decode step is latency-bound until the batch's KV is several MiB: short splits (one or two
+    64-key tiles) spread a batch-1 context of 512 over 64 programs instead of 8, and the merge
+    is fused so that a split costs no second launch. On CDNA3 the fused merge's agent-scope
+    release writes back the XCD's L2 (gfx942 has one L2 per XCD), hence a separate reduce there
+    until measured. fp32 halves BLOCK_N (FMA dots, twice the bytes).
+    """
     big = dk > 128
     block_n = 32 if kind in ("rdna", "interp") or big else 64
     # rdna, d = 256: chunked Q K^T as in prefill (gfx1100 ~205 VGPRs at BLOCK_N 32).
     cfg = {"BLOCK_N": block_n, "num_warps": 4, "num_stages": 2 if kind == "nvidia" else 1,
-           "MIN_PARTITION": 256, "SPLITS_PER_CU": 4,
-           "QK_CHUNK": 64 if kind == "rdna" and big else 0}
+           "MIN_PARTITION": block_n, "SPLITS_PER_CU": 4, "MAX_SPLITS": 64, "SPLIT_CHUNK": 16,
+           "FUSED_REDUCE": 0 if kind == "cdna" else 1,
+           "QK_CHUNK": 64 if kind == "rdna" and big else 0,
+           "V_EARLY": 0 if kind == "rdna" else 1}
     if elem == 4:
         cfg["BLOCK_N"] = max(16, block_n // 2)
+        cfg["MIN_PARTITION"] = cfg["BLOCK_N"]
         if kind == "rdna":  # see _prefill_default
             cfg["num_warps"], cfg["QK_CHUNK"] = 8, 32
+        if kind == "nvidia":  # sm90 d128 fp32 split+softcap: 4 warps spill 36 B, 8: 93 regs
+            cfg["num_warps"] = 8
     return cfg
 
 
 def _reduce_default(kind: str) -> dict:
     return {"SPLIT_CHUNK": 16, "num_warps": 2 if kind == "cdna" else 4, "num_stages": 1}
+
+
+def _split_chunk(want: int, block_ht: int, block_dv: int, num_warps: int) -> int:
+    """Splits merged per step: at most `want`, and a [chunk, BLOCK_HT, BLOCK_DV] fp32 tile of at
+    most 64 values per thread (warps of 32 lanes: the smaller warp is the tighter bound)."""
+    budget = 64 * 32 * max(1, num_warps) // (block_ht * block_dv)
+    c = 2
+    while c * 2 <= min(max(2, int(want)), max(2, budget)):
+        c *= 2
+    return c
 
 
 def _qk_chunk(cfg: dict, block_dk: int) -> int:
@@ -554,6 +754,88 @@ def _launch_opts(cfg: dict, kind: str) -> dict:
     return opts
 
 
+@functools.lru_cache(maxsize=256)
+def _decode_plan(kind: str, dk: int, dv: int, G: int, elem: int) -> dict:
+    """Everything about a decode launch that depends only on the model and the device."""
+    cfg = tuning.get_config("attn_decode_f32" if elem == 4 else "attn_decode",
+                            tuning.bucket(d=dk, g=G), _decode_default(kind, dk, elem))
+    ht = min(G, 64)
+    block_n = int(cfg["BLOCK_N"])
+    block_dv = max(16, _pow2(dv))
+    block_ht = max(2, _pow2(ht))
+    block_dk = max(16, _pow2(dk))
+    qk_chunk = _qk_chunk(cfg, block_dk)
+    min_part = max(1, int(cfg["MIN_PARTITION"]))
+    return {
+        "HT": ht, "NHC": -(-G // ht), "BLOCK_G": max(16, _pow2(ht)), "BLOCK_HT": block_ht,
+        "BLOCK_N": block_n, "BLOCK_DK": block_dk, "BLOCK_DV": block_dv, "QK_CHUNK": qk_chunk,
+        "V_EARLY": bool(int(cfg["V_EARLY"])) and qk_chunk == block_dk,  # needs Q in registers
+        "min_part": -(-min_part // block_n) * block_n,
+        "splits_per_cu": max(1, int(cfg["SPLITS_PER_CU"])),
+        "max_splits": max(1, min(int(cfg["MAX_SPLITS"]), MAX_SPLITS)),
+        "fused": bool(int(cfg["FUSED_REDUCE"])),
+        "SPLIT_CHUNK": _split_chunk(int(cfg["SPLIT_CHUNK"]), block_ht, block_dv,
+                                    int(cfg["num_warps"])),
+        "opts": _launch_opts(cfg, kind),
+    }
+
+
+@functools.lru_cache(maxsize=256)
+def _reduce_plan(kind: str, dv: int, ht: int, splits: int) -> dict:
+    cfg = tuning.get_config("attn_reduce", tuning.bucket(d=dv, s=splits), _reduce_default(kind))
+    block_dv = max(16, _pow2(dv))
+    return {"SPLIT_CHUNK": _split_chunk(int(cfg["SPLIT_CHUNK"]), max(2, _pow2(ht)), block_dv,
+                                        int(cfg["num_warps"])),
+            "opts": _launch_opts(cfg, kind)}
+
+
+@functools.lru_cache(maxsize=256)
+def _prefill_plan(kind: str, dk: int, dv: int, G: int, elem: int, lds_bytes: int) -> dict:
+    default = _prefill_default(kind, dk, elem)
+    if kind == "nvidia":
+        default = _fit_shared(default, dk, dv, elem, lds_bytes)
+    cfg = tuning.get_config("attn_prefill_f32" if elem == 4 else "attn_prefill",
+                            tuning.bucket(d=dk, g=G), default)
+    block_m = int(cfg["BLOCK_M"])
+    ht = min(G, block_m)
+    block_dk = max(16, _pow2(dk))
+    return {"HT": ht, "NHC": -(-G // ht), "BQ": block_m // ht, "BLOCK_M": block_m,
+            "BLOCK_N": int(cfg["BLOCK_N"]), "BLOCK_DK": block_dk,
+            "BLOCK_DV": max(16, _pow2(dv)), "SINGLE_LOOP": bool(int(cfg["SINGLE_LOOP"])),
+            "QK_CHUNK": _qk_chunk(cfg, block_dk), "opts": _launch_opts(cfg, kind)}
+
+
+def clear_config_cache() -> None:
+    """Forget resolved launch configs (tuning.clear_cache calls this after a table changes)."""
+    _decode_plan.cache_clear()
+    _reduce_plan.cache_clear()
+    _prefill_plan.cache_clear()
+
+
+def num_decode_splits(max_kv: int, n_groups: int, plan: dict, num_cus: int) -> int:
+    """The decode grid's split count S from host ints only (see the module docstring)."""
+    want = -(-plan["splits_per_cu"] * num_cus // max(1, n_groups))
+    return max(1, min(-(-max(1, max_kv) // plan["min_part"]), want, plan["max_splits"]))
+
+
+_SEMAPHORES: dict = {}   # (device type, index) -> the current counter buffer
+_SEM_KEEP: list = []     # every counter buffer ever handed out (captured graphs still use them)
+
+
+def _semaphores(device: torch.device, n: int) -> torch.Tensor:
+    """A zeroed int32 buffer of >= n arrival counters on `device`, reused across launches (the
+    fused decode leaves it zeroed). Grown, never freed: a CUDA graph captured with an older
+    buffer keeps writing to it."""
+    key = (device.type, device.index)
+    buf = _SEMAPHORES.get(key)
+    if buf is None or buf.numel() < n:
+        size = max(4096, _pow2(n), 0 if buf is None else 2 * buf.numel())
+        buf = torch.zeros(size, dtype=torch.int32, device=device)
+        _SEM_KEEP.append(buf)
+        _SEMAPHORES[key] = buf
+    return buf
+
+
 # ----------------------------------------------------------------------------------------------
 # launcher
 
@@ -567,33 +849,10 @@ def _check_int_tensor(name: str, x, ndim: int) -> None:
         raise ValueError(f"{name}: expected {ndim}-D, got shape {tuple(x.shape)}")
 
 
-def _choose_partition(max_kv: int, n_programs: int, block_n: int, cfg: dict, info) -> int:
-    """Keys per decode split: enough splits to give every CU SPLITS_PER_CU programs, none
-    shorter than MIN_PARTITION keys, at most MAX_SPLITS splits; a multiple of BLOCK_N."""
-    num_cus = info.num_cus if info is not None else 4
-    want = max(1, -(-int(cfg["SPLITS_PER_CU"]) * num_cus // max(n_programs, 1)))
-    part = max(int(cfg["MIN_PARTITION"]), -(-max_kv // want))
-    part = max(part, -(-max_kv // MAX_SPLITS))
-    return -(-part // block_n) * block_n
-
-
-def attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
-              query_start_loc: torch.Tensor, seq_lens: torch.Tensor, block_tables: torch.Tensor,
-              num_heads: int, num_kv_heads: int, scale: float, sliding_window: int | None = None,
-              softcap: float | None = None, max_query_len: int | None = None,
-              max_seq_len: int | None = None, out: torch.Tensor | None = None, *,
-              partition_size: int | None = None) -> torch.Tensor:
-    """Paged causal attention with GQA. q [T, H*Dk] -> out [T, H*Dv] (q's dtype).
-
-    k_cache [NB, BS, Hkv, Dk], v_cache [NB, BS, Hkv, Dv]; query_start_loc [B+1], seq_lens [B],
-    block_tables [B, W] int32 on q's device. sliding_window None/0 = off, softcap None/0 = off.
-    max_query_len / max_seq_len: host ints (ForwardBatch's). max_query_len == 1 selects the
-    decode kernel (at most one query per sequence; sequences with none are skipped); otherwise, or
-    when unknown, the varlen prefill kernel runs, which serves any mix. max_seq_len sizes the
-    decode split grid (the block-table capacity W * BS when not given). No host sync.
-    partition_size (keyword only, for tests and tuning): force the decode split length in keys.
-    """
-    # ---- validate ----------------------------------------------------------------------------
+def _validate(q, k_cache, v_cache, query_start_loc, seq_lens, block_tables, num_heads,
+              num_kv_heads, out, decode: bool) -> None:
+    """Every check on the tensor arguments (shapes, strides, dtypes, devices); ValueError naming
+    the argument. Its result depends only on what `_meta` reads, so passes are cached."""
     for name, x in (("q", q), ("k_cache", k_cache), ("v_cache", v_cache)):
         if not isinstance(x, torch.Tensor):
             raise ValueError(f"{name}: expected a torch tensor, got {type(x).__name__}")
@@ -607,7 +866,6 @@ def attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
     if k_cache.dtype != q.dtype or v_cache.dtype != q.dtype:
         raise ValueError(f"k_cache/v_cache: dtypes {k_cache.dtype}/{v_cache.dtype} differ from "
                          f"q's {q.dtype} (the KV cache holds activations' dtype)")
-    num_heads, num_kv_heads = int(num_heads), int(num_kv_heads)
     if num_kv_heads < 1 or num_heads < 1 or num_heads % num_kv_heads:
         raise ValueError(f"num_heads: {num_heads} must be a positive multiple of num_kv_heads "
                          f"({num_kv_heads})")
@@ -642,6 +900,61 @@ def attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                     ("block_tables", block_tables)):
         if x.device != q.device:
             raise ValueError(f"{name}: on {x.device}, q is on {q.device}")
+    T = q.shape[0]
+    if out is not None:
+        if not isinstance(out, torch.Tensor) or tuple(out.shape) != (T, num_heads * dv):
+            raise ValueError(f"out: expected shape {(T, num_heads * dv)}, got "
+                             f"{tuple(getattr(out, 'shape', ()))}")
+        if out.dtype != q.dtype or out.device != q.device:
+            raise ValueError(f"out: expected {q.dtype} on {q.device}, got {out.dtype} on "
+                             f"{out.device}")
+        if out.stride(1) != 1 and out.shape[1] > 1:
+            raise ValueError("out: the feature dim must be contiguous (stride 1)")
+    if decode and T > nseq:
+        raise ValueError(f"max_query_len: is 1 but q has {T} rows for {nseq} sequences")
+
+
+def _meta(x) -> tuple:
+    return (x.dtype, x.shape, x.stride(), x.device)
+
+
+_VALIDATED: set = set()  # argument signatures that passed _validate
+
+
+def attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+              query_start_loc: torch.Tensor, seq_lens: torch.Tensor, block_tables: torch.Tensor,
+              num_heads: int, num_kv_heads: int, scale: float, sliding_window: int | None = None,
+              softcap: float | None = None, max_query_len: int | None = None,
+              max_seq_len: int | None = None, out: torch.Tensor | None = None, *,
+              partition_size: int | None = None) -> torch.Tensor:
+    """Paged causal attention with GQA. q [T, H*Dk] -> out [T, H*Dv] (q's dtype).
+
+    k_cache [NB, BS, Hkv, Dk], v_cache [NB, BS, Hkv, Dv]; query_start_loc [B+1], seq_lens [B],
+    block_tables [B, W] int32 on q's device. sliding_window None/0 = off, softcap None/0 = off.
+    max_query_len / max_seq_len: host ints (ForwardBatch's). max_query_len == 1 selects the
+    decode kernel (at most one query per sequence; sequences with none are skipped); otherwise, or
+    when unknown, the varlen prefill kernel runs, which serves any mix. max_seq_len bounds the
+    decode split grid (the block-table capacity W * BS when not given); any value is correct,
+    each sequence splits its own length on the device. No host sync.
+    partition_size (keyword only, for tests and tuning): decode splits of exactly this many keys
+    (fewer, longer ones past MAX_SPLITS of them).
+    """
+    # ---- validate (cached by the tensors' dtype/shape/strides/device) ------------------------
+    num_heads, num_kv_heads = int(num_heads), int(num_kv_heads)
+    decode = max_query_len is not None and int(max_query_len) == 1
+    try:
+        key = (_meta(q), _meta(k_cache), _meta(v_cache), _meta(query_start_loc),
+               _meta(seq_lens), _meta(block_tables), None if out is None else _meta(out),
+               num_heads, num_kv_heads, decode)
+    except (AttributeError, TypeError):  # not tensors: _validate says which
+        key = None
+    if key is None or key not in _VALIDATED:
+        _validate(q, k_cache, v_cache, query_start_loc, seq_lens, block_tables, num_heads,
+                  num_kv_heads, out, decode)
+        if key is not None:
+            if len(_VALIDATED) > 4096:
+                _VALIDATED.clear()
+            _VALIDATED.add(key)
     scale = float(scale)
     if not math.isfinite(scale):
         raise ValueError(f"scale: must be finite, got {scale}")
@@ -651,18 +964,15 @@ def attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
     cap = 0.0 if softcap is None else float(softcap)
     if cap < 0 or not math.isfinite(cap):
         raise ValueError(f"softcap: must be None, 0 (off) or positive, got {softcap}")
+    if partition_size is not None and int(partition_size) < 1:
+        raise ValueError(f"partition_size: must be >= 1, got {partition_size}")
+
+    nb, bs, hkv, dk = k_cache.shape
+    dv = v_cache.shape[3]
     T = q.shape[0]
+    nseq = seq_lens.shape[0]
     if out is None:
         out = torch.empty((T, num_heads * dv), dtype=q.dtype, device=q.device)
-    else:
-        if not isinstance(out, torch.Tensor) or tuple(out.shape) != (T, num_heads * dv):
-            raise ValueError(f"out: expected shape {(T, num_heads * dv)}, got "
-                             f"{tuple(getattr(out, 'shape', ()))}")
-        if out.dtype != q.dtype or out.device != q.device:
-            raise ValueError(f"out: expected {q.dtype} on {q.device}, got {out.dtype} on "
-                             f"{out.device}")
-        if out.stride(1) != 1 and out.shape[1] > 1:
-            raise ValueError("out: the feature dim must be contiguous (stride 1)")
     if T == 0 or nseq == 0:
         return out
 
@@ -673,78 +983,61 @@ def attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
         qk_scale, cap_scale = 2.0 * LOG2E * scale / cap, cap * LOG2E
     else:
         qk_scale, cap_scale = scale * LOG2E, 1.0
-    block_dk, block_dv = max(16, _pow2(dk)), max(16, _pow2(dv))
     info = _device_info() if q.is_cuda else None
     kind = _kind(info)
     elem = q.element_size()
-    strides = (k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
-               v_cache.stride(0), v_cache.stride(1), v_cache.stride(2))
-    common = dict(SOFTCAP=softcap_on, WINDOW=window > 0,
-                  DOT_F32=_interpreting() and k_cache.dtype == torch.bfloat16)
+    ks, vs = k_cache.stride(), v_cache.stride()
+    common = dict(STRIDE_KB=ks[0], STRIDE_KS=ks[1], STRIDE_KH=ks[2], STRIDE_VB=vs[0],
+                  STRIDE_VS=vs[1], STRIDE_VH=vs[2], SOFTCAP=softcap_on, WINDOW=window > 0,
+                  DOT_F32=_INTERPRET and k_cache.dtype == torch.bfloat16)
 
-    if max_query_len is not None and int(max_query_len) == 1:
+    if decode:
         # ---- decode ---------------------------------------------------------------------------
-        if T > nseq:
-            raise ValueError(f"max_query_len: is 1 but q has {T} rows for {nseq} sequences")
-        cfg = tuning.get_config("attn_decode_f32" if elem == 4 else "attn_decode",
-                                tuning.bucket(d=dk, g=G),
-                                _decode_default(kind, dk, elem))
-        ht = min(G, 64)
-        nhc = -(-G // ht)
-        block_n = int(cfg["BLOCK_N"])
+        plan = _decode_plan(kind, dk, dv, G, elem)
+        ng = num_kv_heads * plan["NHC"]
         max_kv = int(max_seq_len) if max_seq_len is not None else block_tables.shape[1] * bs
-        max_kv = max(max_kv, 1)
         if partition_size is not None:
-            if int(partition_size) < 1:
-                raise ValueError(f"partition_size: must be >= 1, got {partition_size}")
-            part = max(int(partition_size), -(-max_kv // MAX_SPLITS))
+            min_part, align = int(partition_size), 1
+            S = max(1, min(-(-max(1, max_kv) // min_part), MAX_SPLITS))
         else:
-            part = _choose_partition(max_kv, nseq * num_kv_heads * nhc, block_n, cfg, info)
-        num_splits = -(-max_kv // part)
-        split = num_splits > 1
+            min_part, align = plan["min_part"], plan["BLOCK_N"]
+            S = num_decode_splits(max_kv, nseq * ng, plan, info.num_cus if info else 4)
+        split = S > 1
+        fused = split and plan["fused"]
         if split:
-            part_ml = torch.empty((nseq, num_heads, num_splits, 2), dtype=torch.float32,
-                                  device=q.device)
-            part_acc = torch.empty((nseq, num_heads, num_splits, dv), dtype=torch.float32,
-                                   device=q.device)
+            part = torch.empty(nseq * ng * S * plan["BLOCK_HT"] * (dv + 2), dtype=torch.float32,
+                               device=q.device)
         else:
-            part_ml = part_acc = out  # unused
-        _attn_decode_kernel[(nseq, num_kv_heads * nhc, num_splits)](
-            q, k_cache, v_cache, out, part_ml, part_acc, query_start_loc, seq_lens, block_tables,
-            num_splits, part, q.stride(0), out.stride(0), block_tables.stride(0), *strides,
+            part = out  # unused
+        sem = _semaphores(q.device, nseq * ng) if fused else seq_lens  # unused unless fused
+        _attn_decode_kernel[(nseq, ng, S)](
+            q, k_cache, v_cache, out, part, sem, query_start_loc, seq_lens, block_tables,
+            S, min_part, align, q.stride(0), out.stride(0), block_tables.stride(0),
             qk_scale, cap_scale, window,
-            H=num_heads, G=G, HT=ht, NHC=nhc, Dk=dk, Dv=dv, BLOCK_G=max(16, _pow2(ht)),
-            BLOCK_N=block_n, BLOCK_DK=block_dk, BLOCK_DV=block_dv, BLOCK_SIZE=bs, SPLIT=split,
-            QK_CHUNK=_qk_chunk(cfg, block_dk),
-            **common, **_launch_opts(cfg, kind))
-        if split:
-            rcfg = tuning.get_config("attn_reduce", tuning.bucket(d=dv, s=num_splits),
-                                     _reduce_default(kind))
-            _attn_reduce_kernel[(nseq, num_heads)](
-                out, part_ml, part_acc, query_start_loc, seq_lens, num_splits, part, out.stride(0),
-                H=num_heads, Dv=dv, BLOCK_S=max(2, _pow2(num_splits)),
-                SPLIT_CHUNK=int(rcfg["SPLIT_CHUNK"]), BLOCK_DV=block_dv, **_launch_opts(rcfg, kind))
+            G=G, HT=plan["HT"], NHC=plan["NHC"], Dk=dk, Dv=dv, BLOCK_G=plan["BLOCK_G"],
+            BLOCK_HT=plan["BLOCK_HT"], BLOCK_N=plan["BLOCK_N"], BLOCK_DK=plan["BLOCK_DK"],
+            BLOCK_DV=plan["BLOCK_DV"], BLOCK_SIZE=bs, SPLIT=split, FUSED_REDUCE=fused,
+            SPLIT_CHUNK=plan["SPLIT_CHUNK"], QK_CHUNK=plan["QK_CHUNK"], V_EARLY=plan["V_EARLY"],
+            **common, **plan["opts"])
+        if split and not fused:
+            rplan = _reduce_plan(kind, dv, plan["HT"], S)
+            _attn_reduce_kernel[(nseq, ng)](
+                out, part, query_start_loc, seq_lens, S, min_part, align, out.stride(0), window,
+                G=G, HT=plan["HT"], NHC=plan["NHC"], Dv=dv, BLOCK_HT=plan["BLOCK_HT"],
+                BLOCK_DV=plan["BLOCK_DV"], BLOCK_N=plan["BLOCK_N"], WINDOW=window > 0,
+                SPLIT_CHUNK=rplan["SPLIT_CHUNK"], **rplan["opts"])
         return out
 
     # ---- prefill / mixed -------------------------------------------------------------------------
-    default = _prefill_default(kind, dk, elem)
-    if kind == "nvidia":
-        default = _fit_shared(default, dk, dv, elem, info.lds_bytes)
-    cfg = tuning.get_config("attn_prefill_f32" if elem == 4 else "attn_prefill",
-                            tuning.bucket(d=dk, g=G), default)
-    block_m = int(cfg["BLOCK_M"])
-    ht = min(G, block_m)
-    nhc = -(-G // ht)
-    bq = block_m // ht
-    grid = (T // bq + nseq, num_kv_heads * nhc)
+    plan = _prefill_plan(kind, dk, dv, G, elem, info.lds_bytes if info else 0)
+    grid = (T // plan["BQ"] + nseq, num_kv_heads * plan["NHC"])
     _attn_prefill_kernel[grid](
         q, k_cache, v_cache, out, query_start_loc, seq_lens, block_tables, nseq,
-        q.stride(0), out.stride(0), block_tables.stride(0), *strides,
-        qk_scale, cap_scale, window,
-        G=G, HT=ht, NHC=nhc, BQ=bq, Dk=dk, Dv=dv, BLOCK_M=block_m, BLOCK_N=int(cfg["BLOCK_N"]),
-        BLOCK_DK=block_dk, BLOCK_DV=block_dv, BLOCK_SIZE=bs, BLOCK_B=64,
-        SINGLE_LOOP=bool(int(cfg["SINGLE_LOOP"])), QK_CHUNK=_qk_chunk(cfg, block_dk), **common,
-        **_launch_opts(cfg, kind))
+        q.stride(0), out.stride(0), block_tables.stride(0), qk_scale, cap_scale, window,
+        G=G, HT=plan["HT"], NHC=plan["NHC"], BQ=plan["BQ"], Dk=dk, Dv=dv,
+        BLOCK_M=plan["BLOCK_M"], BLOCK_N=plan["BLOCK_N"], BLOCK_DK=plan["BLOCK_DK"],
+        BLOCK_DV=plan["BLOCK_DV"], BLOCK_SIZE=bs, BLOCK_B=64, SINGLE_LOOP=plan["SINGLE_LOOP"],
+        QK_CHUNK=plan["QK_CHUNK"], **common, **plan["opts"])
     return out
 
 
@@ -764,11 +1057,11 @@ def _sig(fn, types: dict, constexprs: dict) -> dict:
 
 def _attrs(fn, sig: dict) -> dict:
     """What the JIT's runtime specialisation says at the representative shape: every pointer
-    (16-byte aligned) and every cache/activation stride (a multiple of 16 for head dims that
-    are) is divisible by 16. Vectorised K/V loads depend on it; compiled without these hints
-    the kernels scalarise every load and need several times the registers."""
+    (16-byte aligned) and every activation row stride (a multiple of 16 for head dims that are)
+    is divisible by 16. Vectorised loads depend on it; compiled without these hints the kernels
+    scalarise every load and need several times the registers."""
     return {(i,): [["tt.divisibility", 16]] for i, name in enumerate(fn.arg_names)
-            if sig[name].startswith("*") or (name.startswith("stride") and name != "stride_bt")}
+            if sig[name].startswith("*") or name in ("stride_qt", "stride_ot")}
 
 
 def _derive_prefill(ce: dict) -> None:
@@ -777,72 +1070,98 @@ def _derive_prefill(ce: dict) -> None:
     ce.update(HT=ht, NHC=-(-ce["G"] // ht), BQ=ce["BLOCK_M"] // ht)
 
 
-def compile_specs(kind: str = "rdna") -> list[dict]:
-    """Every kernel x head dim (64, 128, 256) x dtype (fp16, bf16, fp32) with `kind`'s default
-    tiles ("nvidia", "cdna", "rdna") and the constexpr flags (softcap, window, split) varied
-    across specs. Shape: Llama-like GQA 32:8, cache block size 16. Each spec also carries
-    "attrs" (divisibility hints, for ASTSource) as the JIT would specialise them, "kernel" and
-    "bucket" (the tuning-table name and bucket the launcher asks for: fp32 has its own names,
-    attn_prefill_f32 / attn_decode_f32, since FMA dots want other tiles than MMA ones) and, for
-    prefill, "derive" (constexprs that follow from BLOCK_M)."""
+def _cache_strides(d: int, hkv: int = 8, bs: int = 16) -> dict:
+    """Constexpr strides of contiguous [NB, bs, hkv, d] K and V caches."""
+    return dict(STRIDE_KB=bs * hkv * d, STRIDE_KS=hkv * d, STRIDE_KH=d,
+                STRIDE_VB=bs * hkv * d, STRIDE_VS=hkv * d, STRIDE_VH=d)
+
+
+def compile_specs(kind: str = "rdna", dtypes: tuple = ("fp16", "bf16", "fp32"),
+                  suffix: str = "", vendors: tuple | None = None) -> list[dict]:
+    """Every kernel x head dim (64, 128, 256) x dtype (of `dtypes`) with `kind`'s default
+    tiles ("nvidia", "cdna", "rdna") and the constexpr flags (softcap, window, split, fused
+    merge) varied across specs. Shape: Llama-like GQA 32:8, cache block size 16. Each spec also
+    carries "attrs" (divisibility hints, for ASTSource) as the JIT would specialise them,
+    "kernel" and "bucket" (the tuning-table name and bucket the launcher asks for: fp32 has its
+    own names, attn_prefill_f32 / attn_decode_f32, since FMA dots want other tiles than MMA
+    ones) and, for prefill, "derive" (constexprs that follow from BLOCK_M). Names get `suffix`;
+    with `vendors` the specs say they launch only there (autotune.report skips other targets)."""
     specs = []
     flags = [(False, False), (True, False), (False, True)]
     for di, d in enumerate((64, 128, 256)):
         for ti, dt in enumerate(("fp16", "bf16", "fp32")):
+            if dt not in dtypes:
+                continue
             elem = 4 if dt == "fp32" else 2
             softcap_on, window_on = flags[(di + ti) % 3]
             ptr = "*" + dt
             G = 4
             f32 = "_f32" if elem == 4 else ""
             b = tuning.bucket(d=d, g=G)
+            strides = _cache_strides(d)
             # prefill
             cfg = _prefill_default(kind, d, elem)
             ht = min(G, cfg["BLOCK_M"])
             ce = dict(G=G, HT=ht, NHC=-(-G // ht), BQ=cfg["BLOCK_M"] // ht, Dk=d, Dv=d,
                       BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], BLOCK_DK=d, BLOCK_DV=d,
-                      BLOCK_SIZE=16, BLOCK_B=64, SOFTCAP=softcap_on, WINDOW=window_on,
+                      BLOCK_SIZE=16, BLOCK_B=64, **strides, SOFTCAP=softcap_on, WINDOW=window_on,
                       DOT_F32=False, SINGLE_LOOP=bool(cfg["SINGLE_LOOP"]),
                       QK_CHUNK=_qk_chunk(cfg, d))
             types = {"q_ptr": ptr, "k_cache_ptr": ptr, "v_cache_ptr": ptr, "out_ptr": ptr,
                      "qsl_ptr": "*i32", "seq_lens_ptr": "*i32", "block_tables_ptr": "*i32",
                      "qk_scale": "fp32", "cap_scale": "fp32"}
             sig = _sig(_attn_prefill_kernel, types, ce)
-            specs.append({"name": f"attn_prefill_d{d}_{dt}", "fn": _attn_prefill_kernel,
+            specs.append({"name": f"attn_prefill_d{d}_{dt}{suffix}", "fn": _attn_prefill_kernel,
                           "kernel": "attn_prefill" + f32, "bucket": b,
                           "derive": _derive_prefill, "signature": sig, "constexprs": ce,
                           "attrs": _attrs(_attn_prefill_kernel, sig),
                           "num_warps": cfg["num_warps"], "num_stages": cfg["num_stages"],
                           "options": {k: cfg[k] for k in tuning.AMD_ONLY_KEYS if k in cfg}})
-            # decode
+            # decode (split and fused merge on some specs, plain on others)
             cfg = _decode_default(kind, d, elem)
-            split = (di + ti) % 2 == 0
-            ce = dict(H=32, G=G, HT=G, NHC=1, Dk=d, Dv=d, BLOCK_G=16, BLOCK_N=cfg["BLOCK_N"],
-                      BLOCK_DK=d, BLOCK_DV=d, BLOCK_SIZE=16, SOFTCAP=softcap_on, WINDOW=window_on,
-                      SPLIT=split, DOT_F32=False, QK_CHUNK=_qk_chunk(cfg, d))
+            # NVIDIA: always split with the fused merge (the production decode); elsewhere varied
+            split = (di + ti) % 2 == 0 or kind == "nvidia"
+            fused = split and bool(cfg["FUSED_REDUCE"]) and (ti != 1 or kind == "nvidia")
+            ce = dict(G=G, HT=G, NHC=1, Dk=d, Dv=d, BLOCK_G=16, BLOCK_HT=G,
+                      BLOCK_N=cfg["BLOCK_N"], BLOCK_DK=d, BLOCK_DV=d, BLOCK_SIZE=16, **strides,
+                      SOFTCAP=softcap_on, WINDOW=window_on, SPLIT=split, FUSED_REDUCE=fused,
+                      SPLIT_CHUNK=_split_chunk(cfg["SPLIT_CHUNK"], G, d, cfg["num_warps"]),
+                      DOT_F32=False, QK_CHUNK=_qk_chunk(cfg, d),
+                      V_EARLY=bool(cfg["V_EARLY"]) and _qk_chunk(cfg, d) == d)
             types = {"q_ptr": ptr, "k_cache_ptr": ptr, "v_cache_ptr": ptr, "out_ptr": ptr,
-                     "part_ml_ptr": "*fp32", "part_acc_ptr": "*fp32", "qsl_ptr": "*i32",
+                     "part_ptr": "*fp32", "sem_ptr": "*i32", "qsl_ptr": "*i32",
                      "seq_lens_ptr": "*i32", "block_tables_ptr": "*i32",
                      "qk_scale": "fp32", "cap_scale": "fp32"}
             sig = _sig(_attn_decode_kernel, types, ce)
-            specs.append({"name": f"attn_decode_d{d}_{dt}", "fn": _attn_decode_kernel,
+            specs.append({"name": f"attn_decode_d{d}_{dt}{suffix}", "fn": _attn_decode_kernel,
                           "kernel": "attn_decode" + f32, "bucket": b,
                           "signature": sig, "constexprs": ce,
                           "attrs": _attrs(_attn_decode_kernel, sig),
                           "num_warps": cfg["num_warps"], "num_stages": cfg["num_stages"]})
-            # reduce
+            # reduce (when the merge is not fused)
             cfg = _reduce_default(kind)
-            ce = dict(H=32, Dv=d, BLOCK_S=64, SPLIT_CHUNK=cfg["SPLIT_CHUNK"], BLOCK_DV=d)
-            types = {"out_ptr": ptr, "part_ml_ptr": "*fp32", "part_acc_ptr": "*fp32",
-                     "qsl_ptr": "*i32", "seq_lens_ptr": "*i32"}
+            ce = dict(G=G, HT=G, NHC=1, Dv=d, BLOCK_HT=G, BLOCK_DV=d, BLOCK_N=32,
+                      WINDOW=window_on,
+                      SPLIT_CHUNK=_split_chunk(cfg["SPLIT_CHUNK"], G, d, cfg["num_warps"]))
+            types = {"out_ptr": ptr, "part_ptr": "*fp32", "qsl_ptr": "*i32",
+                     "seq_lens_ptr": "*i32"}
             sig = _sig(_attn_reduce_kernel, types, ce)
-            specs.append({"name": f"attn_reduce_d{d}_{dt}", "fn": _attn_reduce_kernel,
+            specs.append({"name": f"attn_reduce_d{d}_{dt}{suffix}", "fn": _attn_reduce_kernel,
                           "kernel": "attn_reduce", "bucket": tuning.bucket(d=d, s=64),
                           "signature": sig, "constexprs": ce,
                           "attrs": _attrs(_attn_reduce_kernel, sig),
                           "num_warps": cfg["num_warps"], "num_stages": cfg["num_stages"]})
+    if vendors:
+        for sp in specs:
+            sp["vendors"] = list(vendors)
     return specs
 
 
-# The RDNA3 tiles are the smallest (and compile quickly for every target); compile_specs("cdna")
-# and compile_specs("nvidia") give the other vendors' defaults.
-COMPILE_SPECS: list[dict] = compile_specs("rdna")
+# The RDNA3 tiles are the smallest (and compile quickly for every target); the NVIDIA defaults
+# (what launches on sm90: wgmma tiles, 3 stages, the fused split merge) are compiled for NVIDIA
+# targets only, in bf16 and fp32 (fp16 compiles like bf16). The reduce kernel is not launched on
+# NVIDIA (the merge is fused there) and has no NVIDIA spec. compile_specs("cdna") gives CDNA's.
+COMPILE_SPECS: list[dict] = compile_specs("rdna") + [
+    sp for sp in compile_specs("nvidia", dtypes=("bf16", "fp32"), suffix="_nv",
+                               vendors=("nvidia",))
+    if not sp["name"].startswith("attn_reduce")]

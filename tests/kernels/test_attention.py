@@ -126,7 +126,16 @@ Q_LENS = [1, 5, 9, 1, 70]
 
 
 # ----------------------------------------------------------------------------------------------
-# prefill / mixed batches (varlen kernel)
+# config overrides
+
+
+@pytest.fixture(autouse=True)
+def fresh_configs():
+    """The launcher caches resolved configs: start and end every test without them, so that
+    the defaults patched below take effect and do not leak into other tests."""
+    attn.clear_config_cache()
+    yield
+    attn.clear_config_cache()
 
 
 @pytest.fixture
@@ -136,7 +145,36 @@ def single_loop(monkeypatch):
         orig = attn._prefill_default
         monkeypatch.setattr(attn, "_prefill_default",
                             lambda *a: dict(orig(*a), SINGLE_LOOP=int(on)))
+        attn.clear_config_cache()
     return force
+
+
+@pytest.fixture
+def decode_cfg(monkeypatch):
+    """Lay keys over the decode kernel's launcher default (BLOCK_N, MIN_PARTITION, ...)."""
+    def force(**kw):
+        orig = attn._decode_default
+        monkeypatch.setattr(attn, "_decode_default", lambda *a: dict(orig(*a), **kw))
+        attn.clear_config_cache()
+    return force
+
+
+@pytest.fixture
+def no_reduce_launch(monkeypatch):
+    """Fail if the separate reduce kernel is launched."""
+    class Forbidden:
+        def __getitem__(self, grid):
+            raise AssertionError("_attn_reduce_kernel launched")
+    monkeypatch.setattr(attn, "_attn_reduce_kernel", Forbidden())
+
+
+def counters_zero(device) -> bool:
+    buf = attn._SEMAPHORES.get((device.type, device.index))
+    return buf is None or int(buf.abs().sum()) == 0
+
+
+# ----------------------------------------------------------------------------------------------
+# prefill / mixed batches (varlen kernel)
 
 
 # bs 16 < BLOCK_N: per-key block gather; bs 32/64 >= BLOCK_N: one block id per KV tile.
@@ -175,10 +213,12 @@ def test_qk_chunked(rng, monkeypatch, dtype, chunk):
     for name in ("_prefill_default", "_decode_default"):
         orig = getattr(attn, name)
         monkeypatch.setattr(attn, name, lambda *a, _o=orig: dict(_o(*a), QK_CHUNK=chunk))
+    attn.clear_config_cache()
     t, n = make_case(rng, [17, 40], [17, 6], 6, 2, 80, 80, 16, dtype)
     run_and_check(t, n, 6, 2, 80 ** -0.5, dtype, window=20, max_query_len=17)
     orig = attn._prefill_default
     monkeypatch.setattr(attn, "_prefill_default", lambda *a: dict(orig(*a), SINGLE_LOOP=1))
+    attn.clear_config_cache()
     run_and_check(t, n, 6, 2, 80 ** -0.5, dtype, softcap=20.0, max_query_len=17)
     t, n = make_case(rng, [17, 40], [1, 1], 6, 2, 80, 80, 16, dtype)
     run_and_check(t, n, 6, 2, 80 ** -0.5, dtype, max_query_len=1, partition_size=16)
@@ -204,7 +244,7 @@ def test_prefill_head_dim_256(rng):
 
 
 # ----------------------------------------------------------------------------------------------
-# decode (one query per sequence): direct and split-K with the reduce kernel
+# decode (one query per sequence): direct, and split with the fused or the separate merge
 
 
 @pytest.mark.parametrize("H,Hkv,dk,dtype,window,softcap,partition,bs", [
@@ -222,6 +262,54 @@ def test_decode(rng, H, Hkv, dk, dtype, window, softcap, partition, bs):
                   max_seq_len=max(SEQ_LENS), partition_size=partition)
 
 
+@pytest.mark.parametrize("fused,window,v_early", [(1, None, 1), (0, None, 1), (1, 50, 0),
+                                                   (0, 50, 0)])
+def test_decode_splits_follow_each_sequence(rng, decode_cfg, fused, window, v_early):
+    """Automatic splits: the grid's split count comes from max_seq_len, and each sequence cuts
+    its own length (with a window: only the window's keys) into n_parts <= S splits, so one batch
+    mixes sequences of 1 to 5 splits (1: written directly, no partials). The merge reads 2
+    splits per step (several steps); fused = the last split merges, else the reduce kernel.
+    Also V loaded with K (NVIDIA/CDNA) or after the softmax (RDNA3)."""
+    decode_cfg(MIN_PARTITION=32, SPLITS_PER_CU=64, SPLIT_CHUNK=2, FUSED_REDUCE=fused,
+               V_EARLY=v_early)
+    seq_lens = [1, 5, 17, 33, 70, 130]
+    t, n = make_case(rng, seq_lens, [1] * 6, 8, 2, 64, 64, 16, "fp32")
+    plan = attn._decode_plan("interp", 64, 64, 4, 4)
+    assert attn.num_decode_splits(130, 6 * 2, plan, 4) == 5  # grid: 5 splits of >= 32 keys
+    run_and_check(t, n, 8, 2, 0.125, "fp32", window, max_query_len=1, max_seq_len=130)
+    assert counters_zero(t["q"].device)
+
+
+def test_decode_single_partition_is_one_launch(rng, decode_cfg, no_reduce_launch):
+    """When no sequence needs a split (S = 1: short max_seq_len), the decode kernel writes the
+    output itself and neither a reduce nor partials are needed, even with FUSED_REDUCE off."""
+    decode_cfg(FUSED_REDUCE=0)
+    t, n = make_case(rng, [3, 20, 31], [1, 1, 1], 4, 2, 64, 64, 16, "bf16")
+    plan = attn._decode_plan("interp", 64, 64, 2, 2)
+    assert attn.num_decode_splits(32, 3 * 2, plan, 4) == 1
+    run_and_check(t, n, 4, 2, 0.125, "bf16", max_query_len=1, max_seq_len=32)
+
+
+def test_decode_graph_capacity_max_seq_len(rng, decode_cfg, no_reduce_launch):
+    """As under a CUDA graph captured for a long max_model_len: max_seq_len = 131072 while the
+    real contexts are short. The grid stays bounded (S from the programs-per-CU target, not from
+    max_seq_len), the splits each sequence does not reach exit at once, results are exact, and
+    the fused merge leaves its arrival counters at zero for the next launch."""
+    decode_cfg(SPLITS_PER_CU=16, MAX_SPLITS=32)
+    plan = attn._decode_plan("interp", 64, 64, 4, 4)
+    assert attn.num_decode_splits(131072, 1 * 2, plan, 4) == 32   # not 131072 / 32 = 4096
+    assert attn.num_decode_splits(131072, 64 * 2, plan, 4) == 1
+    t, n = make_case(rng, [70, 9, 130], [1, 1, 1], 8, 2, 64, 64, 16, "fp32")
+    for _ in range(2):  # a second launch reuses the counters the first one reset
+        run_and_check(t, n, 8, 2, 0.125, "fp32", max_query_len=1, max_seq_len=131072)
+        assert counters_zero(t["q"].device)
+    # forced 16-key splits: S = 256 (the cap) programs per group, nearly all of them empty
+    t, n = make_case(rng, [70], [1], 4, 1, 64, 64, 16, "fp32")
+    run_and_check(t, n, 4, 1, 0.125, "fp32", max_query_len=1, max_seq_len=131072,
+                  partition_size=16)
+    assert counters_zero(t["q"].device)
+
+
 def test_decode_with_queryless_sequences(rng):
     """Decode batch where some sequences have no query this step (graph padding): skipped."""
     t, n = make_case(rng, [9, 4, 30, 2], [1, 0, 1, 0], 4, 2, 64, 64, 16, "fp16")
@@ -230,7 +318,7 @@ def test_decode_with_queryless_sequences(rng):
 
 def test_decode_max_seq_len_unknown_or_low(rng):
     """max_seq_len unknown: splits sized from the block-table capacity (no host sync). Too low a
-    max_seq_len loses no keys: the last split runs to each sequence's end."""
+    max_seq_len loses no keys: each sequence splits its own length into at most S parts."""
     t, n = make_case(rng, [3, 41], [1, 1], 4, 2, 64, 64, 16, "fp32")
     run_and_check(t, n, 4, 2, 0.125, "fp32", max_query_len=1, partition_size=16)
     run_and_check(t, n, 4, 2, 0.125, "fp32", max_query_len=1, max_seq_len=20, partition_size=16)
@@ -294,10 +382,30 @@ def test_compile_specs_cover_kernels_dims_dtypes():
         for d in (64, 128, 256):
             for dt in ("fp16", "bf16", "fp32"):
                 assert f"attn_{kern}_d{d}_{dt}" in names
+    for kern in ("prefill", "decode"):  # what launches on NVIDIA, compiled for NVIDIA only
+        for d in (64, 128, 256):
+            spec = next(s for s in attn.COMPILE_SPECS if s["name"] == f"attn_{kern}_d{d}_bf16_nv")
+            assert spec["vendors"] == ["nvidia"]
+    nv_decode = [s for s in attn.COMPILE_SPECS if s["name"].startswith("attn_decode") and
+                 s["name"].endswith("_nv")]
+    assert all(s["constexprs"]["SPLIT"] and s["constexprs"]["FUSED_REDUCE"] for s in nv_decode)
     for s in attn.COMPILE_SPECS:
         assert set(s["signature"]) == set(s["fn"].arg_names)
         for k in s["constexprs"]:
             assert s["signature"][k] == "constexpr"
+
+
+def test_decode_split_count():
+    """S from host ints: ~SPLITS_PER_CU programs per CU for the whole batch, no split shorter
+    than MIN_PARTITION, at most MAX_SPLITS; at least 1."""
+    plan = {"splits_per_cu": 4, "min_part": 64, "max_splits": 64}
+    H100 = 132
+    assert attn.num_decode_splits(512, 8, plan, H100) == 8          # batch 1, ctx 512
+    assert attn.num_decode_splits(131072, 8, plan, H100) == 64      # batch 1, graph capacity
+    assert attn.num_decode_splits(131072, 256, plan, H100) == 3     # batch 32
+    assert attn.num_decode_splits(131072, 2048, plan, H100) == 1    # batch 256
+    assert attn.num_decode_splits(1, 8, plan, H100) == 1
+    assert attn.num_decode_splits(0, 8, plan, H100) == 1
 
 
 # ----------------------------------------------------------------------------------------------
@@ -343,7 +451,7 @@ def test_gpu_cache_beyond_int32(rng):
     assert nb * per_block > 2 ** 31
     k = torch.zeros((nb, bs, hkv, d), dtype=torch.float16, device="cuda")
     v = torch.zeros_like(k)
-    seq_lens, q_lens = [40, 77], [40, 3]
+    seq_lens = [40, 77]  # queries: the 40-token prompt, and the last 3 of the 77
     nblk = [-(-L // bs) for L in seq_lens]
     ids = rng.permutation(np.arange(nb - 32, nb))[:sum(nblk)]
     bt = np.zeros((2, max(nblk)), np.int32)
@@ -373,3 +481,81 @@ def test_gpu_cache_beyond_int32(rng):
     want = ref_attention(qd.float().cpu().numpy(), k_small, v_small, qsl_d, seq_lens, bt_small,
                          H, hkv, d ** -0.5)
     np.testing.assert_allclose(got.float().cpu().numpy(), want, atol=4e-3, rtol=4e-3)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("fused", [1, 0])
+def test_gpu_decode_long_context_repeated(rng, decode_cfg, fused):
+    """Llama heads, contexts up to 20000 with the automatic split (dozens of splits: the merge
+    runs several chunks), 20 launches in a row: every output equals the first bit for bit and
+    the reference, and the arrival counters are zero afterwards. A broken release/acquire in the
+    fused merge shows up here as an occasional stale partial."""
+    decode_cfg(FUSED_REDUCE=fused)
+    t, n = make_case(rng, [20000, 3000, 64], [1, 1, 1], 32, 8, 128, 128, 16, "bf16")
+    first = run_and_check(t, n, 32, 8, 128 ** -0.5, "bf16", max_query_len=1,
+                          max_seq_len=20000).clone()
+    for _ in range(20):
+        again = attn.attention(t["q"], t["k_cache"], t["v_cache"], t["query_start_loc"],
+                               t["seq_lens"], t["block_tables"], 32, 8, 128 ** -0.5,
+                               max_query_len=1, max_seq_len=20000)
+        assert torch.equal(again, first)
+    torch.cuda.synchronize()
+    assert counters_zero(t["q"].device)
+
+
+@pytest.mark.gpu
+def test_gpu_decode_in_cuda_graph(rng):
+    """The engine's use (runtime/graphs.py): decode captured once with max_seq_len = 32768 and
+    block tables 2048 wide, replayed with new lengths and tables written into the same buffers.
+    Each replay matches the reference for that step's batch."""
+    H_, HKV_, d, bs, B = 32, 8, 128, 16, 4
+    W = 32768 // bs
+    dev = "cuda"
+    q = torch.zeros((B, H_ * d), dtype=torch.bfloat16, device=dev)
+    qsl = torch.arange(B + 1, dtype=torch.int32, device=dev)
+    sl = torch.ones(B, dtype=torch.int32, device=dev)
+    bt = torch.zeros((B, W), dtype=torch.int32, device=dev)
+    steps = [[512, 7, 1300, 1], [513, 8, 1301, 2000]]
+    cases = [make_case(rng, lens, [1] * B, H_, HKV_, d, d, bs, "bf16", spare_blocks=0)
+             for lens in steps]
+    # one cache for both steps' blocks: step s's blocks live at offset s * nb
+    nb = max(c[0]["k_cache"].shape[0] for c in cases)
+    k = torch.zeros((2 * nb, bs, HKV_, d), dtype=torch.bfloat16, device=dev)
+    v = torch.zeros_like(k)
+    for s_, (tc, _) in enumerate(cases):  # NaN in every slot no sequence owns, block 0 too
+        k[s_ * nb: s_ * nb + tc["k_cache"].shape[0]] = tc["k_cache"]
+        v[s_ * nb: s_ * nb + tc["v_cache"].shape[0]] = tc["v_cache"]
+
+    def step():
+        return attn.attention(q, k, v, qsl, sl, bt, H_, HKV_, d ** -0.5, max_query_len=1,
+                              max_seq_len=32768)
+
+    def load(s_):
+        tc, _ = cases[s_]
+        q.copy_(tc["q"])
+        sl.copy_(tc["seq_lens"])
+        bt.zero_()
+        tbl = tc["block_tables"].clone()
+        tbl[tbl > 0] += s_ * nb
+        bt[:, : tbl.shape[1]] = tbl
+
+    load(0)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        step()
+        step()
+    torch.cuda.current_stream().wait_stream(side)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        out = step()
+    for s_ in (0, 1, 0):
+        load(s_)
+        g.replay()
+        torch.cuda.synchronize()
+        _, nc = cases[s_]
+        want = ref_attention(nc["q"], nc["k_cache"], nc["v_cache"], nc["qsl"], nc["seq_lens"],
+                             nc["block_tables"], H_, HKV_, d ** -0.5)
+        atol, rtol = TOL["bf16"]
+        np.testing.assert_allclose(out.float().cpu().numpy(), want, atol=atol, rtol=rtol)
+    assert counters_zero(q.device)
