@@ -29,8 +29,8 @@ def main() -> None:
     path = Path(tempfile.gettempdir()) / f"forge-synthetic-{a.shape}-{a.quant}.gguf"
     if not path.exists():
         write_synthetic(path, a.shape, a.quant, seed=0)
-    llm = LLM(path, device="gpu", max_model_len=max(1024, a.ctx + a.steps + 16),
-              max_num_seqs=a.batch, kv_cache_tokens=a.batch * (a.ctx + a.steps + 64))
+    llm = LLM(path, device="gpu", max_model_len=max(1024, a.ctx + 3 * a.steps + 16),
+              max_num_seqs=a.batch, kv_cache_tokens=a.batch * (a.ctx + 3 * a.steps + 64))
     eng = llm.engine
     rng = np.random.default_rng(0)
     vocab = eng.cfg.vocab_size

@@ -56,7 +56,9 @@ class TritonBackend:
                 a = a.astype(dtype)
             if a.dtype == np.float64:
                 a = a.astype(np.float32)
-            t = torch.from_numpy(np.ascontiguousarray(a)).to(self.device, non_blocking=False)
+            if not a.flags.writeable or not a.flags.c_contiguous:
+                a = np.array(a, copy=True, order="C")
+            t = torch.from_numpy(a).to(self.device, non_blocking=False)
         return t
 
     def to_numpy(self, x) -> np.ndarray:
