@@ -75,6 +75,7 @@ import triton
 import triton.language as tl
 
 from forge.kernels import tuning
+from forge.kernels.specs import divisibility_attrs
 
 LOG2E = 1.4426950408889634
 MAX_SPLITS = 256          # hard cap on decode splits per sequence (configs cap lower: MAX_SPLITS)
@@ -1056,12 +1057,8 @@ def _sig(fn, types: dict, constexprs: dict) -> dict:
 
 
 def _attrs(fn, sig: dict) -> dict:
-    """What the JIT's runtime specialisation says at the representative shape: every pointer
-    (16-byte aligned) and every activation row stride (a multiple of 16 for head dims that are)
-    is divisible by 16. Vectorised loads depend on it; compiled without these hints the kernels
-    scalarise every load and need several times the registers."""
-    return {(i,): [["tt.divisibility", 16]] for i, name in enumerate(fn.arg_names)
-            if sig[name].startswith("*") or name in ("stride_qt", "stride_ot")}
+    """Divisibility hints as the JIT gives them: pointers and the activation row strides."""
+    return divisibility_attrs(fn, sig, ("stride_qt", "stride_ot"))
 
 
 def _derive_prefill(ce: dict) -> None:

@@ -34,6 +34,7 @@ import triton
 import triton.language as tl
 
 from forge.kernels import tuning
+from forge.kernels.specs import divisibility_attrs
 from forge.kernels.dequant import (
     BF16,
     F16,
@@ -574,6 +575,9 @@ def linear(x: torch.Tensor, w: QTensor, bias: torch.Tensor | None = None,
 # blocks, split-K, fp16/fp32 activations, small-T and NVIDIA GEMM tiles) are compiled for a
 # representative subset of types (they share every type-specific line with the ones above).
 SPEC_FULL_TYPES = ("F16", "Q8_0", "Q4_K", "Q6_K")
+# Integer arguments that are multiples of 16 at the representative shape (N = K = 4096, plane
+# rows padded to 16 elements), as the JIT would specialise them at a real launch.
+_DIV16 = ("N", "K", "NB", "NSUB", "stride_x", "stride_o") + tuple(f"s_{p}" for p in PLANES)
 
 
 def _compile_specs() -> list[dict]:
@@ -598,6 +602,7 @@ def _compile_specs() -> list[dict]:
                 "name": (f"_linear_gemv_kernel[{info.name},{act[1:]},T{bt}"
                          f"{',split' if split else ''},{family}]"),
                 "fn": _linear_gemv_kernel, "signature": sig,
+                "attrs": divisibility_attrs(_linear_gemv_kernel, sig, _DIV16),
                 "constexprs": {"TYPE": tid, "SUB": info.sub, "SG": gemv_block(tid),
                                "E": gemv_word(tid), "BLOCK_T": bt, "BLOCK_N": gv["BLOCK_N"],
                                "BLOCK_K": gv["BLOCK_K"], "HAS_BIAS": not split, "SPLIT": split},
@@ -617,6 +622,7 @@ def _compile_specs() -> list[dict]:
             specs.append({
                 "name": f"_linear_gemm_kernel[{info.name},{act[1:]},T{T},{vendor}]",
                 "fn": _linear_gemm_kernel, "signature": sig,
+                "attrs": divisibility_attrs(_linear_gemm_kernel, sig, _DIV16),
                 "constexprs": {"TYPE": tid, "SUB": info.sub, "BLOCK_M": gm["BLOCK_M"],
                                "BLOCK_N": gm["BLOCK_N"], "BLOCK_S": gm["BLOCK_S"],
                                "GROUP_M": gm["GROUP_M"], "HAS_BIAS": True, "DOT_UPCAST": False},
