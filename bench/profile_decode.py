@@ -51,7 +51,7 @@ def main() -> None:
 
     g = eng.graphs
     bs = next(r for r in g.rungs if r >= a.batch)
-    graph = g.graphs[bs]
+    graph = g.by_size[bs].graph
     times = []
     for _ in range(20):
         s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
