@@ -5,9 +5,13 @@ For each weight type at the Llama-3-8B shapes (N x K):
   calls; on top of that every call uses the next of several copies of the weight, so that the
   weight always streams from HBM), achieved GB/s = bytes of the repacked weight / time, the
   fraction of a device-to-device copy's bandwidth measured in the same run, and torch's bf16 GEMV
-  (x @ W.T, W bf16, also rotated) on the same shape;
-- prefill: the dequant GEMM at T tokens (512 by default) in TFLOP/s, next to torch.matmul in
-  bf16 and to the dequantize-to-bf16 + torch.matmul path (the DEQUANT_T option).
+  (x @ W.T, W bf16, also rotated) on the same shape; "exact": the GEMV with the int8-activation
+  (dp4a) path turned off (X_INT8 = 0: exact float32 decode), for the types that have it;
+  "f32x": the GEMV with float32 activations (the output head's logits path);
+- batch decode: linear() at T = 32 tokens (rotated weights), as GB/s of weight streamed;
+- prefill at T tokens (512 by default), TFLOP/s: linear() as launched (dequantize + cuBLAS above
+  DEQUANT_T on NVIDIA, torch.matmul for float weights), the fused tl.dot GEMM forced
+  (DEQUANT_T = 0), dequantize-to-bf16 + torch.matmul, and torch.matmul on a bf16 weight.
 
     python bench/bench_matmul.py                       # everything, prints a table
     python bench/bench_matmul.py --types Q4_K,F16 --shapes 4096x4096 --json out.json
@@ -113,6 +117,20 @@ def copy_bandwidth() -> float:
     return 2 * n / ms / 1e6  # the buffers are freed on return
 
 
+@contextlib.contextmanager
+def forced_gemm():
+    """linear() with the fused GEMM at every T above the GEMV range (DEQUANT_T = 0)."""
+    from forge.kernels import matmul as mm
+    from forge.kernels import tuning
+
+    with tuning.override({"linear_gemm": {"*": {"DEQUANT_T": 0}}}):
+        mm.clear_config_cache()
+        try:
+            yield
+        finally:
+            mm.clear_config_cache()
+
+
 def bench_shape(name: str, N: int, K: int, T_prefill: int, use_graph: bool, gen) -> dict:
     from forge.kernels import dequant as dq
     from forge.kernels import matmul as mm
@@ -145,6 +163,32 @@ def bench_shape(name: str, N: int, K: int, T_prefill: int, use_graph: bool, gen)
         if gv_default != gv:
             res["gemv_default_config"] = gv_default
             res["gemv_default_us"] = median_ms(gemv) * 1e3
+    if name in mm.INT8_TYPES:
+        from forge.kernels import tuning
+
+        with tuning.override({"linear_gemv": {"*": {"X_INT8": 0}}}):
+            mm.clear_config_cache()
+            res["gemv_exact_us"] = median_ms(gemv) * 1e3
+        mm.clear_config_cache()
+    x1f = x1.float()
+    out1f = torch.empty((1, N), device="cuda", dtype=torch.float32)
+
+    def gemv_f32():
+        i = it[0] = (it[0] + 1) % len(ws)
+        mm.linear(x1f, ws[i], out=out1f)
+
+    res["gemv_f32x_us"] = median_ms(gemv_f32) * 1e3
+    # batch decode: 32 token rows
+    x32 = torch.randn((32, K), device="cuda", generator=gen).to(torch.bfloat16)
+    out32 = torch.empty((32, N), device="cuda", dtype=torch.bfloat16)
+
+    def batch32():
+        i = it[0] = (it[0] + 1) % len(ws)
+        mm.linear(x32, ws[i], out=out32)
+
+    ms32 = median_ms(batch32)
+    res.update(batch32_us=ms32 * 1e3, batch32_GBps=wbytes / ms32 / 1e6,
+               batch32_config=mm._configs(tid, 32, N, K)[1])
     if use_graph:
         outs = [torch.empty_like(out1) for _ in ws]
 
@@ -158,8 +202,12 @@ def bench_shape(name: str, N: int, K: int, T_prefill: int, use_graph: bool, gen)
     outp = torch.empty((T_prefill, N), device="cuda", dtype=torch.bfloat16)
     flops = 2.0 * T_prefill * N * K
     ms_p = median_ms(lambda: mm.linear(xp, first, out=outp))
-    res.update(prefill_T=T_prefill, gemm_us=ms_p * 1e3, gemm_TFLOPs=flops / ms_p / 1e9,
+    res.update(prefill_T=T_prefill, linear_us=ms_p * 1e3, linear_TFLOPs=flops / ms_p / 1e9,
                gemm_config=mm._configs(tid, T_prefill, N, K)[1])
+    if dq.TYPES[tid].block > 1:
+        with forced_gemm():
+            ms_g = median_ms(lambda: mm.linear(xp, first, out=outp))
+        res.update(gemm_us=ms_g * 1e3, gemm_TFLOPs=flops / ms_g / 1e9)
     ms_dq = median_ms(lambda: torch.matmul(xp, dq.dequantize(first, dtype=torch.bfloat16).t(),
                                            out=outp))
     res.update(dequant_matmul_us=ms_dq * 1e3, dequant_matmul_TFLOPs=flops / ms_dq / 1e9)
@@ -209,7 +257,8 @@ def main(argv=None) -> int:
           f"prefill T={args.prefill_tokens}")
     results = {"device": props.name, "copy_GBps": copy_bw, "rows": [], "torch": {}}
     hdr = (f"{'shape':>12} {'type':>5} {'MB':>7} {'gemv us':>8} {'GB/s':>6} {'%copy':>6} "
-           f"{'bf16 us':>8} {'x bf16':>6} | {'gemm TF/s':>9} {'deq+mm':>7} {'torch':>6}")
+           f"{'bf16 us':>8} {'x bf16':>6} {'exact':>7} {'f32x us':>8} | {'T32 us':>8} {'GB/s':>6} | "
+           f"{'linear':>7} {'fused':>7} {'deq+mm':>7} {'torch':>6} TF/s")
     print(hdr)
     print("-" * len(hdr))
     for s in shapes:
@@ -229,19 +278,25 @@ def main(argv=None) -> int:
             r["copy_fraction"] = r["gemv_GBps"] / copy_bw
             r["speedup_vs_torch_bf16_gemv"] = tref["gemv_us"] / r["gemv_us"]
             results["rows"].append(r)
+            fused = f"{r['gemm_TFLOPs']:7.1f}" if "gemm_TFLOPs" in r else f"{'-':>7}"
+            exact = f"{r['gemv_exact_us']:7.1f}" if "gemv_exact_us" in r else f"{'-':>7}"
             line = (f"{s:>12} {t:>5} {r['weight_bytes'] / 1e6:7.1f} {r['gemv_us']:8.1f} "
                     f"{r['gemv_GBps']:6.0f} {100 * r['copy_fraction']:5.1f}% "
-                    f"{tref['gemv_us']:8.1f} {r['speedup_vs_torch_bf16_gemv']:5.2f}x | "
-                    f"{r['gemm_TFLOPs']:9.1f} {r['dequant_matmul_TFLOPs']:7.1f} "
+                    f"{tref['gemv_us']:8.1f} {r['speedup_vs_torch_bf16_gemv']:5.2f}x "
+                    f"{exact} {r['gemv_f32x_us']:8.1f} | {r['batch32_us']:8.1f} "
+                    f"{r['batch32_GBps']:6.0f} | "
+                    f"{r['linear_TFLOPs']:7.1f} {fused} {r['dequant_matmul_TFLOPs']:7.1f} "
                     f"{tref['gemm_TFLOPs']:6.1f}")
             if args.graph:
                 line += f"  graph {r['gemv_graph_us']:.1f} us"
             if "gemv_default_us" in r:
                 line += f"  (launcher default config: {r['gemv_default_us']:.1f} us)"
             print(line, flush=True)
-    print("GB/s: repacked weight bytes / median time; %copy: of the copy bandwidth above; "
-          "x bf16: torch bf16 GEMV time / ours; TF/s at T=%d: fused GEMM, dequantize + "
-          "torch.matmul, torch.matmul bf16." % args.prefill_tokens)
+    print(f"GB/s: repacked weight bytes / median time; %copy: of the copy bandwidth above; "
+          f"x bf16: torch bf16 GEMV time / ours; exact: our GEMV without int8 activations (us); "
+          f"f32x: our GEMV with float32 activations (us); "
+          f"T32: linear() at 32 token rows; TF/s at T={args.prefill_tokens}: linear() as "
+          f"launched, the fused GEMM forced, dequantize + torch.matmul, torch.matmul bf16.")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1, default=str))
         print(f"wrote {args.json}")

@@ -2,18 +2,28 @@
 
 `repack(ggml_type, shape, raw)` turns the GGUF blocks of a weight (uint8 `[rows, bytes_per_row]`,
 already on the target device) into a `QTensor` with layout `LAYOUT` whose `data` is a dict of
-planes. Every plane is a 2-D tensor `[rows, padded_cols]`, rows padded to a multiple of 16
-elements, so that every row of every plane starts 16-byte aligned and the kernels read row
-segments with wide loads. Element k of a row is described by (absent planes are not stored):
+planes. Every plane is a 2-D tensor `[rows, padded_cols]` whose rows are padded to a multiple of
+64 bytes, so that every row of every plane starts 16-byte aligned and its row stride, counted in
+elements of any type the kernels view it as (bytes, int32 words), is a multiple of 16 (Triton's
+JIT then knows the alignment and vectorizes). Element k of a row is described by (absent planes
+are not stored):
 
   "q"   the main bits, in natural element order:
         F32/F16/BF16: the values themselves [rows, K]
-        Q8_0: int8 [rows, K]
+        Q8_0: uint8 [rows, K] = the int8 code + 128 (unsigned, so that a byte decodes with one
+              mask; the value is still d * (q - 128) = d * code)
         4-bit (Q4_0, Q4_1, Q5_*, Q4_K, Q5_K, Q6_K low bits): uint8 [rows, K/2], element 2i in
               the low nibble of byte i and element 2i+1 in the high nibble
         2-bit (Q2_K, Q3_K low bits): uint8 [rows, K/4], element 4i+j at bits 2j..2j+1 of byte i
-  "qh"  the extra high bits: 1 bit (Q5_0, Q5_1, Q5_K, Q3_K) uint8 [rows, K/8], element 8i+j at
-        bit j of byte i; 2 bits (Q6_K) uint8 [rows, K/4] as above
+  "qh"  the extra high bits, one little-endian int32 word per group of elements, with the bits
+        in a "slot" order chosen so that the GEMV (matmul.py) moves them next to the low bits of
+        their element with one shift per 4-byte word of low bits:
+        1 bit (Q5_0, Q5_1, Q5_K): a word per 32 elements; element e = 8v + 2i + o (v = the
+              32-bit word of the q plane it is in, i = 0..3, o = 0..1) at bit 8i + 2v + o
+        1 bit (Q3_K): a word per 32 elements; element e = 16v + 2i + o (i = 0..7) at
+              bit 4i + 2v + o
+        2 bits (Q6_K): a word per 16 elements; element e = 8v + 2i + o (v = 0..1) at
+              bits 8i + 2t .. 8i + 2t + 1, t = 2v + o
   "sc"  per-sub-block scale factors: Q4_K/Q5_K int16 [rows, K/32] = scale | min << 8 (the
         unpacked 6-bit values); Q3_K/Q6_K int8 [rows, K/16] (Q3_K already minus 32); Q2_K uint8
         [rows, K/16] (the GGUF byte: scale in the low nibble, min in the high one)
@@ -22,11 +32,12 @@ segments with wide loads. Element k of a row is described by (absent planes are 
         m the block min; Q2_K, Q4_K, Q5_K one per 256: m = dmin), one load for both.
 
 Every type dequantizes sub-block by sub-block (SUB elements sharing one scale) as
-    w = q * s + b
-with q the integer code (offset applied: Q4_0 q-8, Q5_0 q-16, Q3_K q-4, Q6_K q-32), and
-    s = d (legacy), d * sc (K-quants); b = m (Q4_1, Q5_1), -(dmin * min) (Q2_K, Q4_K, Q5_K), else 0,
+    w = q * s + m   (Q4_1, Q5_1)       w = q * s - m   (Q2_K, Q4_K, Q5_K)       w = q * s   (else)
+with q the integer code (offset applied: Q8_0 q-128, Q4_0 q-8, Q5_0 q-16, Q3_K q-4, Q6_K q-32),
+s = d (legacy) or d * sc (K-quants) and m = the block min (legacy) or dmin * min (K-quants),
 every product rounded to float32 exactly as gguf-py (and ggml) computes it, so that `dequantize`
-(launched with fp contraction off) is bit-exact against `gguf.quants.dequantize`.
+(launched with fp contraction off) is bit-exact against `gguf.quants.dequantize`, signed zeros
+included (gguf subtracts the min: x + (-m) would turn -0 - 0 into +0 where Triton negates as 0 - m).
 
 Tiles here are [BLOCK_N rows, BLOCK_G groups, GE elements]: a group is GE consecutive elements
 one thread decodes together (GE divides SUB; the dequantize and the GEMM use GE = SUB). The
@@ -46,7 +57,8 @@ import triton.language as tl
 from forge.kernels import tuning
 from forge.runtime.backend import QTensor
 
-LAYOUT = "planar-v1"
+LAYOUT = "planar-v2"
+ROW_ALIGN = 64  # bytes: every plane row is padded to a multiple of this
 
 # GGML type ids (gguf.GGMLQuantizationType), visible to jit code.
 F32 = tl.constexpr(0)
@@ -81,18 +93,18 @@ TYPES: dict[int, TypeInfo] = {
     0: TypeInfo("F32", 1, 4, 4, {"q": (torch.float32, 1)}),
     1: TypeInfo("F16", 1, 2, 8, {"q": (_H, 1)}),
     30: TypeInfo("BF16", 1, 2, 8, {"q": (torch.bfloat16, 1)}),
-    8: TypeInfo("Q8_0", 32, 34, 32, {"q": (_I8, 1), "d": (_H, 32)}),
+    8: TypeInfo("Q8_0", 32, 34, 32, {"q": (_U8, 1), "d": (_H, 32)}),
     2: TypeInfo("Q4_0", 32, 18, 32, {"q": (_U8, 2), "d": (_H, 32)}),
     3: TypeInfo("Q4_1", 32, 20, 32, {"q": (_U8, 2), "d": (_I32, 32)}),
-    6: TypeInfo("Q5_0", 32, 22, 32, {"q": (_U8, 2), "qh": (_U8, 8), "d": (_H, 32)}),
-    7: TypeInfo("Q5_1", 32, 24, 32, {"q": (_U8, 2), "qh": (_U8, 8), "d": (_I32, 32)}),
+    6: TypeInfo("Q5_0", 32, 22, 32, {"q": (_U8, 2), "qh": (_I32, 32), "d": (_H, 32)}),
+    7: TypeInfo("Q5_1", 32, 24, 32, {"q": (_U8, 2), "qh": (_I32, 32), "d": (_I32, 32)}),
     10: TypeInfo("Q2_K", 256, 84, 16, {"q": (_U8, 4), "sc": (_U8, 16), "d": (_I32, 256)}),
-    11: TypeInfo("Q3_K", 256, 110, 16, {"q": (_U8, 4), "qh": (_U8, 8), "sc": (_I8, 16),
+    11: TypeInfo("Q3_K", 256, 110, 16, {"q": (_U8, 4), "qh": (_I32, 32), "sc": (_I8, 16),
                                         "d": (_H, 256)}),
     12: TypeInfo("Q4_K", 256, 144, 32, {"q": (_U8, 2), "sc": (_I16, 32), "d": (_I32, 256)}),
-    13: TypeInfo("Q5_K", 256, 176, 32, {"q": (_U8, 2), "qh": (_U8, 8), "sc": (_I16, 32),
+    13: TypeInfo("Q5_K", 256, 176, 32, {"q": (_U8, 2), "qh": (_I32, 32), "sc": (_I16, 32),
                                         "d": (_I32, 256)}),
-    14: TypeInfo("Q6_K", 256, 210, 16, {"q": (_U8, 2), "qh": (_U8, 4), "sc": (_I8, 16),
+    14: TypeInfo("Q6_K", 256, 210, 16, {"q": (_U8, 2), "qh": (_I32, 16), "sc": (_I8, 16),
                                         "d": (_H, 256)}),
 }
 TYPE_IDS = {info.name: tid for tid, info in TYPES.items()}
@@ -121,8 +133,10 @@ def row_bytes(ggml_type: int, cols: int) -> int:
     return cols // info.block * info.type_size
 
 
-def _pad16(n: int) -> int:
-    return (n + 15) // 16 * 16
+def _pad_row(n: int, itemsize: int) -> int:
+    """n elements of `itemsize` bytes rounded up to a multiple of ROW_ALIGN bytes."""
+    per = ROW_ALIGN // itemsize
+    return (n + per - 1) // per * per
 
 
 def plane_cols(ggml_type: int, name: str, cols: int) -> int:
@@ -168,6 +182,24 @@ def _pair16(lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
     return torch.cat([lo, hi], dim=-1).contiguous().view(torch.int32).squeeze(-1)
 
 
+# Bit positions of the high bits in a "qh" word (see the module doc), indexed by the element's
+# place in the word's group: Q5_* 32 elements of 1 bit, Q3_K 32 of 1 bit, Q6_K 16 of 2 bits.
+QH_POS_Q5 = tuple(8 * ((e % 8) // 2) + 2 * (e // 8) + e % 2 for e in range(32))
+QH_POS_Q3 = tuple(4 * ((e % 16) // 2) + 2 * (e // 16) + e % 2 for e in range(32))
+QH_POS_Q6 = tuple(8 * ((e % 8) // 2) + 2 * (2 * (e // 8) + e % 2) for e in range(16))
+
+
+def _slot_words(vals: torch.Tensor, pos: tuple[int, ...]) -> torch.Tensor:
+    """Small unsigned values [..., n] in natural element order -> int32 words [..., n / len(pos)]
+    with element e of each group of len(pos) at bit pos[e] (little-endian)."""
+    g = len(pos)
+    v = vals.reshape(*vals.shape[:-1], vals.shape[-1] // g, g).to(torch.int64)
+    shifts = torch.tensor(pos, dtype=torch.int64, device=vals.device)
+    word = (v << shifts).sum(dim=-1)                       # < 2^32, no carries (disjoint bits)
+    b = torch.stack([(word >> (8 * i)) & 255 for i in range(4)], dim=-1).to(torch.uint8)
+    return b.view(torch.int32).squeeze(-1)
+
+
 def _repack_blocks(tid: int, blk: torch.Tensor) -> dict[str, torch.Tensor]:
     """GGUF blocks uint8 [r, nb, type_size] -> planes [r, plane_cols] (unpadded)."""
     r, nb, _ = blk.shape
@@ -176,17 +208,17 @@ def _repack_blocks(tid: int, blk: torch.Tensor) -> dict[str, torch.Tensor]:
     def flat(t: torch.Tensor) -> torch.Tensor:
         return t.reshape(r, -1)
 
-    if tid == 8:  # Q8_0: d(2) qs(32)
+    if tid == 8:  # Q8_0: d(2) qs(32); codes stored + 128 (int8 bits with the sign bit flipped)
         out["d"] = _f16(blk[..., 0:2])
-        out["q"] = flat(blk[..., 2:34]).view(torch.int8)
+        out["q"] = flat(blk[..., 2:34] ^ 0x80)
     elif tid in (2, 3, 6, 7):  # Q4_0: d qs | Q4_1: d m qs | Q5_0: d qh qs | Q5_1: d m qh qs
         has_m = tid in (3, 7)
         o = 4 if has_m else 2
         out["d"] = _pair16(blk[..., 0:2], blk[..., 2:4]) if has_m else _f16(blk[..., 0:2])
         if tid in (6, 7):
-            # 32 high bits as a little-endian uint32: bit j belongs to element j, which is
-            # exactly the natural 1-bit plane (byte j // 8, bit j % 8).
-            out["qh"] = flat(blk[..., o:o + 4])
+            # 32 high bits as a little-endian uint32: bit j belongs to element j
+            hbits = _bits(blk[..., o:o + 4], range(8), 1, dim=3)   # [r, nb, byte, bit]
+            out["qh"] = flat(_slot_words(hbits.reshape(r, nb, 32), QH_POS_Q5))
             o += 4
         qs = blk[..., o:o + 16]  # byte j: element j (low nibble), element j + 16 (high)
         out["q"] = flat(_pack4(torch.cat([qs & 15, qs >> 4], dim=-1)))
@@ -198,7 +230,7 @@ def _repack_blocks(tid: int, blk: torch.Tensor) -> dict[str, torch.Tensor]:
         out["d"] = _pair16(blk[..., 80:82], blk[..., 82:84])
     elif tid == 11:  # Q3_K: hmask(32) qs(64) scales(12) d
         hbits = _bits(blk[..., 0:32], range(8), 1, dim=2)    # [s, l]: element 32s + l
-        out["qh"] = flat(_pack1(hbits.reshape(r, nb, QK_K)))
+        out["qh"] = flat(_slot_words(hbits.reshape(r, nb, QK_K), QH_POS_Q3))
         qs = blk[..., 32:96].reshape(r, nb, 2, 32)
         vals = _bits(qs, range(0, 8, 2), 3, dim=3)
         out["q"] = flat(_pack2(vals.reshape(r, nb, QK_K)))
@@ -216,7 +248,7 @@ def _repack_blocks(tid: int, blk: torch.Tensor) -> dict[str, torch.Tensor]:
         o = 16
         if tid == 13:
             hbits = _bits(blk[..., 16:48], range(8), 1, dim=2)  # [s, l]: element 32s + l
-            out["qh"] = flat(_pack1(hbits.reshape(r, nb, QK_K)))
+            out["qh"] = flat(_slot_words(hbits.reshape(r, nb, QK_K), QH_POS_Q5))
             o = 48
         qs = blk[..., o:o + 128].reshape(r, nb, 4, 32)       # [c, l]
         vals = _bits(qs, range(0, 8, 4), 15, dim=3)          # [c, hh, l]: element 64c + 32hh + l
@@ -227,20 +259,12 @@ def _repack_blocks(tid: int, blk: torch.Tensor) -> dict[str, torch.Tensor]:
         out["q"] = flat(_pack4(lo.reshape(r, nb, QK_K)))
         qh = blk[..., 128:192].reshape(r, nb, 2, 32)
         hi = _bits(qh, range(0, 8, 2), 3, dim=3)             # [h, s, l]: element 128h + 32s + l
-        out["qh"] = flat(_pack2(hi.reshape(r, nb, QK_K)))
+        out["qh"] = flat(_slot_words(hi.reshape(r, nb, QK_K), QH_POS_Q6))
         out["sc"] = flat(blk[..., 192:208]).view(torch.int8)
         out["d"] = _f16(blk[..., 208:210])
     else:  # pragma: no cover - guarded by type_info
         raise ValueError(f"ggml_type: no repack for {tid}")
     return out
-
-
-def _pack1(v: torch.Tensor) -> torch.Tensor:
-    """uint8 bits [..., 8n] -> [..., n]: element 8i+j at bit j of byte i."""
-    acc = v[..., 0::8].clone()
-    for j in range(1, 8):
-        acc |= v[..., j::8] << j
-    return acc
 
 
 REPACK_CHUNK_BYTES = 32 << 20  # raw bytes repacked per step (bounds the temporaries)
@@ -270,7 +294,7 @@ def repack(ggml_type: int, shape: tuple[int, int], raw: torch.Tensor) -> QTensor
     planes: dict[str, torch.Tensor] = {}
     for name, (dt, _) in info.planes.items():
         pc = plane_cols(tid, name, cols)
-        planes[name] = torch.zeros((rows, _pad16(pc)), dtype=dt, device=dev)
+        planes[name] = torch.zeros((rows, _pad_row(pc, dt.itemsize)), dtype=dt, device=dev)
     if info.block == 1:  # float types: reinterpret the bytes
         dt = info.planes["q"][0]
         planes["q"][:, :cols] = b.view(dt)
@@ -340,18 +364,6 @@ def _unpack2(b):
 
 
 @triton.jit
-def _unpack1(b):
-    """uint8 [R, G, C] -> [R, G, 8C]: element 8i+j from bit j of byte i."""
-    # [c, x, y, z] = element 8c + 4x + 2y + z: innermost join over x, outermost over z
-    a00 = tl.join(b & 1, (b >> 4) & 1)
-    a10 = tl.join((b >> 2) & 1, (b >> 6) & 1)
-    a01 = tl.join((b >> 1) & 1, (b >> 5) & 1)
-    a11 = tl.join((b >> 3) & 1, b >> 7)
-    v = tl.join(tl.join(a00, a10), tl.join(a01, a11))
-    return tl.reshape(v, (b.shape[0], b.shape[1], 8 * b.shape[2]))
-
-
-@triton.jit
 def _plane_offs(g3, BPG: tl.constexpr):
     """Byte offsets [1, BG, BPG] of BPG bytes per group along a row.
 
@@ -382,7 +394,8 @@ def _load_tile(q_ptr, qh_ptr, sc_ptr, d_ptr, s_q, s_qh, s_sc, s_d,
 
     r64: [BN] int64 row ids, rmask [BN]; the tile covers groups g0 .. g0 + BLOCK_G - 1 of GE
     elements (groups >= g_end masked off); K: the row length (a float type's row may end inside
-    a group). Returns (qr, hr, scr, dr): the bit planes as [BN, BG, bytes per group] tiles, the
+    a group). Returns (qr, hr, scr, dr): the low-bit plane as [BN, BG, bytes per group] tiles,
+    the qh word of each group (Q3_K: already shifted to its half of the word) and the
     per-group scale fields as [BN, BG, 1], and the constant 0 for planes the type lacks (loads
     and decoding are separate steps so that a caller can prefetch the next tile).
     Group indices are built here from scalars, directly in each load's layout (a shared 1-D index
@@ -403,99 +416,132 @@ def _load_tile(q_ptr, qh_ptr, sc_ptr, d_ptr, s_q, s_qh, s_sc, s_d,
         qr = tl.load(q_ptr + r3 * s_q + _plane_offs(g3, GE), mask=m3, other=0)
         dr = tl.load(d_ptr + r3 * s_d + g3 // R, mask=m3, other=0.0)
     elif TYPE == Q4_0 or TYPE == Q4_1 or TYPE == Q5_0 or TYPE == Q5_1:
+        tl.static_assert(GE == 32, "Q4/Q5 tiles decode whole blocks")
         qr = tl.load(q_ptr + r3 * s_q + _plane_offs(g3, GE // 2), mask=m3, other=0)
         if TYPE == Q5_0 or TYPE == Q5_1:
-            hr = tl.load(qh_ptr + r3 * s_qh + _plane_offs(g3, GE // 8), mask=m3, other=0)
+            hr = tl.load(qh_ptr + r3 * s_qh + _plane_offs(g3, 1), mask=m3, other=0)
         dr = tl.load(d_ptr + r3 * s_d + g3 // R, mask=m3, other=0)
     elif TYPE == Q2_K or TYPE == Q3_K:  # SUB 16
+        tl.static_assert(GE == 16, "Q2_K/Q3_K tiles decode whole sub-blocks")
         qr = tl.load(q_ptr + r3 * s_q + _plane_offs(g3, GE // 4), mask=m3, other=0)
-        if TYPE == Q3_K:
-            hr = tl.load(qh_ptr + r3 * s_qh + _plane_offs(g3, GE // 8), mask=m3, other=0)
+        if TYPE == Q3_K:  # a word per 2 groups: group g has bits 2 (g % 2) + (0, 1) of each nibble
+            hr = tl.load(qh_ptr + r3 * s_qh + g3 // 2, mask=m3, other=0) >> (2 * (g3 % 2))
         scr = tl.load(sc_ptr + r3 * s_sc + g3 // R, mask=m3, other=0)
         dr = tl.load(d_ptr + r3 * s_d + g3 // (16 * R), mask=m3, other=0)
     elif TYPE == Q4_K or TYPE == Q5_K:  # SUB 32
+        tl.static_assert(GE == 32, "Q4_K/Q5_K tiles decode whole sub-blocks")
         qr = tl.load(q_ptr + r3 * s_q + _plane_offs(g3, GE // 2), mask=m3, other=0)
         if TYPE == Q5_K:
-            hr = tl.load(qh_ptr + r3 * s_qh + _plane_offs(g3, GE // 8), mask=m3, other=0)
+            hr = tl.load(qh_ptr + r3 * s_qh + _plane_offs(g3, 1), mask=m3, other=0)
         scr = tl.load(sc_ptr + r3 * s_sc + g3 // R, mask=m3, other=0)
         dr = tl.load(d_ptr + r3 * s_d + g3 // (8 * R), mask=m3, other=0)
     else:  # Q6_K, SUB 16
         tl.static_assert(TYPE == Q6_K, "unsupported GGML type")
+        tl.static_assert(GE == 16, "Q6_K tiles decode whole sub-blocks")
         qr = tl.load(q_ptr + r3 * s_q + _plane_offs(g3, GE // 2), mask=m3, other=0)
-        hr = tl.load(qh_ptr + r3 * s_qh + _plane_offs(g3, GE // 4), mask=m3, other=0)
+        hr = tl.load(qh_ptr + r3 * s_qh + _plane_offs(g3, 1), mask=m3, other=0)
         scr = tl.load(sc_ptr + r3 * s_sc + g3 // R, mask=m3, other=0)
         dr = tl.load(d_ptr + r3 * s_d + g3 // (16 * R), mask=m3, other=0.0)
     return qr, hr, scr, dr
 
 
 @triton.jit
+def _qh_bits(hr, GE: tl.constexpr, TYPE: tl.constexpr):
+    """The high bits of every element of a group from its qh word hr [BN, BG, 1] (see the
+    module doc for the slot order) -> int32 [BN, BG, GE]."""
+    e = tl.arange(0, GE)[None, None, :]
+    if TYPE == Q6_K:            # e = 8v + 2i + o -> bits 8i + 2(2v + o)
+        pos = 8 * ((e % 8) // 2) + 2 * (2 * (e // 8) + e % 2)
+        h = (hr >> pos) & 3
+    elif TYPE == Q3_K:          # e = 2i + o (hr already shifted for its half) -> bit 4i + o
+        pos = 4 * (e // 2) + e % 2
+        h = (hr >> pos) & 1
+    else:                       # Q5_*: e = 8v + 2i + o -> bit 8i + 2v + o
+        pos = 8 * ((e % 8) // 2) + 2 * (e // 8) + e % 2
+        h = (hr >> pos) & 1
+    return h
+
+
+@triton.jit
+def _i2f(v):
+    """Non-negative integers < 2^23 -> float32, exactly, with one OR and one FADD (2^23 + v as
+    bits, minus 2^23): full-rate instructions instead of the quarter-rate I2F."""
+    return (v.to(tl.int32) | 0x4B000000).to(tl.float32, bitcast=True) - 8388608.0
+
+
+@triton.jit
 def _decode_raw(qr, hr, scr, dr, TYPE: tl.constexpr):
-    """Raw planes from `_load_tile` -> (q float32 [BN, BG, GE], s, b float32 [BN, BG, 1]) with
-    w = q * s + b: q holds the integer codes with their offset applied (or the values of a float
-    type, for which s and b are unused zeros)."""
+    """Raw planes from `_load_tile` -> (q float32 [BN, BG, GE], s, m float32 [BN, BG, 1]) with
+    w = q * s (+ or -) m as `_apply_scale` says: q holds the integer codes with their offset
+    applied (or the values of a float type, for which s and m are unused zeros)."""
     if TYPE == F32 or TYPE == F16 or TYPE == BF16:
         q = qr.to(tl.float32)
         s = tl.zeros((qr.shape[0], qr.shape[1], 1), tl.float32)
-        b = s
+        m = s
     elif TYPE == Q8_0:
-        q = qr.to(tl.float32)
+        q = _i2f(qr) - 128.0
         s = dr.to(tl.float32)
-        b = tl.zeros_like(s)
+        m = tl.zeros_like(s)
     elif TYPE == Q4_0 or TYPE == Q4_1 or TYPE == Q5_0 or TYPE == Q5_1:
-        qi = _unpack4(qr)
+        qi = _unpack4(qr).to(tl.int32)
         if TYPE == Q5_0 or TYPE == Q5_1:
-            qi = qi | (_unpack1(hr) << 4)
-        q = qi.to(tl.float32)
+            qi = qi | (_qh_bits(hr, 2 * qr.shape[2], TYPE) << 4)
+        q = _i2f(qi)
         if TYPE == Q4_0:
             q = q - 8.0
         if TYPE == Q5_0:
             q = q - 16.0
         if TYPE == Q4_1 or TYPE == Q5_1:
-            s, b = _f16_pair(dr)
+            s, m = _f16_pair(dr)
         else:
             s = dr.to(tl.float32)
-            b = tl.zeros_like(s)
+            m = tl.zeros_like(s)
     elif TYPE == Q2_K:  # 4-bit scale and 4-bit min in one byte
-        q = _unpack2(qr).to(tl.float32)
+        q = _i2f(_unpack2(qr))
         d, dmin = _f16_pair(dr)
-        s = d * (scr & 15).to(tl.float32)
-        b = -(dmin * (scr >> 4).to(tl.float32))
+        s = d * _i2f(scr & 15)
+        m = dmin * _i2f(scr >> 4)
     elif TYPE == Q3_K:  # 2 low bits + 1 high bit, code - 4
-        q = (_unpack2(qr) | (_unpack1(hr) << 2)).to(tl.float32) - 4.0
+        qi = _unpack2(qr).to(tl.int32) | (_qh_bits(hr, 4 * qr.shape[2], TYPE) << 2)
+        q = _i2f(qi) - 4.0
         s = dr.to(tl.float32) * scr.to(tl.float32)
-        b = tl.zeros_like(s)
+        m = tl.zeros_like(s)
     elif TYPE == Q4_K or TYPE == Q5_K:  # scale | min << 8
-        qi = _unpack4(qr)
+        qi = _unpack4(qr).to(tl.int32)
         if TYPE == Q5_K:
-            qi = qi | (_unpack1(hr) << 4)
-        q = qi.to(tl.float32)
+            qi = qi | (_qh_bits(hr, 2 * qr.shape[2], TYPE) << 4)
+        q = _i2f(qi)
         d, dmin = _f16_pair(dr)
-        s = d * (scr & 255).to(tl.float32)
-        b = -(dmin * (scr >> 8).to(tl.float32))
+        s = d * _i2f(scr & 255)
+        m = dmin * _i2f(scr >> 8)
     else:  # Q6_K: 4 low bits + 2 high bits, code - 32
-        q = (_unpack4(qr) | (_unpack2(hr) << 4)).to(tl.float32) - 32.0
+        qi = _unpack4(qr).to(tl.int32) | (_qh_bits(hr, 2 * qr.shape[2], TYPE) << 4)
+        q = _i2f(qi) - 32.0
         s = dr.to(tl.float32) * scr.to(tl.float32)
-        b = tl.zeros_like(s)
-    return q, s, b
+        m = tl.zeros_like(s)
+    return q, s, m
 
 
 @triton.jit
 def _decode_tile(q_ptr, qh_ptr, sc_ptr, d_ptr, s_q, s_qh, s_sc, s_d,
                  r64, rmask, g0, g_end, K,
                  TYPE: tl.constexpr, SUB: tl.constexpr, GE: tl.constexpr, BLOCK_G: tl.constexpr):
-    """`_load_tile` + `_decode_raw`: (q [BN, BG, GE], s [BN, BG, 1], b [BN, BG, 1])."""
+    """`_load_tile` + `_decode_raw`: (q [BN, BG, GE], s [BN, BG, 1], m [BN, BG, 1])."""
     qr, hr, scr, dr = _load_tile(q_ptr, qh_ptr, sc_ptr, d_ptr, s_q, s_qh, s_sc, s_d,
                                  r64, rmask, g0, g_end, K, TYPE, SUB, GE, BLOCK_G)
     return _decode_raw(qr, hr, scr, dr, TYPE)
 
 
 @triton.jit
-def _apply_scale(q, s, b, TYPE: tl.constexpr):
-    """w = q * s + b (float32 [BN, BG, GE]); the identity for float types."""
+def _apply_scale(q, s, m, TYPE: tl.constexpr):
+    """w = q * s + m (Q4_1, Q5_1), q * s - m (Q2_K, Q4_K, Q5_K), q * s (other quants), q
+    (float types): float32 [BN, BG, GE], the expression order of gguf-py."""
     if TYPE == F32 or TYPE == F16 or TYPE == BF16:
         w = q
-    elif TYPE == Q4_1 or TYPE == Q5_1 or TYPE == Q2_K or TYPE == Q4_K or TYPE == Q5_K:
-        w = q * s + b
+    elif TYPE == Q4_1 or TYPE == Q5_1:
+        w = q * s + m
+    elif TYPE == Q2_K or TYPE == Q4_K or TYPE == Q5_K:
+        w = q * s - m
     else:
         w = q * s
     return w
@@ -524,9 +570,9 @@ def _dequant_kernel(
     else:
         r64 = orow.to(tl.int64)
     s0 = pid_s * BLOCK_S
-    q, s, b = _decode_tile(q_ptr, qh_ptr, sc_ptr, d_ptr, s_q, s_qh, s_sc, s_d,
+    q, s, m = _decode_tile(q_ptr, qh_ptr, sc_ptr, d_ptr, s_q, s_qh, s_sc, s_d,
                            r64, rmask, s0, NSUB, K, TYPE, SUB, SUB, BLOCK_S)
-    w = _apply_scale(q, s, b, TYPE)
+    w = _apply_scale(q, s, m, TYPE)
     k = (s0 + tl.arange(0, BLOCK_S))[None, :, None] * SUB + tl.arange(0, SUB)[None, None, :]
     optr = out_ptr + orow.to(tl.int64)[:, None, None] * stride_o + k
     tl.store(optr, w.to(out_ptr.dtype.element_ty), mask=rmask[:, None, None] & (k < K))
@@ -580,22 +626,37 @@ def dequantize(qt: QTensor, rows: torch.Tensor | None = None,
     return out
 
 
+def jit_attrs(fn, sig: dict, divisible: tuple[str, ...] = ()) -> dict:
+    """ASTSource attrs as Triton's JIT specializes a launch: every pointer argument (a torch
+    tensor, 16-byte aligned) and the integer arguments named in `divisible` (row strides of
+    planes padded to ROW_ALIGN bytes, activation strides at model sizes) are divisible by 16.
+    Without them a compile scalarizes the vector loads and needs several times the registers."""
+    return {(i,): [["tt.divisibility", 16]] for i, name in enumerate(fn.arg_names)
+            if name in sig and (str(sig[name]).startswith("*") or name in divisible)}
+
+
 def _compile_specs() -> list[dict]:
     specs = []
     for tid, info in TYPES.items():
         cfg = _dequant_default(info)
-        # the gather (embedding) variant with bf16 output for the usual embedding table types
-        for gather in (False, True) if info.name in ("F16", "Q8_0", "Q4_K", "Q6_K") else (False,):
+        # bf16 output (the prefill path: dequantize + torch.matmul), float32 (the reference),
+        # and the gather (embedding) variant for the usual embedding table types
+        variants = [("*bf16", False), ("*fp32", False)]
+        if info.name in ("F16", "Q8_0", "Q4_K", "Q6_K"):
+            variants.append(("*bf16", True))
+        for out, gather in variants:
             sig = dict(plane_signature(tid))
             sig.update({f"s_{p}": "i32" for p in PLANES})
-            sig.update({"idx_ptr": "*i64", "out_ptr": "*fp32", "S": "i32", "K": "i32",
+            sig.update({"idx_ptr": "*i64", "out_ptr": out, "S": "i32", "K": "i32",
                         "NSUB": "i32", "stride_o": "i32"})
             specs.append({
-                "name": f"_dequant_kernel[{info.name}{',gather,bf16' if gather else ''}]",
+                "name": f"_dequant_kernel[{info.name},{out[1:]}{',gather' if gather else ''}]",
                 "fn": _dequant_kernel,
-                "signature": {**sig, "out_ptr": "*bf16" if gather else "*fp32"},
+                "signature": sig,
                 "constexprs": {"TYPE": tid, "SUB": info.sub, "GATHER": gather,
                                "BLOCK_N": cfg["BLOCK_N"], "BLOCK_S": cfg["BLOCK_S"]},
+                "attrs": jit_attrs(_dequant_kernel, sig,
+                                   ("s_q", "s_qh", "s_sc", "s_d", "K", "stride_o")),
                 "num_warps": cfg["num_warps"], "num_stages": cfg["num_stages"],
             })
     return specs

@@ -1,28 +1,29 @@
 """linear: y = x @ W^T (+ bias) for weights in any supported GGML type, repacked by dequant.repack.
 
-Three paths, chosen by the number of tokens T and the launch configs:
-- decode (T <= MAX_T of the "linear_gemv" config): `_linear_gemv_kernel`, a fused dequant GEMV.
-  Each program owns BLOCK_N output rows and up to 4 token rows and streams its slice of the packed
-  weight planes once, BLOCK_K columns per step, decoding in registers and accumulating in
-  float32; the next step's bytes are requested before this step is decoded (software
-  pipelining by hand: Triton's pipeliner only handles loads that feed tl.dot). Each thread owns
-  whole sub-blocks (the columns sharing one scale) of all BLOCK_N rows: it reads x for them once
-  and reuses it for every row, decodes each scale once per row, and needs no shared memory and
-  no barrier inside the loop (see the notes above `_gv_load`). The sub-block scale is factored
-  out of the sum: acc += s * sum_j(q_j x_j) + b * sum_j x_j. Token blocks are the fastest grid
-  dimension, so programs sharing a weight tile run together and the repeated reads hit L2.
-  SPLIT_K > 1 splits K over programs (small N) and sums the float32 partials in
-  `_linear_splitk_reduce_kernel` (deterministic, no atomics).
-- prefill: `_linear_gemm_kernel`, a dequant GEMM on the matrix units (wgmma / MFMA / WMMA through
-  tl.dot): BLOCK_M x BLOCK_N x BLOCK_K tiles, the weight tile decoded to the activation dtype in
-  registers, float32 accumulators, num_stages pipelining, grouped program order for L2 reuse.
-- large T (T >= DEQUANT_T of the "linear_gemm" config, 0 = never): dequantize the whole weight to
-  the activation dtype once (dequant.dequantize) and call torch.matmul. Float weights already in
-  the activation dtype always go to torch.matmul past the GEMV range, and so do float32
-  activations (a debugging mode: an IEEE-precision fp32 tl.dot spills registers).
+Paths, chosen by the number of tokens T, the weight type and the launch configs:
+- decode (T <= MAX_T of the "linear_gemv" config): `_linear_gemv_kernel`, a fused dequant GEMV
+  (see the notes above it). It streams the packed planes once and carries BLOCK_T (1 or 2)
+  token rows per program; the decode is exact in float32 (~4-5 instructions per weight), or,
+  with X_INT8 (the NVIDIA default for bf16/fp16 activations and 4/5/6/8-bit codes), x is
+  quantized to int8 per chunk and the codes multiplied with dp4a (~2-3 per weight, llama.cpp's
+  MMVQ numerics).
+- small T (up to DEQUANT_T of the "linear_gemm" config): `_linear_gemm_kernel`, a dequant GEMM on
+  the matrix units (wgmma / mma / MFMA / WMMA through tl.dot): BLOCK_M x BLOCK_N x BLOCK_K
+  tiles, the weight tile decoded to the activation dtype in registers, float32 accumulators,
+  grouped program order for L2 reuse. Its BLOCK_M covers all T rows for batch decode (T = 3..64)
+  so the weights stream once.
+- large T (T >= DEQUANT_T, 0 = never; per type on NVIDIA, 0 on AMD): dequantize the weight to the
+  activation dtype into a scratch buffer reused across calls (one per device and dtype, grown as
+  needed, at most SCRATCH_BYTES: larger weights go in row pieces) and call torch.matmul (cuBLAS
+  / rocBLAS, ~2x the fused GEMM's throughput on Hopper).
+- float weights past the GEMV range go straight to torch.matmul: in their own dtype (BF16
+  weights with bf16 activations; F16 weights with the activations cast to float16 and a float32
+  result, then cast back), F32 weights with float32 activations. Float32 activations (a
+  debugging mode, and the output head's logits) with quantized weights take dequantize + matmul
+  in float32: they never pass through a lower precision.
 
 Activations may be float32, float16 or bfloat16; the result has x's dtype, accumulated in
-float32. Float32 activations never pass through a lower precision.
+float32.
 """
 from __future__ import annotations
 
@@ -34,7 +35,6 @@ import triton
 import triton.language as tl
 
 from forge.kernels import tuning
-from forge.kernels.specs import divisibility_attrs
 from forge.kernels.dequant import (
     BF16,
     F16,
@@ -56,254 +56,654 @@ from forge.kernels.dequant import (
     _f16_pair,
     check_qtensor,
     dequantize,
+    jit_attrs,
     plane_args,
     plane_signature,
 )
 from forge.runtime.backend import QTensor
 
 ACT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-MAX_BLOCK_T = 4  # token rows one GEMV program accumulates
+MAX_BLOCK_T = 2  # token rows one GEMV program carries
+# Kernel arguments whose values the compiler must not see as constants (see the GEMV notes).
+MAGIC = 0x4B000000  # the bits of 2^23 as a float32
 # Triton's CPU interpreter multiplies bfloat16 dot operands as their raw uint16 bits; there the
 # GEMM upcasts bf16 tiles to float32 first (exact: bf16 products are exact in float32).
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
-def gemv_word(ggml_type: int) -> int:
-    """E: columns per GEMV word (see the GEMV notes): 8 for bit-packed codes, 4 for Q8_0 (one
-    int32), 16 bytes' worth for float weights (their SUB)."""
-    info = TYPES[ggml_type]
-    return 4 if info.name == "Q8_0" else 8 if info.block > 1 else info.sub
+def gemv_shape(ggml_type: int) -> tuple[int, int]:
+    """(V, E) of the GEMV for a type: a thread's chunk of a weight row per step is V 32-bit
+    words of the "q" plane (16 bytes; 8 for the 2-bit types), each holding E elements."""
+    name = TYPES[int(ggml_type)].name
+    if name in ("Q2_K", "Q3_K"):
+        return 2, 16
+    if name == "Q8_0":
+        return 4, 4
+    if name in ("F16", "BF16"):
+        return 4, 2
+    if name == "F32":
+        return 4, 1
+    return 4, 8
 
 
 def gemv_block(ggml_type: int) -> int:
-    """SG: columns per GEMV thread-block: the sub-block, or 16 for Q8_0 (16 B of int8 codes:
-    one vector load; its scale is shared by two thread-blocks)."""
-    info = TYPES[ggml_type]
-    return 16 if info.name == "Q8_0" else info.sub
+    """Columns one GEMV thread takes per step (a chunk, V x E elements): BLOCK_K = this x lanes x
+    warps (autotune/spaces.py builds its linear_gemv candidates from it)."""
+    V, E = gemv_shape(ggml_type)
+    return V * E
+
+
+def _lanes_mask(ggml_type: int) -> int:
+    """The `lanes` argument: the low-bit lanes of a spread word (Q3_K: 2 of every 4 bits)."""
+    return 0x33333333 if TYPES[int(ggml_type)].name == "Q3_K" else 0x0F0F0F0F
 
 
 # ------------------------------------------------------------------------------------------------
 # decode: fused dequant GEMV
 #
-# Tile of one step: [W, BLOCK_N, BB, E] = (word w of a sub-block, weight row, sub-block, element).
-# A sub-block is SUB = W * E consecutive columns sharing one scale; E columns come from one
-# 32-bit word of 4-bit codes (E = 8), one int16 of 2-bit codes, one byte of 1-bit codes, or one
-# int32 of Q8_0 codes (E = 4); float weights use W = 1, E = 16 bytes' worth of elements. Lanes
-# and warps run along the sub-block axis (BB = lanes x warps), and all BLOCK_N rows of a sub-block
-# sit in one thread's registers. Consequences, all checked on the TTGIR/SASS:
-# - each thread reads its sub-block's words as one vector (dim 0 is contiguous in memory);
-# - x is read once per thread and step ([W, 1, BB, E], 16 B vectors) and reused for every row;
-# - the weight tile and x get the same lanes/warps, so no layout conversion goes through shared
-#   memory and the loop has no barrier;
-# - the scales are decoded once per (row, sub-block).
-# Codes become floats with the 2^23 trick (bits 0x4B000000 | c is the float 2^23 + c), which
-# uses full-rate integer/FP32 ops instead of the quarter-rate integer-to-float conversion.
+# Tile of one step: [V, BLOCK_N, BB] 32-bit words = (word of a chunk, weight row, chunk). A chunk
+# is the V words (16 bytes) of the "q" plane that one thread reads with one vector load per
+# row; lanes and warps run along the chunk axis (BB = lanes x warps: one chunk per thread and
+# step) and all BLOCK_N rows of a chunk sit in that thread's registers, so x is read and
+# converted once per thread and step and reused for every row, every scale is decoded once per
+# (row, sub-block), and no data crosses threads until the final reduction (no shared memory and
+# no barrier in the loop). x comes as E tensors [V, 1, BB] (element j of every word), loaded as
+# vectors of at most 16 bytes per word so that Triton gives them the weight tile's layout.
+#
+# Decoding, all in float32 and exact (the result equals x @ dequantize(W)^T up to the order of
+# float32 additions):
+# - a field of F bits that sits at bits P .. P+F-1 of a word (P + F <= 23) becomes a float
+#   without shifting it down: bits = (word & (mask << P)) | 0x4B000000 is the float 2^23 + c 2^P,
+#   so q = bits - (2^23 + offset 2^P) = (c - offset) 2^P exactly (one LOP3 and one FADD), and the
+#   2^P goes into x instead (x_j 2^-P, once per thread and step, shared by all rows). A word's
+#   fields need at most one shift (4-bit: w >> 12 for fields 4..7), so decoding costs about one
+#   integer and two float instructions per weight, FADD + FFMA included.
+# - Q5_* / Q6_K / Q3_K keep their high bits in "qh" words whose slot order (dequant.py) lets one
+#   shift per word move the high bits of 4 (8) elements next to their low bits: the low nibbles
+#   of a word are spread to the bytes of two words (even / odd elements) with the high bits
+#   merged by one select (bits of the nibble word where `lanes` is set, else of the shifted qh
+#   word; the garbage above the field is masked by the field extraction).
+# - the sub-block scale is applied once per (row, chunk): per-word partial dots are summed and
+#   multiplied by s (and the min term uses the chunk's sum of x).
+# - `magic`, `lanes` and `zero` are kernel arguments so that LLVM cannot fold them into
+#   neighbouring shifts and masks (it would otherwise rewrite the LOP3-friendly forms into
+#   bit-field extracts and split the select). `zero` also anchors an OR-reduction of every
+#   weight word of the step into the decode (magic | (dep & zero)): every decode then waits for
+#   every load, so ptxas issues all of the step's loads up front instead of interleaving them
+#   with arithmetic to save registers (one memory round trip per step, not one per row).
+# Registers: ~2 per weight row word and 32 for x per token row; the launcher's BLOCK_N keeps a
+# program at <= ~128 registers (4 programs of 4 warps per SM on Hopper) with 64-128 bytes of
+# loads per thread in flight.
+
+
+@triton.constexpr_function
+def _gv_field(TYPE, J):
+    """(source word index, field mask (unshifted), bit position P, code offset) of field J."""
+    t = int(TYPE)
+    if t in (2, 3, 12):                          # Q4_0 Q4_1 Q4_K: w (fields 0-3), w >> 12
+        return (J // 4, 15, 4 * (J % 4) + 4 * (J // 4), 8 if t == 2 else 0)
+    if t == 8:                                   # Q8_0: w (bytes 0, 1), w >> 9 (bytes 2, 3)
+        return (J // 2, 255, (0, 8, 7, 15)[J], 128)
+    if t in (6, 7, 13, 14):                      # Q5_*, Q6_K: e, o, e >> 8, o >> 8 (byte lanes)
+        i, o = J // 2, J % 2
+        return (o + 2 * (i // 3), 63 if t == 14 else 31, 8 * i if i < 3 else 16,
+                32 if t == 14 else 16 if t == 6 else 0)
+    if t == 10:                                  # Q2_K: w (fields 0-10), w >> 10
+        return (0 if J <= 10 else 1, 3, 2 * J if J <= 10 else 2 * J - 10, 0)
+    if t == 11:                                  # Q3_K: e, o, e >> 8, o >> 8 (nibble lanes)
+        i, o = J // 2, J % 2
+        return (o + 2 * (i // 6), 7, 4 * i if i < 6 else 4 * i - 8, 4)
+    raise ValueError(f"no GEMV fields for GGML type {t}")
+
+
+@triton.constexpr_function
+def _gv_fsrc(TYPE, J):
+    return _gv_field(TYPE, J)[0]
+
+
+@triton.constexpr_function
+def _gv_fmask(TYPE, J):
+    f = _gv_field(TYPE, J)
+    return f[1] << f[2]
+
+
+@triton.constexpr_function
+def _gv_fbias(TYPE, J):
+    """2^23 + offset * 2^P: what q = bits - bias subtracts."""
+    f = _gv_field(TYPE, J)
+    return 8388608.0 + f[3] * float(1 << f[2])
+
+
+@triton.constexpr_function
+def _gv_fscale(TYPE, J):
+    """2^-P: the factor x takes for field J."""
+    if int(TYPE) in (0, 1, 30):
+        return 1.0
+    return 1.0 / float(1 << _gv_field(TYPE, J)[2])
+
+
+@triton.jit
+def _split2(x):
+    a, b = tl.split(x)
+    return (a, b)
+
+
+@triton.jit
+def _split4(x):
+    """[..., 4] -> (x[..., 0], x[..., 1], x[..., 2], x[..., 3])"""
+    a, b = tl.split(tl.reshape(x, x.shape[:-1] + (2, 2)))       # even / odd
+    a0, a1 = tl.split(a)
+    b0, b1 = tl.split(b)
+    return (a0, b0, a1, b1)
+
+
+@triton.jit
+def _split8(x):
+    a, b = tl.split(tl.reshape(x, x.shape[:-1] + (4, 2)))       # even / odd
+    a0, a1, a2, a3 = _split4(a)
+    b0, b1, b2, b3 = _split4(b)
+    return (a0, b0, a1, b1, a2, b2, a3, b3)
+
+
+@triton.jit
+def _splitn(x, P: tl.constexpr):
+    """[..., P] -> a tuple of P tensors [...] (element j of the last axis)."""
+    if P == 1:
+        r = (tl.reshape(x, x.shape[:-1]),)
+    elif P == 2:
+        r = _split2(x)
+    elif P == 4:
+        r = _split4(x)
+    else:
+        tl.static_assert(P == 8, "pieces are 1, 2, 4 or 8 elements")
+        r = _split8(x)
+    return r
+
+
+@triton.jit
+def _gv_xpiece(row, K, c0, c_end, H: tl.constexpr, V: tl.constexpr, E: tl.constexpr,
+               BB: tl.constexpr, EVEN: tl.constexpr, X_PAIRS: tl.constexpr):
+    """Piece H (16 bytes or less) of every word's x: fields H*P .. H*P + P - 1 as a tuple of
+    float32 tensors [V, 1, BB]. Element j of word v of chunk c is x[(c * V + v) * E + j].
+    X_PAIRS: bf16 x whose rows start 4-byte aligned, read as uint32 pairs (cheaper to widen)."""
+    c4 = c0 + tl.arange(0, BB)[None, None, :, None]
+    v4 = tl.arange(0, V)[:, None, None, None]
+    if X_PAIRS and E >= 2:
+        # bf16 pairs as one uint32: even element = bits << 16, odd element = bits & 0xFFFF0000
+        P: tl.constexpr = min(E, 8)
+        u_ptr = row.to(tl.pointer_type(tl.uint32))
+        off = ((c4 * V + v4) * E + H * P) // 2 + tl.arange(0, P // 2)[None, None, None, :]
+        if EVEN:
+            u = tl.load(u_ptr + off)
+        else:
+            u = tl.load(u_ptr + off, mask=(c4 < c_end) & (off * 2 < K), other=0)
+            u = tl.where(off * 2 + 1 < K, u, u & 0xFFFF)    # a pair straddling the row end
+        lo = _splitn((u << 16).to(tl.float32, bitcast=True), P // 2)
+        hi = _splitn((u & 0xFFFF0000).to(tl.float32, bitcast=True), P // 2)
+        if P == 2:
+            xs = (lo[0], hi[0])
+        elif P == 4:
+            xs = (lo[0], hi[0], lo[1], hi[1])
+        else:
+            xs = (lo[0], hi[0], lo[1], hi[1], lo[2], hi[2], lo[3], hi[3])
+    else:
+        P: tl.constexpr = min(E, 128 // row.dtype.element_ty.primitive_bitwidth)
+        off = (c4 * V + v4) * E + H * P + tl.arange(0, P)[None, None, None, :]
+        if EVEN:
+            xv = tl.load(row + off)
+        else:
+            xv = tl.load(row + off, mask=(c4 < c_end) & (off < K), other=0.0)
+        xs = _splitn(xv.to(tl.float32), P)
+    return xs
+
+
+@triton.jit
+def _gv_x(x_ptr, t, K, stride_x, c0, c_end, V: tl.constexpr, E: tl.constexpr,
+          BB: tl.constexpr, EVEN: tl.constexpr, X_PAIRS: tl.constexpr):
+    """Token row t's x for chunks c0 .. c0 + BB - 1 as a tuple of E float32 tensors [V, 1, BB]
+    (field j of every word), loaded in pieces of at most 16 bytes per word: a wider row would
+    be spread over two threads (a layout conversion through shared memory every step)."""
+    row = x_ptr + t.to(tl.int64) * stride_x
+    ES: tl.constexpr = x_ptr.dtype.element_ty.primitive_bitwidth // 8
+    NP: tl.constexpr = max(1, E * ES // 16)
+    a = _gv_xpiece(row, K, c0, c_end, 0, V, E, BB, EVEN, X_PAIRS)
+    if NP == 1:
+        xs = a
+    elif NP == 2:
+        b = _gv_xpiece(row, K, c0, c_end, 1, V, E, BB, EVEN, X_PAIRS)
+        if E == 8:
+            xs = (a[0], a[1], a[2], a[3], b[0], b[1], b[2], b[3])
+        else:
+            xs = (a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7],
+                  b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7])
+    else:
+        tl.static_assert(NP == 4, "x is read in 1, 2 or 4 pieces per word")
+        b = _gv_xpiece(row, K, c0, c_end, 1, V, E, BB, EVEN, X_PAIRS)
+        c = _gv_xpiece(row, K, c0, c_end, 2, V, E, BB, EVEN, X_PAIRS)
+        d = _gv_xpiece(row, K, c0, c_end, 3, V, E, BB, EVEN, X_PAIRS)
+        xs = (a[0], a[1], a[2], a[3], b[0], b[1], b[2], b[3],
+              c[0], c[1], c[2], c[3], d[0], d[1], d[2], d[3])
+    return xs
+
+
+@triton.jit
+def _gv_small(qh_ptr, sc_ptr, d_ptr, s_qh, s_sc, s_d, r3, cb, TYPE: tl.constexpr,
+              V: tl.constexpr):
+    """The per-chunk planes of one step for chunks cb [1, 1, BB] (already in range):
+    (h: the qh words, sc: the sub-block scales, d: the block scales), 0 where the type has none.
+    A plane read with one element per chunk would be vectorized across chunks (across lanes)
+    by Triton's coalescer, unlike the weight tile: `_noncontig` hides that contiguity."""
+    v3 = tl.arange(0, V)[:, None, None]
+    h = 0
+    sc = 0
+    d = 0
+    if TYPE == Q5_0 or TYPE == Q5_1 or TYPE == Q5_K or TYPE == Q3_K:   # a word per chunk
+        h = tl.load(qh_ptr + r3 * s_qh + _noncontig(cb))
+    if TYPE == Q6_K:                                                      # a word per 2 words
+        h = tl.load(qh_ptr + r3 * s_qh + cb * 2 + v3 // 2)
+    if TYPE == Q8_0:                                                      # a d per 2 chunks
+        d = tl.load(d_ptr + r3 * s_d + cb // 2)
+    elif TYPE == Q4_0 or TYPE == Q5_0 or TYPE == Q4_1 or TYPE == Q5_1:    # a d per chunk
+        d = tl.load(d_ptr + r3 * s_d + _noncontig(cb))
+    elif TYPE == Q4_K or TYPE == Q5_K:                                    # sc per chunk
+        sc = tl.load(sc_ptr + r3 * s_sc + _noncontig(cb))
+        d = tl.load(d_ptr + r3 * s_d + cb // 8)
+    elif TYPE == Q6_K:                                                    # sc per 2 words
+        sc = tl.load(sc_ptr + r3 * s_sc + cb * 2 + v3 // 2)
+        d = tl.load(d_ptr + r3 * s_d + cb // 8)
+    elif TYPE == Q3_K or TYPE == Q2_K:                                    # sc per word
+        sc = tl.load(sc_ptr + r3 * s_sc + cb * 2 + v3)
+        d = tl.load(d_ptr + r3 * s_d + cb // 8)
+    return h, sc, d
 
 
 @triton.jit
 def _noncontig(i):
-    """i, but opaque to Triton's contiguity analysis: a plane read with one element per
-    sub-block would otherwise be vectorized across sub-blocks, i.e. across lanes, unlike the rest
-    of the tile (and converted through shared memory every step)."""
+    """i, but opaque to Triton's contiguity analysis (see `_gv_small`)."""
     return (i * 2) // 2
 
 
 @triton.jit
-def _gv_load(q_ptr, qh_ptr, sc_ptr, d_ptr, s_q, s_qh, s_sc, s_d, r64, rmask, b0, b_end, K,
-             TYPE: tl.constexpr, SUB: tl.constexpr, SG: tl.constexpr, E: tl.constexpr,
-             BB: tl.constexpr):
-    """Issue one GEMV step's loads: thread-blocks b0 .. b0 + BB - 1 of SG columns (>= b_end
-    masked off). SG is SUB, or 16 for Q8_0 (16 B of codes per thread-block); the scale of
-    thread-block b belongs to sub-block b // (SUB // SG).
-    Returns (qr [W, BN, BB, 1 or E], hr [W, BN, BB, 1] or 0, scr, dr [1, BN, BB, 1] or 0)."""
-    W: tl.constexpr = SG // E
-    R: tl.constexpr = SUB // SG
-    r4 = r64[None, :, None, None]
-    b4 = b0 + tl.arange(0, BB)[None, None, :, None]
-    w4 = tl.arange(0, W)[:, None, None, None]
-    m4 = rmask[None, :, None, None] & (b4 < b_end)
-    wi = b4 * W + w4                                     # word (E columns) index in the row
-    hr = 0
-    scr = 0
-    dr = 0
-    if TYPE == F32 or TYPE == F16 or TYPE == BF16:
-        k = wi * E + tl.arange(0, E)[None, None, None, :]
-        qr = tl.load(q_ptr + r4 * s_q + k, mask=m4 & (k < K), other=0.0)
-    elif TYPE == Q2_K or TYPE == Q3_K:                  # 2-bit codes: one int16 per 8 columns
-        qr = tl.load(q_ptr.to(tl.pointer_type(tl.int16)) + r4 * (s_q // 2) + wi, mask=m4, other=0)
-    else:                                                # 4-bit codes / Q8_0: one int32 per word
-        qr = tl.load(q_ptr.to(tl.pointer_type(tl.int32)) + r4 * (s_q // 4) + wi, mask=m4, other=0)
-    if TYPE == Q5_0 or TYPE == Q5_1 or TYPE == Q5_K or TYPE == Q3_K:   # 1 bit: a byte per word
-        hr = tl.load(qh_ptr + r4 * s_qh + wi, mask=m4, other=0)
-    if TYPE == Q6_K:                                     # 2 high bits: an int16 per word
-        hr = tl.load(qh_ptr.to(tl.pointer_type(tl.int16)) + r4 * (s_qh // 2) + wi, mask=m4,
-                     other=0)
-    if R == 1:
-        sub = _noncontig(b4)
-    else:
-        sub = b4 // R
+def _bits32(v):
+    """The bits of an integer or float tensor as uint32 (zero-extended)."""
+    if v.dtype == tl.float16:
+        v = v.to(tl.uint16, bitcast=True)
+    if v.dtype == tl.float32:
+        v = v.to(tl.uint32, bitcast=True)
+    if v.dtype.primitive_bitwidth == 16:
+        v = v.to(tl.uint16, bitcast=True).to(tl.uint32)
+    if v.dtype.primitive_bitwidth == 8:
+        v = v.to(tl.uint8, bitcast=True).to(tl.uint32)
+    return v.to(tl.uint32, bitcast=True)
+
+
+@triton.jit
+def _or_all(v):
+    """A value depending on every element, over the word and row axes: [A, B, BB] -> uint32
+    [1, 1, BB] (a max: a builtin reduction, fast under the CPU interpreter too)."""
+    u = _bits32(v)
+    return tl.max(tl.max(u, axis=0, keep_dims=True), axis=1, keep_dims=True)
+
+
+@triton.jit
+def _gv_dep(w, h, sc, d, zero, TYPE: tl.constexpr):
+    """0, computed from every word the step loaded (see the GEMV notes) -> uint32 [1, 1, BB]."""
+    dep = _or_all(w)
+    if TYPE == Q5_0 or TYPE == Q5_1 or TYPE == Q5_K or TYPE == Q3_K or TYPE == Q6_K:
+        dep = dep | _or_all(h)
     if TYPE == Q2_K or TYPE == Q3_K or TYPE == Q4_K or TYPE == Q5_K or TYPE == Q6_K:
-        scr = tl.load(sc_ptr + r4 * s_sc + sub, mask=m4, other=0)
-        dr = tl.load(d_ptr + r4 * s_d + b4 // (256 // SG), mask=m4, other=0)
-    elif TYPE != F32 and TYPE != F16 and TYPE != BF16:   # legacy: one d (or d|m) per block
-        dr = tl.load(d_ptr + r4 * s_d + sub, mask=m4, other=0)
-    return qr, hr, scr, dr
+        dep = dep | _or_all(sc)
+    if TYPE != F32 and TYPE != F16 and TYPE != BF16:
+        dep = dep | _or_all(d)
+    return dep & zero
 
 
 @triton.jit
-def _codes(v, BITS: tl.constexpr, E: tl.constexpr):
-    """Unsigned fields of BITS bits: v [W, BN, BB, 1] (any int) -> uint32 [W, BN, BB, E], field j
-    from bits j*BITS .. j*BITS + BITS - 1 (v read as unsigned)."""
-    u = v.to(tl.uint32)
-    if v.dtype.primitive_bitwidth < 32:
-        u = u & ((1 << v.dtype.primitive_bitwidth) - 1)   # drop sign extension
-    sh = (tl.arange(0, E) * BITS).to(tl.uint32)[None, None, None, :]
-    return (u >> sh) & ((1 << BITS) - 1)
+def _select(a, b, m):
+    """The bits of a where m is set, else those of b (one LOP3)."""
+    return (a & m) | (b & ~m)
 
 
 @triton.jit
-def _magic(c, offset: tl.constexpr):
-    """uint32 codes c < 2^23 -> float32 c - offset, exactly (2^23 + c as bits, minus 2^23)."""
-    return (c | 0x4B000000).to(tl.float32, bitcast=True) - (8388608.0 + offset)
+def _shl_r(h, s):
+    """h << s for s >= 0, h >> -s otherwise (s a compile-time constant per element)."""
+    left = h << tl.maximum(s, 0).to(tl.uint32)
+    return tl.where(s >= 0, left, h >> tl.maximum(-s, 0).to(tl.uint32))
 
 
 @triton.jit
-def _gv_decode(qr, hr, scr, dr, TYPE: tl.constexpr, E: tl.constexpr):
-    """-> (q float32 [W, BN, BB, E], s, b float32 [1, BN, BB, 1]), w = q * s + b."""
-    if TYPE == F32 or TYPE == F16 or TYPE == BF16:
-        q = qr.to(tl.float32)
-        s = 0.0
-        b = 0.0
-    elif TYPE == Q8_0:      # bytes of a word, sign flipped so that c = code + 128 >= 0
-        q = _magic(_codes(qr, 8, E) ^ 0x80, 128.0)
-        s = dr.to(tl.float32)
-        b = 0.0
+def _gv_sources(w, h, lanes, TYPE: tl.constexpr, V: tl.constexpr):
+    """The words the fields of a step are cut from (uint32 [V, BN, BB] each)."""
+    if TYPE == Q4_0 or TYPE == Q4_1 or TYPE == Q4_K:
+        src = (w, w >> 12)
+    elif TYPE == Q8_0:
+        src = (w, w >> 9)
     elif TYPE == Q2_K:
-        q = _magic(_codes(qr, 2, E), 0.0)
-        d, dmin = _f16_pair(dr)
-        s = d * (scr & 15).to(tl.float32)
-        b = -(dmin * (scr >> 4).to(tl.float32))
-    elif TYPE == Q3_K:
-        q = _magic(_codes(qr, 2, E) | (_codes(hr, 1, E) << 2), 4.0)
-        s = dr.to(tl.float32) * scr.to(tl.float32)
-        b = 0.0
-    elif TYPE == Q6_K:
-        q = _magic(_codes(qr, 4, E) | (_codes(hr, 2, E) << 4), 32.0)
-        s = dr.to(tl.float32) * scr.to(tl.float32)
-        b = 0.0
-    else:                   # 4-bit low codes: Q4_0 Q4_1 Q5_0 Q5_1 Q4_K Q5_K
-        c = _codes(qr, 4, E)
-        if TYPE == Q5_0 or TYPE == Q5_1 or TYPE == Q5_K:
-            c = c | (_codes(hr, 1, E) << 4)
-        if TYPE == Q4_0:
-            q = _magic(c, 8.0)
-        elif TYPE == Q5_0:
-            q = _magic(c, 16.0)
-        else:
-            q = _magic(c, 0.0)
-        if TYPE == Q4_K or TYPE == Q5_K:
-            d, dmin = _f16_pair(dr)
-            s = d * (scr & 255).to(tl.float32)
-            b = -(dmin * (scr >> 8).to(tl.float32))
-        elif TYPE == Q4_1 or TYPE == Q5_1:
-            s, b = _f16_pair(dr)
-        else:
-            s = dr.to(tl.float32)
-            b = 0.0
-    return q, s, b
+        src = (w, w >> 10)
+    elif TYPE == Q5_0 or TYPE == Q5_1 or TYPE == Q5_K or TYPE == Q6_K:
+        v = tl.arange(0, V)[:, None, None]
+        hu = h.to(tl.uint32, bitcast=True)
+        if TYPE == Q6_K:   # element 8v' + 2i + o (v' = v % 2) at bits 8i + 2(2v' + o) of h
+            odd = (v % 2) == 1
+            he = tl.where(odd, hu, hu << 4)            # -> bits 8i + 4, 5
+            ho = tl.where(odd, hu >> 2, hu << 2)
+        else:              # element 8v + 2i + o at bit 8i + 2v + o of h
+            he = _shl_r(hu, 4 - 2 * v)                 # -> bit 8i + 4
+            ho = _shl_r(hu, 3 - 2 * v)
+        e = _select(w, he, lanes)                      # byte i: element 2i (low nibble + high)
+        o = _select(w >> 4, ho, lanes)                 # byte i: element 2i + 1
+        src = (e, o, e >> 8, o >> 8)
+    else:
+        tl.static_assert(TYPE == Q3_K, "unsupported GGML type")
+        v = tl.arange(0, V)[:, None, None]
+        hu = h.to(tl.uint32, bitcast=True)
+        he = _shl_r(hu, 2 - 2 * v)                     # element 16v + 2i + o at bit 4i + 2v + o
+        ho = _shl_r(hu, 1 - 2 * v)                     # -> bit 4i + 2
+        e = _select(w, he, lanes)                      # nibble i: element 2i (2 low + 1 high)
+        o = _select(w >> 2, ho, lanes)                 # nibble i: element 2i + 1
+        src = (e, o, e >> 8, o >> 8)
+    return src
 
 
 @triton.jit
-def _gemv_row_term(x_ptr, t, T, K, stride_x, b0, b_end, q, s, b, acc,
-                   TYPE: tl.constexpr, SG: tl.constexpr, E: tl.constexpr, BB: tl.constexpr):
-    """acc [1, BN, BB, 1] += the contribution of token row t (nothing when t >= T)."""
-    W: tl.constexpr = SG // E
-    b4 = b0 + tl.arange(0, BB)[None, None, :, None]
-    k = (b4 * W + tl.arange(0, W)[:, None, None, None]) * E + tl.arange(0, E)[None, None, None, :]
-    xm = (b4 < b_end) & (k < K) & ((k * 0 + t) < T)
-    x = tl.load(x_ptr + t.to(tl.int64) * stride_x + k, mask=xm, other=0.0).to(tl.float32)
-    dot = tl.sum(tl.sum(q * x, axis=3, keep_dims=True), axis=0, keep_dims=True)
-    if TYPE == F32 or TYPE == F16 or TYPE == BF16:
-        acc += dot
-    elif TYPE == Q4_1 or TYPE == Q5_1 or TYPE == Q2_K or TYPE == Q4_K or TYPE == Q5_K:
-        xs = tl.sum(tl.sum(x, axis=3, keep_dims=True), axis=0, keep_dims=True)
-        acc += s * dot + b * xs
+def _gv_q(w, src, mg, TYPE: tl.constexpr, J: tl.constexpr):
+    """Field J of every word as float32 [V, BN, BB]: (code - offset) * 2^P (exact), or the
+    weight value itself for float types."""
+    if TYPE == F32:
+        q = w
+    elif TYPE == BF16:
+        if J == 0:
+            q = (w << 16).to(tl.float32, bitcast=True)
+        else:
+            q = (w & 0xFFFF0000).to(tl.float32, bitcast=True)
+    elif TYPE == F16:
+        if J == 0:
+            q = (w & 0xFFFF).to(tl.uint16).to(tl.float16, bitcast=True).to(tl.float32)
+        else:
+            q = (w >> 16).to(tl.uint16).to(tl.float16, bitcast=True).to(tl.float32)
     else:
-        acc += s * dot
+        bits = (src[_gv_fsrc(TYPE, J)] & _gv_fmask(TYPE, J)) | mg
+        q = bits.to(tl.float32, bitcast=True) - _gv_fbias(TYPE, J)
+    return q
+
+
+@triton.jit
+def _gv_parts(w, src, mg, xa, xb, TYPE: tl.constexpr, E: tl.constexpr, BLOCK_T: tl.constexpr):
+    """Per-word partial dots [V, BN, BB] of token rows a and b (b only with BLOCK_T = 2)."""
+    q = _gv_q(w, src, mg, TYPE, 0)
+    pa = q * (xa[0] * _gv_fscale(TYPE, 0))
+    pb = pa
+    if BLOCK_T == 2:
+        pb = q * (xb[0] * _gv_fscale(TYPE, 0))
+    for j in tl.static_range(1, E):
+        q = _gv_q(w, src, mg, TYPE, j)
+        pa += q * (xa[j] * _gv_fscale(TYPE, j))
+        if BLOCK_T == 2:
+            pb += q * (xb[j] * _gv_fscale(TYPE, j))
+    return pa, pb
+
+
+@triton.jit
+def _xsum(xs, E: tl.constexpr):
+    s = xs[0]
+    for j in tl.static_range(1, E):
+        s += xs[j]
+    return s
+
+
+@triton.jit
+def _gv_apply(acc, part, xs, sc, d, TYPE: tl.constexpr, E: tl.constexpr):
+    """acc [1, BN, BB] += the step's contribution: the partial dots scaled per sub-block."""
+    if TYPE == F16 or TYPE == BF16 or TYPE == F32:
+        acc += tl.sum(part, axis=0, keep_dims=True)
+    elif TYPE == Q8_0 or TYPE == Q4_0 or TYPE == Q5_0:
+        acc += d.to(tl.float32) * tl.sum(part, axis=0, keep_dims=True)
+    elif TYPE == Q4_1 or TYPE == Q5_1:
+        dd, m = _f16_pair(d)
+        xsum = tl.sum(_xsum(xs, E), axis=0, keep_dims=True)
+        acc += dd * tl.sum(part, axis=0, keep_dims=True) + m * xsum
+    elif TYPE == Q4_K or TYPE == Q5_K:
+        dd, dmin = _f16_pair(d)
+        xsum = tl.sum(_xsum(xs, E), axis=0, keep_dims=True)
+        acc += (dd * (sc & 255).to(tl.float32)) * tl.sum(part, axis=0, keep_dims=True) \
+            - (dmin * (sc >> 8).to(tl.float32)) * xsum
+    elif TYPE == Q6_K or TYPE == Q3_K:   # a sub-block scale per word pair (Q6_K) or word (Q3_K)
+        acc += d.to(tl.float32) * tl.sum(part * sc.to(tl.float32), axis=0, keep_dims=True)
+    else:                                # Q2_K: scale and min per word
+        dd, dmin = _f16_pair(d)
+        acc += tl.sum(part * (dd * (sc & 15).to(tl.float32))
+                      - (dmin * (sc >> 4).to(tl.float32)) * _xsum(xs, E), axis=0, keep_dims=True)
+    return acc
+
+
+# --- int8 activations (X_INT8, NVIDIA): x quantized per chunk, dp4a on the raw codes ---------
+#
+# With bf16/fp16 activations on NVIDIA, x can instead be quantized per thread chunk to int8
+# (scale = max|x| / 127, round to nearest: llama.cpp's MMVQ does the same with its q8_1 blocks),
+# and the codes, unpacked to byte lanes with one mask per 4 weights, multiplied with dp4a (four
+# byte products and the accumulation in one instruction): ~0.6 instead of ~3 instructions per
+# weight. The sub-block scale, the x scale and the code offset are applied once per (row,
+# chunk) to the integer dot, the min term uses the sum of the quantized x. Error: x rounded to
+# 8 bits relative to its chunk maximum (~0.5% relative on a dot product of random data); the
+# result is no longer exact, so float32 activations never take this path.
+
+
+@triton.jit
+def _dp4a(a, b, c, ASM: tl.constexpr):
+    """c + sum over the 4 bytes i of a.byte_i (unsigned) * b.byte_i (signed), int32.
+    ASM: PTX dp4a; otherwise (the CPU interpreter) the same in integer arithmetic."""
+    if ASM:
+        r = tl.inline_asm_elementwise("dp4a.u32.s32 $0, $1, $2, $3;", "=r,r,r,r",
+                                      [a.to(tl.int32, bitcast=True), b.to(tl.int32, bitcast=True),
+                                       c], dtype=tl.int32, is_pure=True, pack=1)
+    else:
+        r = c
+        for i in tl.static_range(4):
+            ab = ((a >> (8 * i)) & 0xFF).to(tl.int32)
+            bb = (b << (24 - 8 * i)).to(tl.int32, bitcast=True) >> 24     # sign-extended byte
+            r += ab * bb
+    return r
+
+
+@triton.jit
+def _anchor(xs, depf, E: tl.constexpr):
+    """xs with +0.0 (depf, from the dependency anchor) added to its first field."""
+    if E == 4:
+        r = (xs[0] + depf, xs[1], xs[2], xs[3])
+    else:
+        r = (xs[0] + depf, xs[1], xs[2], xs[3], xs[4], xs[5], xs[6], xs[7])
+    return r
+
+
+@triton.jit
+def _xq_byte(x, inv):
+    """round(x * inv) (|x * inv| <= 127) as the low byte of a uint32 (two's complement): the
+    float 1.5 * 2^23 + n has n in its low mantissa bits."""
+    return (x * inv + 12582912.0).to(tl.uint32, bitcast=True)
+
+
+@triton.jit
+def _gv_xq(xs, E: tl.constexpr):
+    """Quantize the chunk of x (E float32 tensors [V, 1, BB]) to int8 with one scale per chunk.
+    Returns (packed: a tuple of uint32 words [V, 1, BB] of 4 signed bytes each, matching the
+    byte lanes of the codes: E = 8 -> (elements 0 2 4 6, elements 1 3 5 7), E = 4 -> (0 1 2 3),
+    sums: int32 [V, 1, BB] the sum of each word's quantized values, scale: [1, 1, BB])."""
+    amax = tl.abs(xs[0])
+    for j in tl.static_range(1, E):
+        amax = tl.maximum(amax, tl.abs(xs[j]))
+    amax = tl.max(amax, axis=0, keep_dims=True)
+    inv = tl.where(amax > 0.0, 127.0 / tl.maximum(amax, 1e-30), 0.0)
+    scale = amax * (1.0 / 127.0)
+    t0 = _xq_byte(xs[0], inv)
+    t1 = _xq_byte(xs[1], inv)
+    t2 = _xq_byte(xs[2], inv)
+    t3 = _xq_byte(xs[3], inv)
+    # 0x4B400000 is the bits of 1.5 * 2^23: t - that = n (mod 2^32); 4 of them: 0x2D000000
+    sums = ((t0 + t1 + t2 + t3) - 0x2D000000).to(tl.int32, bitcast=True)
+    if E == 4:
+        packed = ((t0 & 0xFF) | ((t1 & 0xFF) << 8) | ((t2 & 0xFF) << 16) | (t3 << 24),)
+    else:
+        tl.static_assert(E == 8, "int8 activations pair with 4- and 8-bit codes")
+        t4 = _xq_byte(xs[4], inv)
+        t5 = _xq_byte(xs[5], inv)
+        t6 = _xq_byte(xs[6], inv)
+        t7 = _xq_byte(xs[7], inv)
+        sums += ((t4 + t5 + t6 + t7) - 0x2D000000).to(tl.int32, bitcast=True)
+        packed = ((t0 & 0xFF) | ((t2 & 0xFF) << 8) | ((t4 & 0xFF) << 16) | (t6 << 24),
+                  (t1 & 0xFF) | ((t3 & 0xFF) << 8) | ((t5 & 0xFF) << 16) | (t7 << 24))
+    return packed, sums, scale
+
+
+@triton.jit
+def _gv_ipart(w, h, lanes, xq, TYPE: tl.constexpr, V: tl.constexpr, ASM: tl.constexpr):
+    """Per-word integer dots [V, BN, BB] of the unsigned codes (no offset) with xq."""
+    if TYPE == Q8_0:                    # bytes are the codes + 128
+        p = _dp4a(w, xq[0], 0, ASM)
+    elif TYPE == Q4_0 or TYPE == Q4_1 or TYPE == Q4_K:
+        p = _dp4a(w & 0x0F0F0F0F, xq[0], 0, ASM)
+        p = _dp4a((w >> 4) & 0x0F0F0F0F, xq[1], p, ASM)
+    else:
+        tl.static_assert(TYPE == Q5_0 or TYPE == Q5_1 or TYPE == Q5_K or TYPE == Q6_K,
+                         "no int8 path for this type")
+        src = _gv_sources(w, h, lanes, TYPE, V)
+        FM: tl.constexpr = 0x3F3F3F3F if TYPE == Q6_K else 0x1F1F1F1F
+        p = _dp4a(src[0] & FM, xq[0], 0, ASM)
+        p = _dp4a(src[1] & FM, xq[1], p, ASM)
+    return p
+
+
+@triton.jit
+def _gv_apply_q(acc, p, xqs, xsc, xs, sc, d, TYPE: tl.constexpr, E: tl.constexpr):
+    """acc [1, BN, BB] += the step's contribution from the integer dots p [V, BN, BB] (codes
+    without offset), the per-word sums of xq xqs [V, 1, BB] and the x scale xsc [1, 1, BB]."""
+    if TYPE == Q6_K:   # a sub-block scale per word pair, code offset 32
+        dot = tl.sum((p - 32 * xqs) * sc.to(tl.int32), axis=0, keep_dims=True)
+        acc += dot.to(tl.float32) * (xsc * d.to(tl.float32))
+    else:
+        dot = tl.sum(p, axis=0, keep_dims=True)
+        if TYPE == Q8_0 or TYPE == Q4_0 or TYPE == Q5_0:
+            OFF: tl.constexpr = 128 if TYPE == Q8_0 else 8 if TYPE == Q4_0 else 16
+            dot = dot - OFF * tl.sum(xqs, axis=0, keep_dims=True)
+            acc += dot.to(tl.float32) * (xsc * d.to(tl.float32))
+        else:
+            # the min term with the sum of the *quantized* x (as llama.cpp's q8_1 does): the
+            # rounding of x then enters both terms alike, as an error of the centred weights
+            xsum = tl.sum(xqs, axis=0, keep_dims=True).to(tl.float32) * xsc
+            if TYPE == Q4_1 or TYPE == Q5_1:
+                dd, m = _f16_pair(d)
+                acc += dot.to(tl.float32) * (xsc * dd) + m * xsum
+            else:          # Q4_K, Q5_K
+                dd, dmin = _f16_pair(d)
+                acc += dot.to(tl.float32) * (xsc * (dd * (sc & 255).to(tl.float32))) \
+                    - (dmin * (sc >> 8).to(tl.float32)) * xsum
     return acc
 
 
 @triton.jit
-def _gemv_store(acc, t, T, rows, rmask, bias_ptr, out_ptr, stride_o, pid_k, N,
-                HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr):
+def _gv_store(acc, t, T, rows, bias_ptr, out_ptr, stride_o, pid_k, N,
+              HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr):
     y = tl.sum(tl.reshape(acc, (acc.shape[1], acc.shape[2])), axis=1)   # [BN]
-    m = rmask & ((rows * 0 + t) < T)
+    m = (rows < N) & ((rows * 0 + t) < T)
     if SPLIT:
         # partials [SPLIT_K, T, N] float32
         tl.store(out_ptr + (pid_k.to(tl.int64) * T + t) * N + rows, y, mask=m)
     else:
         if HAS_BIAS:
-            y += tl.load(bias_ptr + rows, mask=rmask, other=0.0).to(tl.float32)
-        tl.store(out_ptr + t.to(tl.int64) * stride_o + rows, y.to(out_ptr.dtype.element_ty), mask=m)
+            y += tl.load(bias_ptr + rows, mask=rows < N, other=0.0).to(tl.float32)
+        tl.store(out_ptr + t.to(tl.int64) * stride_o + rows, y.to(out_ptr.dtype.element_ty),
+                 mask=m)
 
 
 @triton.jit
 def _linear_gemv_kernel(
     x_ptr,                          # [T, K] act dtype, row stride stride_x
-    q_ptr, qh_ptr, sc_ptr, d_ptr,   # weight planes [N, *] (dequant.py)
-    s_q, s_qh, s_sc, s_d,           # their row strides (elements)
+    q_ptr,                          # [N, *] the "q" plane as int32 words (F32: float32)
+    qh_ptr, sc_ptr, d_ptr,          # the other planes [N, *] (dequant.py; qh as int32 words)
+    s_q, s_qh, s_sc, s_d,           # their row strides (elements of the pointer types)
     bias_ptr,                       # [N] (HAS_BIAS)
     out_ptr,                        # [T, N] act dtype (row stride stride_o) | [SPLIT_K, T, N] f32
-    T, N, K, NB, stride_x, stride_o, BLOCKS_PER_SPLIT,
-    TYPE: tl.constexpr, SUB: tl.constexpr, SG: tl.constexpr, E: tl.constexpr,
+    T, N, K, NCH, stride_x, stride_o, CH_PER_SPLIT,
+    magic, lanes, zero,             # MAGIC, _lanes_mask(TYPE), 0 (see the GEMV notes)
+    TYPE: tl.constexpr, V: tl.constexpr, E: tl.constexpr,
     BLOCK_T: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr,
+    HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr, EVEN: tl.constexpr, X_PAIRS: tl.constexpr,
+    X_INT8: tl.constexpr, ASM: tl.constexpr,
 ):
-    tl.static_assert(BLOCK_T == 1 or BLOCK_T == 2 or BLOCK_T == 4, "BLOCK_T must be 1, 2 or 4")
-    BB: tl.constexpr = BLOCK_K // SG                    # thread-blocks (of SG columns) per step
+    """BLOCK_K: columns per step = BB chunks of V x E elements (one chunk per thread).
+    EVEN: every step whole (no masks). X_PAIRS: see `_gv_xpiece`. X_INT8: int8 activations
+    and dp4a (see the notes above `_dp4a`; ASM: real dp4a, else emulated)."""
+    tl.static_assert(BLOCK_T == 1 or BLOCK_T == 2, "BLOCK_T must be 1 or 2")
+    BB: tl.constexpr = BLOCK_K // (V * E)
     pid = tl.program_id(0)
     pid_k = tl.program_id(1)
     n_tb = tl.cdiv(T, BLOCK_T)
     pid_t = pid % n_tb          # token blocks fastest: programs sharing a weight tile run together
     pid_n = pid // n_tb
     t0 = pid_t * BLOCK_T
+    t1 = tl.minimum(t0 + 1, T - 1)              # (a clamped row: computed, never stored)
     rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    rmask = rows < N
-    r64 = rows.to(tl.int64)
-    b_begin = pid_k * BLOCKS_PER_SPLIT
-    b_end = tl.minimum(b_begin + BLOCKS_PER_SPLIT, NB)
-    acc0 = tl.zeros((1, BLOCK_N, BB, 1), tl.float32)
-    acc1 = tl.zeros((1, BLOCK_N, BB, 1), tl.float32)
-    acc2 = tl.zeros((1, BLOCK_N, BB, 1), tl.float32)
-    acc3 = tl.zeros((1, BLOCK_N, BB, 1), tl.float32)
-    qr, hr, scr, dr = _gv_load(q_ptr, qh_ptr, sc_ptr, d_ptr, s_q, s_qh, s_sc, s_d,
-                               r64, rmask, b_begin, b_end, K, TYPE, SUB, SG, E, BB)
-    for b0 in range(b_begin, b_end, BB):
-        # Software pipelining by hand (Triton pipelines only loads that feed tl.dot): request
-        # the next step's bytes before decoding this one (all masked off after the last step).
-        nq, nh, nsc, nd = _gv_load(q_ptr, qh_ptr, sc_ptr, d_ptr, s_q, s_qh, s_sc, s_d,
-                                   r64, rmask, b0 + BB, b_end, K, TYPE, SUB, SG, E, BB)
-        q, s, b = _gv_decode(qr, hr, scr, dr, TYPE, E)
-        acc0 = _gemv_row_term(x_ptr, t0, T, K, stride_x, b0, b_end, q, s, b, acc0,
-                              TYPE, SG, E, BB)
-        if BLOCK_T > 1:
-            acc1 = _gemv_row_term(x_ptr, t0 + 1, T, K, stride_x, b0, b_end, q, s, b, acc1,
-                                  TYPE, SG, E, BB)
-        if BLOCK_T > 2:
-            acc2 = _gemv_row_term(x_ptr, t0 + 2, T, K, stride_x, b0, b_end, q, s, b, acc2,
-                                  TYPE, SG, E, BB)
-            acc3 = _gemv_row_term(x_ptr, t0 + 3, T, K, stride_x, b0, b_end, q, s, b, acc3,
-                                  TYPE, SG, E, BB)
-        qr, hr, scr, dr = nq, nh, nsc, nd
-    _gemv_store(acc0, t0, T, rows, rmask, bias_ptr, out_ptr, stride_o, pid_k, N, HAS_BIAS, SPLIT)
-    if BLOCK_T > 1:
-        _gemv_store(acc1, t0 + 1, T, rows, rmask, bias_ptr, out_ptr, stride_o, pid_k, N,
-                    HAS_BIAS, SPLIT)
-    if BLOCK_T > 2:
-        _gemv_store(acc2, t0 + 2, T, rows, rmask, bias_ptr, out_ptr, stride_o, pid_k, N,
-                    HAS_BIAS, SPLIT)
-        _gemv_store(acc3, t0 + 3, T, rows, rmask, bias_ptr, out_ptr, stride_o, pid_k, N,
-                    HAS_BIAS, SPLIT)
+    r3 = tl.minimum(rows, N - 1).to(tl.int64)[None, :, None]   # clamped: loads need no row mask
+    v3 = tl.arange(0, V)[:, None, None]
+    c_begin = pid_k * CH_PER_SPLIT
+    c_end = tl.minimum(c_begin + CH_PER_SPLIT, NCH)
+    mg = magic.to(tl.uint32, bitcast=True)
+    lm = lanes.to(tl.uint32, bitcast=True)
+    zu = zero.to(tl.uint32, bitcast=True)
+    acc0 = tl.zeros((1, BLOCK_N, BB), tl.float32)
+    acc1 = tl.zeros((1, BLOCK_N, BB), tl.float32)
+    for c0 in range(c_begin, c_end, BB):
+        cb = c0 + tl.arange(0, BB)[None, None, :]
+        woff = r3 * s_q + cb * V + v3
+        if EVEN:
+            w = tl.load(q_ptr + woff)
+            cs = cb
+        else:
+            w = tl.load(q_ptr + woff, mask=cb < c_end, other=0)
+            cs = tl.minimum(cb, c_end - 1)      # scales of a real chunk (its x reads as 0)
+        if TYPE != F32:
+            w = w.to(tl.uint32, bitcast=True)
+        h, sc, d = _gv_small(qh_ptr, sc_ptr, d_ptr, s_qh, s_sc, s_d, r3, cs, TYPE, V)
+        xa = _gv_x(x_ptr, t0, K, stride_x, c0, c_end, V, E, BB, EVEN, X_PAIRS)
+        xb = xa
+        if BLOCK_T == 2:
+            xb = _gv_x(x_ptr, t1, K, stride_x, c0, c_end, V, E, BB, EVEN, X_PAIRS)
+        dep = _gv_dep(w, h, sc, d, zu, TYPE)
+        if X_INT8:
+            # the anchor joins x (quantized after every load arrived: ptxas then issues the
+            # weight loads before the quantization work, not after it)
+            depf = dep.to(tl.float32, bitcast=True)
+            xa = _anchor(xa, depf, E)
+            wd = w
+            qa, sa, xsa = _gv_xq(xa, E)
+            pa = _gv_ipart(wd, h, lm, qa, TYPE, V, ASM)
+            acc0 = _gv_apply_q(acc0, pa, sa, xsa, xa, sc, d, TYPE, E)
+            if BLOCK_T == 2:
+                qb, sb, xsb = _gv_xq(_anchor(xb, depf, E), E)
+                pb = _gv_ipart(wd, h, lm, qb, TYPE, V, ASM)
+                acc1 = _gv_apply_q(acc1, pb, sb, xsb, xb, sc, d, TYPE, E)
+        elif TYPE == F32 or TYPE == F16 or TYPE == BF16:
+            # float weights: the anchor goes into x (+0.0), which every product uses
+            depf = dep.to(tl.float32, bitcast=True)
+            if E == 1:
+                xa = (xa[0] + depf,)
+                xb = (xb[0] + depf,)
+            else:
+                xa = (xa[0] + depf, xa[1])
+                xb = (xb[0] + depf, xb[1])
+            src = (w,)
+            pa, pb = _gv_parts(w, src, mg, xa, xb, TYPE, E, BLOCK_T)
+            acc0 = _gv_apply(acc0, pa, xa, sc, d, TYPE, E)
+            if BLOCK_T == 2:
+                acc1 = _gv_apply(acc1, pb, xb, sc, d, TYPE, E)
+        else:
+            src = _gv_sources(w, h, lm, TYPE, V)
+            pa, pb = _gv_parts(w, src, mg | dep, xa, xb, TYPE, E, BLOCK_T)
+            acc0 = _gv_apply(acc0, pa, xa, sc, d, TYPE, E)
+            if BLOCK_T == 2:
+                acc1 = _gv_apply(acc1, pb, xb, sc, d, TYPE, E)
+    _gv_store(acc0, t0, T, rows, bias_ptr, out_ptr, stride_o, pid_k, N, HAS_BIAS, SPLIT)
+    if BLOCK_T == 2:
+        _gv_store(acc1, t0 + 1, T, rows, bias_ptr, out_ptr, stride_o, pid_k, N, HAS_BIAS, SPLIT)
 
 
 @triton.jit
@@ -326,7 +726,7 @@ def _linear_splitk_reduce_kernel(
 
 
 # ------------------------------------------------------------------------------------------------
-# prefill: dequant GEMM
+# prefill / batch decode: dequant GEMM
 
 
 @triton.jit
@@ -363,9 +763,9 @@ def _linear_gemm_kernel(
     act = x_ptr.dtype.element_ty
     acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
     for s0 in range(0, NSUB, BLOCK_S):
-        q, s, b = _decode_tile(q_ptr, qh_ptr, sc_ptr, d_ptr, s_q, s_qh, s_sc, s_d,
+        q, s, m = _decode_tile(q_ptr, qh_ptr, sc_ptr, d_ptr, s_q, s_qh, s_sc, s_d,
                                r64, rmask, s0, NSUB, K, TYPE, SUB, SUB, BLOCK_S)
-        w = tl.reshape(_apply_scale(q, s, b, TYPE).to(act), (BLOCK_N, BLOCK_K))
+        w = tl.reshape(_apply_scale(q, s, m, TYPE).to(act), (BLOCK_N, BLOCK_K))
         k = s0 * SUB + kk
         x = tl.load(x_rows + k[None, :], mask=mmask[:, None] & (k < K)[None, :], other=0.0)
         if DOT_UPCAST:
@@ -391,65 +791,104 @@ def _device() -> tuple[str, int, int]:
     return (info.vendor, info.num_cus, info.warp_size) if info is not None else ("none", 16, 32)
 
 
+# Weight rows per GEMV thread (at one token row) on NVIDIA: 8 rows keep ~128 B of loads per
+# thread in flight at <= ~128 registers; the types whose decode needs spread words (Q5_*, Q6_K,
+# Q3_K) take 4 (8 rows need ~250 registers: the compile report).
+GEMV_ROWS = {"F32": 8, "F16": 8, "BF16": 8, "Q8_0": 8, "Q4_0": 8, "Q4_1": 8, "Q4_K": 8,
+             "Q2_K": 8, "Q5_0": 4, "Q5_1": 4, "Q5_K": 4, "Q6_K": 4, "Q3_K": 4}
+GEMV_WARPS_PER_CU = {"nvidia": 12, "amd": 8}   # warps per CU the grid should at least provide
+# Types whose GEMV can take int8 activations and dp4a (X_INT8: NVIDIA, bf16/fp16 activations).
+INT8_TYPES = ("Q8_0", "Q4_0", "Q4_1", "Q4_K", "Q5_0", "Q5_1", "Q5_K", "Q6_K")
+
+
 def gemv_default(ggml_type: int, T: int, N: int, K: int, cus: int = 16, warp: int = 32,
-                 vendor: str = "nvidia", interpreter: bool = False) -> dict:
+                 vendor: str = "nvidia", interpreter: bool = False, exact: bool = False) -> dict:
     """Launcher default for "linear_gemv".
 
-    4 warps; a step covers warp_size x 4 sub-blocks (BLOCK_K = 4096 columns for 32-column
-    sub-blocks on a 32-wide warp; less for rows shorter than that, with fewer warps), each
-    thread one sub-block of BLOCK_N rows: up to 8 rows at T = 1, fewer for wider codes or
-    when a program also carries 2 or 4 token rows (x costs 32 registers per token row).
-    BLOCK_K must stay lanes x warps x SUB for the shared-memory-free layout (other values work,
-    slower). With fewer than 2 programs per compute unit (small N), rows per program drop
-    first, then SPLIT_K splits K. num_stages is unused: the kernel prefetches by hand.
-    Under the CPU interpreter BLOCK_N is 16 whatever the type (fewer, larger programs).
+    A step covers one chunk (V words, gemv_shape) per thread: BLOCK_K = lanes x warps x
+    elements per chunk columns. num_warps is the largest of 4, 2, 8, 1 whose step divides the
+    row evenly (no masked tail, EVEN), else 4 (or fewer for short rows). BLOCK_N rows per
+    program come from GEMV_ROWS (halved for 2 token rows, and on AMD, whose decode needs more
+    registers per row); with too few programs to keep GEMV_WARPS_PER_CU warps per compute
+    unit busy, BLOCK_N drops (to 2), then SPLIT_K splits K, then BLOCK_N drops to 1.
+    X_INT8 (NVIDIA, INT8_TYPES, not `exact`): bf16/fp16 activations are quantized to int8 per
+    chunk and the codes multiplied with dp4a; `exact` (float32 activations, which always take
+    the exact float32 decode) keeps the float path's rows per thread.
+    Under the CPU interpreter: 64 rows, one warp (fewer, larger programs run faster there).
     """
-    info = TYPES[ggml_type]
-    sg = gemv_block(ggml_type)
-    bb = min(warp * 4, triton.next_power_of_2(triton.cdiv(K, sg)))  # short rows: a short step
-    warps = max(1, min(4, bb // warp))
-    bk = sg * bb
-    bt = _block_t(T)
-    # rows per thread: ~160 B of packed weights per thread and step (twice that in flight with
-    # the prefetch), i.e. 8 rows of 4-bit codes, 4 of Q8_0 / Q5_*; half that on AMD, whose
-    # compiled decode needs more registers (8 rows of Q4_K spill on gfx1100 and take 376 VGPRs,
-    # one wave per SIMD, on gfx942)
-    sub_bytes = info.type_size * gemv_block(ggml_type) // info.block
-    budget = 80 if vendor == "amd" else 160
-    bn = 8
-    while bn > 1 and bn * sub_bytes > budget:
-        bn //= 2
-    bn = max(1, bn // bt)
+    info = TYPES[int(ggml_type)]
+    V, E = gemv_shape(ggml_type)
+    epc = V * E
+    nch = triton.cdiv(K, epc)
+    bt = 1 if T <= 1 else MAX_BLOCK_T
     if interpreter:
-        bn = 16  # no registers to save on the CPU; fewer programs run faster there
+        return {"BLOCK_N": 64, "BLOCK_K": epc * warp, "SPLIT_K": 1, "MAX_T": MAX_BLOCK_T,
+                "X_INT8": 0, "num_warps": 1, "num_stages": 1}
+    nw = None
+    for cand in (4, 2, 8, 1):
+        if nch % (warp * cand) == 0:
+            nw = cand
+            break
+    if nw is None:
+        nw = 4
+        while nw > 1 and warp * nw > nch:
+            nw //= 2
+    bb = warp * nw
+    x_int8 = int(vendor == "nvidia" and info.name in INT8_TYPES and not exact)
+    bn = 8 if x_int8 else GEMV_ROWS[info.name]
+    if vendor == "amd":
+        bn = max(1, bn // 2)
+    bn = max(1, bn // bt)
+    target = GEMV_WARPS_PER_CU.get(vendor, 16) * cus
     n_tb = triton.cdiv(max(T, 1), bt)
-    # at least 2 programs per compute unit (all resident at once: 8 rows of Q4_K at 128
-    # registers allow 4 per SM on Hopper): fewer rows per program for small N (GQA k/v
-    # projections), then split K (possible only when a row takes several steps)
-    while not interpreter and bn > 1 and triton.cdiv(N, bn) * n_tb < 2 * cus:
+
+    def warps(rows: int, split: int) -> int:
+        return triton.cdiv(N, rows) * n_tb * nw * split
+
+    while bn > 2 and warps(bn, 1) < target:
         bn //= 2
-    steps = triton.cdiv(K, bk)
+    steps = triton.cdiv(nch, bb)
     split = 1
-    while triton.cdiv(N, bn) * n_tb * split < 2 * cus and split < min(8, steps):
+    while warps(bn, split) < target and split * 2 <= min(8, steps):
         split *= 2
-    return {"BLOCK_N": bn, "BLOCK_K": bk, "SPLIT_K": split, "MAX_T": 8,
-            "num_warps": warps, "num_stages": 1}
+    while bn > 1 and warps(bn, split) < target:
+        bn //= 2
+    return {"BLOCK_N": bn, "BLOCK_K": bb * epc, "SPLIT_K": split, "MAX_T": MAX_BLOCK_T,
+            "X_INT8": x_int8, "num_warps": nw, "num_stages": 1}
+
+
+# T at and above which quantized weights take dequantize + torch.matmul on NVIDIA. The fused GEMM
+# (tl.dot on the decoded tile) reached ~110-320 TFLOP/s on H100 at T = 512 (run 1: Q4_0 318,
+# Q8_0 310, Q4_K 235, Q5_K 137, Q6_K 108); dequantize (~2.6 TB/s, ~60 us for a 14336 x 4096
+# weight) + cuBLAS (~600 TFLOP/s) wins from T = D / (2 N K (1/F - 1/600 TFLOP/s)): ~380 for
+# Q8_0 / Q4_0, ~190 for Q4_K, ~70-90 for Q5_K / Q6_K (their fused decode is slow).
+DEQUANT_T_NVIDIA = {"Q8_0": 384, "Q4_0": 384, "Q4_1": 384, "Q4_K": 192, "Q6_K": 96, "Q5_K": 96,
+                    "Q5_0": 96, "Q5_1": 96, "Q3_K": 96, "Q2_K": 96}
+DEQUANT_T_NVIDIA_DEFAULT = 256
 
 
 def gemm_default(ggml_type: int, T: int, N: int, K: int, vendor: str = "amd") -> dict:
     """Launcher default for "linear_gemm".
 
     BLOCK_M follows T up to 64 (128 on NVIDIA, whose shared memory holds 128 x 128 x 64 tiles
-    at 3 stages; AMD's 64 KiB LDS takes 64 x 64 x 64 at 2 stages). Small T gets narrow N tiles
-    so that enough programs stream the weight.
+    at 3 stages; AMD's 64 KiB LDS takes 64 x 64 x 64 at 2 stages), so that a batch of up to 64
+    decode tokens streams the weights once. Up to 64 rows the tile is 64 weight rows x 128
+    columns per step (twice the bytes of the large tiles: the weight loads are not pipelined, so
+    each step is a memory round trip); above, 128 x 64 x 64 (NVIDIA) / 64 x 64 x 64.
+    DEQUANT_T: see DEQUANT_T_NVIDIA (AMD keeps the fused GEMM: 0).
     """
-    sub = TYPES[ggml_type].sub
+    info = TYPES[int(ggml_type)]
+    sub = info.sub
     big = vendor == "nvidia"
     bm = 16 if T <= 16 else 32 if T <= 32 else 64 if (T <= 64 or not big) else 128
-    bn = 32 if T <= 32 else 128 if bm == 128 else 64
+    if T <= 64:
+        bn, bk = 64, 128
+    else:
+        bn, bk = (128 if bm == 128 else 64), 64
     warps = 8 if bm * bn >= 128 * 128 else 4
-    return {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_S": max(1, 64 // sub), "GROUP_M": 8,
-            "DEQUANT_T": 0, "num_warps": warps, "num_stages": 3 if big else 2}
+    dq = DEQUANT_T_NVIDIA.get(info.name, DEQUANT_T_NVIDIA_DEFAULT) if big else 0
+    return {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_S": max(1, bk // sub), "GROUP_M": 8,
+            "DEQUANT_T": dq, "num_warps": warps, "num_stages": 3 if big else 2}
 
 
 def _cfg(kernel: str, ggml_type: int, dims: dict, default: dict) -> dict:
@@ -460,10 +899,11 @@ def _cfg(kernel: str, ggml_type: int, dims: dict, default: dict) -> dict:
 
 
 @functools.lru_cache(maxsize=4096)
-def _configs(ggml_type: int, T: int, N: int, K: int) -> tuple[dict, dict]:
+def _configs(ggml_type: int, T: int, N: int, K: int, exact: bool = False) -> tuple[dict, dict]:
+    """(GEMV config, GEMM config); `exact`: float32 activations (see gemv_default)."""
     dims = {"T": T, "N": N, "K": K}
     vendor, cus, warp = _device()
-    gv = gemv_default(ggml_type, T, N, K, cus, warp, vendor, interpreter=_INTERPRET)
+    gv = gemv_default(ggml_type, T, N, K, cus, warp, vendor, interpreter=_INTERPRET, exact=exact)
     return (_cfg("linear_gemv", ggml_type, dims, gv),
             _cfg("linear_gemm", ggml_type, dims, gemm_default(ggml_type, T, N, K, vendor)))
 
@@ -473,8 +913,80 @@ def clear_config_cache() -> None:
     _configs.cache_clear()
 
 
-def _block_t(T: int) -> int:
-    return 1 if T <= 1 else 2 if T == 2 else MAX_BLOCK_T
+# ------------------------------------------------------------------------------------------------
+# dequantize + torch.matmul
+
+
+SCRATCH_BYTES = 64 << 20   # at most this much dequantized weight per torch.matmul call
+_scratch: dict[tuple, torch.Tensor] = {}
+
+
+def _scratch_buffer(numel: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A flat buffer of at least `numel` elements, reused across calls (one per device and
+    dtype, grown as needed). During CUDA/HIP graph capture a private buffer is returned
+    instead (the shared one must not be reallocated under a captured graph)."""
+    if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+        return torch.empty(numel, dtype=dtype, device=device)
+    key = (device, dtype)
+    buf = _scratch.get(key)
+    if buf is None or buf.numel() < numel:
+        _scratch.pop(key, None)
+        buf = torch.empty(numel, dtype=dtype, device=device)
+        _scratch[key] = buf
+    return buf
+
+
+def _row_slice(w: QTensor, r0: int, r1: int) -> QTensor:
+    return QTensor(w.ggml_type, (r1 - r0, w.cols), {p: t[r0:r1] for p, t in w.data.items()},
+                   w.layout)
+
+
+def _dequant_matmul(x: torch.Tensor, w: QTensor, out: torch.Tensor) -> None:
+    """out = x @ dequantize(W)^T in x's dtype, the weight dequantized SCRATCH_BYTES at a time
+    (whole when it fits: one cuBLAS call)."""
+    N, K = w.shape
+    rows = max(1, min(N, SCRATCH_BYTES // (K * x.element_size())))
+    if rows < N:
+        rows = max(256, rows // 256 * 256)
+    buf = _scratch_buffer(rows * K, x.dtype, x.device)
+    for r0 in range(0, N, rows):
+        r1 = min(N, r0 + rows)
+        part = w if (r0 == 0 and r1 == N) else _row_slice(w, r0, r1)
+        wd = dequantize(part, dtype=x.dtype, out=buf[: (r1 - r0) * K].view(r1 - r0, K))
+        torch.matmul(x, wd.t(), out=out[:, r0:r1])
+
+
+_MM_OUT_DTYPE: list[bool] = []   # whether torch.mm takes out_dtype (checked once)
+
+
+def _mm_f32(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a @ b with 16-bit inputs and a float32 result (no float16 overflow of the output)."""
+    if not _MM_OUT_DTYPE:
+        try:
+            torch.mm(a[:1, :1], b[:1, :1], out_dtype=torch.float32)
+            _MM_OUT_DTYPE.append(True)
+        except (TypeError, RuntimeError, NotImplementedError):
+            _MM_OUT_DTYPE.append(False)
+    if _MM_OUT_DTYPE[0]:
+        return torch.mm(a, b, out_dtype=torch.float32)
+    return torch.mm(a, b).float()
+
+
+def _float_matmul(x: torch.Tensor, w: QTensor, out: torch.Tensor) -> bool:
+    """torch.matmul for a float weight where it is exact and fast; False if not handled."""
+    K = w.cols
+    q = w.data["q"][:, :K]
+    if q.dtype == x.dtype:
+        torch.matmul(x, q.t(), out=out)
+    elif q.dtype == torch.float16 and x.dtype == torch.bfloat16:
+        # float16 products of the weight and the activations (bf16 -> fp16 is exact in range),
+        # float32 accumulation and result, rounded once to bf16
+        out.copy_(_mm_f32(x.to(torch.float16), q.t()))
+    elif q.dtype == torch.float32 and x.dtype != torch.float32:
+        out.copy_(torch.matmul(x.float(), q.t()))
+    else:
+        return False
+    return True
 
 
 # ------------------------------------------------------------------------------------------------
@@ -497,17 +1009,77 @@ def _check(x: torch.Tensor, w: QTensor, bias, out):
         if bias.dtype not in ACT_DTYPES:
             raise ValueError(f"bias: expected a float tensor, got {bias.dtype}")
     if out is not None:
-        if out.shape != (x.shape[0], w.rows) or out.dtype != x.dtype or out.device != dev \
-                or out.stride(1) != 1:
-            raise ValueError(f"out: expected {x.dtype} {(x.shape[0], w.rows)} with unit column "
-                             f"stride on {dev}")
+        if out.shape != (x.shape[0], w.rows) or out.dtype not in (x.dtype, torch.float32) \
+                or out.device != dev or out.stride(1) != 1:
+            raise ValueError(f"out: expected {x.dtype} (or float32) {(x.shape[0], w.rows)} with "
+                             f"unit column stride on {dev}")
     return info
+
+
+def _gemv_planes(w: QTensor) -> list:
+    """plane_args with the "q" plane (and a qh plane) viewed as 32-bit words, strides in words:
+    the GEMV reads the low bits one int32 word at a time."""
+    ptrs, strides = [], []
+    q = w.data["q"]
+    for p in PLANES:
+        t = w.data.get(p)
+        if t is None:
+            ptrs.append(q)
+            strides.append(0)
+            continue
+        if p == "q" and t.dtype != torch.float32:
+            t = t.view(torch.int32)
+        ptrs.append(t)
+        strides.append(t.stride(0))
+    return ptrs + strides
+
+
+def _gemv(x: torch.Tensor, w: QTensor, bias, out: torch.Tensor, gv: dict) -> None:
+    T = x.shape[0]
+    N, K = w.shape
+    V, E = gemv_shape(w.ggml_type)
+    epc = V * E
+    bt = 1 if T <= 1 else MAX_BLOCK_T
+    bn = gv["BLOCK_N"]
+    bb = max(1, gv["BLOCK_K"] // epc)
+    nch = triton.cdiv(K, epc)
+    steps = triton.cdiv(nch, bb)
+    split = max(1, min(int(gv["SPLIT_K"]), steps))
+    per = triton.cdiv(steps, split) * bb               # chunks per split: whole steps
+    split = triton.cdiv(nch, per)
+    even = nch % bb == 0 and per % bb == 0 and K % epc == 0
+    grid = (triton.cdiv(N, bn) * triton.cdiv(T, bt), split)
+    dst = out if split == 1 else torch.empty((split, T, N), dtype=torch.float32, device=x.device)
+    bias_arg = bias if bias is not None else out
+    _linear_gemv_kernel[grid](
+        x, *_gemv_planes(w), bias_arg, dst, T, N, K, nch, x.stride(0), out.stride(0), per,
+        MAGIC, _lanes_mask(w.ggml_type), 0,
+        TYPE=w.ggml_type, V=V, E=E, BLOCK_T=bt, BLOCK_N=bn, BLOCK_K=bb * epc,
+        HAS_BIAS=bias is not None, SPLIT=split > 1, EVEN=even,
+        X_PAIRS=x.dtype == torch.bfloat16 and x.stride(0) % 2 == 0 and x.data_ptr() % 4 == 0,
+        X_INT8=bool(gv.get("X_INT8", 0)) and x.dtype != torch.float32
+        and TYPES[w.ggml_type].name in INT8_TYPES,
+        ASM=not _INTERPRET and torch.version.hip is None,
+        num_warps=gv["num_warps"], num_stages=gv["num_stages"])
+    if split > 1:
+        blk = 1024
+        _linear_splitk_reduce_kernel[(triton.cdiv(T * N, blk),)](
+            dst, bias_arg, out, T * N, N, out.stride(0),
+            SPLIT_K=split, HAS_BIAS=bias is not None, BLOCK=blk, num_warps=4)
 
 
 def linear(x: torch.Tensor, w: QTensor, bias: torch.Tensor | None = None,
            out: torch.Tensor | None = None) -> torch.Tensor:
-    """x [T, w.cols] (f32/f16/bf16) @ W^T -> [T, w.rows] in x's dtype, plus bias [w.rows]."""
+    """x [T, w.cols] (f32/f16/bf16) @ W^T -> [T, w.rows] in x's dtype, plus bias [w.rows].
+
+    `out` may be float32 for f16/bf16 x (the logits head): the GEMV (T <= MAX_T) then takes x
+    as it is (on NVIDIA quantized to int8 per chunk for the quantized types, as llama.cpp's CUDA
+    GEMV does) and stores float32 sums; larger T computes from x.float()."""
     info = _check(x, w, bias, out)
+    if out is not None and out.dtype != x.dtype:
+        gv, _ = _configs(w.ggml_type, x.shape[0], w.rows, w.cols, False)
+        if x.shape[0] > gv["MAX_T"]:
+            return linear(x.float(), w, bias, out)
     if x.stride(1) != 1:
         x = x.contiguous()
     if bias is not None:
@@ -518,52 +1090,31 @@ def linear(x: torch.Tensor, w: QTensor, bias: torch.Tensor | None = None,
         out = torch.empty((T, N), dtype=x.dtype, device=x.device)
     if T == 0:
         return out
-    gv, gm = _configs(w.ggml_type, T, N, K)
-    planes = plane_args(w)
-    bias_arg = bias if bias is not None else out
+    gv, gm = _configs(w.ggml_type, T, N, K, x.dtype == torch.float32)
     if T <= gv["MAX_T"]:
-        bt = _block_t(T)
-        sg = gemv_block(w.ggml_type)
-        bn, bk = gv["BLOCK_N"], max(gv["BLOCK_K"], sg)
-        nb, bb = triton.cdiv(K, sg), bk // sg               # thread-blocks: per row, per step
-        split = max(1, min(int(gv["SPLIT_K"]), triton.cdiv(nb, bb)))
-        per = triton.cdiv(triton.cdiv(nb, split), bb) * bb  # sub-blocks per split, whole steps
-        split = triton.cdiv(nb, per)
-        grid = (triton.cdiv(N, bn) * triton.cdiv(T, bt), split)
-        dst = out if split == 1 else torch.empty((split, T, N), dtype=torch.float32,
-                                                 device=x.device)
-        _linear_gemv_kernel[grid](
-            x, *planes, bias_arg, dst, T, N, K, nb, x.stride(0), out.stride(0), per,
-            TYPE=w.ggml_type, SUB=info.sub, SG=sg, E=gemv_word(w.ggml_type), BLOCK_T=bt, BLOCK_N=bn,
-            BLOCK_K=bk,
-            HAS_BIAS=bias is not None, SPLIT=split > 1,
-            num_warps=gv["num_warps"], num_stages=gv["num_stages"])
-        if split > 1:
-            blk = 1024
-            _linear_splitk_reduce_kernel[(triton.cdiv(T * N, blk),)](
-                dst, bias_arg, out, T * N, N, out.stride(0),
-                SPLIT_K=split, HAS_BIAS=bias is not None, BLOCK=blk, num_warps=4)
+        _gemv(x, w, bias, out, gv)
         return out
-    if info.block == 1 and w.data["q"].dtype == x.dtype:  # same-dtype float weight: cuBLAS/rocBLAS
-        torch.matmul(x, w.data["q"][:, :K].t(), out=out)
-        if bias is not None:
-            out += bias.to(out.dtype)
+    if info.block == 1 and _float_matmul(x, w, out):
+        pass
+    elif x.dtype == torch.float32 or (gm["DEQUANT_T"] and T >= gm["DEQUANT_T"]):
+        # float32 activations always come here: an IEEE fp32 tl.dot spills registers, and the
+        # tf32x3 one costs ~25-35 instructions per weight (compile report)
+        _dequant_matmul(x, w, out)
+    else:
+        planes = plane_args(w)
+        bm, bn, bs = gm["BLOCK_M"], gm["BLOCK_N"], gm["BLOCK_S"]
+        grid = (triton.cdiv(T, bm) * triton.cdiv(N, bn),)
+        _linear_gemm_kernel[grid](
+            x, *planes, bias if bias is not None else out, out, T, N, K,
+            triton.cdiv(K, info.sub), x.stride(0), out.stride(0),
+            TYPE=w.ggml_type, SUB=info.sub, BLOCK_M=bm, BLOCK_N=bn, BLOCK_S=bs,
+            GROUP_M=gm["GROUP_M"], HAS_BIAS=bias is not None,
+            DOT_UPCAST=_INTERPRET and x.dtype == torch.bfloat16,
+            num_warps=gm["num_warps"], num_stages=gm["num_stages"],
+            **{k: gm[k] for k in ("waves_per_eu", "matrix_instr_nonkdim", "kpack") if k in gm})
         return out
-    if x.dtype == torch.float32 or (gm["DEQUANT_T"] and T >= gm["DEQUANT_T"]):
-        # float32 activations (a debugging mode) always come here: an IEEE fp32 tl.dot spills.
-        torch.matmul(x, dequantize(w, dtype=x.dtype).t(), out=out)
-        if bias is not None:
-            out += bias.to(out.dtype)
-        return out
-    bm, bn, bs = gm["BLOCK_M"], gm["BLOCK_N"], gm["BLOCK_S"]
-    grid = (triton.cdiv(T, bm) * triton.cdiv(N, bn),)
-    _linear_gemm_kernel[grid](
-        x, *planes, bias_arg, out, T, N, K, triton.cdiv(K, info.sub), x.stride(0), out.stride(0),
-        TYPE=w.ggml_type, SUB=info.sub, BLOCK_M=bm, BLOCK_N=bn, BLOCK_S=bs,
-        GROUP_M=gm["GROUP_M"], HAS_BIAS=bias is not None,
-        DOT_UPCAST=_INTERPRET and x.dtype == torch.bfloat16,
-        num_warps=gm["num_warps"], num_stages=gm["num_stages"],
-        **{k: gm[k] for k in ("waves_per_eu", "matrix_instr_nonkdim", "kpack") if k in gm})
+    if bias is not None:
+        out += bias.to(out.dtype)
     return out
 
 
@@ -575,9 +1126,24 @@ def linear(x: torch.Tensor, w: QTensor, bias: torch.Tensor | None = None,
 # blocks, split-K, fp16/fp32 activations, small-T and NVIDIA GEMM tiles) are compiled for a
 # representative subset of types (they share every type-specific line with the ones above).
 SPEC_FULL_TYPES = ("F16", "Q8_0", "Q4_K", "Q6_K")
-# Integer arguments that are multiples of 16 at the representative shape (N = K = 4096, plane
-# rows padded to 16 elements), as the JIT would specialise them at a real launch.
-_DIV16 = ("N", "K", "NB", "NSUB", "stride_x", "stride_o") + tuple(f"s_{p}" for p in PLANES)
+# Integer arguments the JIT sees divisible by 16 at the specs' shapes (padded plane strides,
+# model-sized rows and strides).
+GEMV_DIVISIBLE = ("s_q", "s_qh", "s_sc", "s_d", "T", "N", "K", "NCH", "stride_x", "stride_o",
+                  "CH_PER_SPLIT", "magic")
+GEMM_DIVISIBLE = ("s_q", "s_qh", "s_sc", "s_d", "N", "K", "NSUB", "stride_x", "stride_o")
+
+
+def _gemv_signature(tid: int, act: str, split: bool) -> dict:
+    ps = plane_signature(tid)
+    q = "*fp32" if TYPES[tid].name == "F32" else "*i32"
+    sig = {"x_ptr": act, "q_ptr": q, "qh_ptr": ps["qh_ptr"] if "qh" in TYPES[tid].planes else q,
+           "sc_ptr": ps["sc_ptr"] if "sc" in TYPES[tid].planes else q,
+           "d_ptr": ps["d_ptr"] if "d" in TYPES[tid].planes else q}
+    sig.update({f"s_{p}": "i32" for p in PLANES})
+    sig.update({"bias_ptr": act, "out_ptr": "*fp32" if split else act, "T": "i32", "N": "i32",
+                "K": "i32", "NCH": "i32", "stride_x": "i32", "stride_o": "i32",
+                "CH_PER_SPLIT": "i32", "magic": "i32", "lanes": "i32", "zero": "i32"})
+    return sig
 
 
 def _compile_specs() -> list[dict]:
@@ -585,35 +1151,43 @@ def _compile_specs() -> list[dict]:
     strides = {f"s_{p}": "i32" for p in PLANES}
     for tid, info in TYPES.items():
         full = info.name in SPEC_FULL_TYPES
-        # (activation, token rows, split-K, warp size, vendor): the defaults of each arch family
-        gemv_variants = [("*bf16", 1, False, 32, "nvidia"), ("*bf16", 1, False, 32, "amd"),
-                         ("*bf16", 1, False, 64, "amd")]
-        if full:
-            gemv_variants += [("*bf16", 4, False, 32, "nvidia"), ("*bf16", 1, True, 32, "nvidia"),
-                              ("*fp16", 1, False, 32, "nvidia"), ("*fp32", 1, False, 32, "nvidia"),
-                              ("*bf16", 4, False, 64, "amd"), ("*bf16", 4, False, 32, "amd")]
-        for act, bt, split, warp, vendor in gemv_variants:
-            gv = gemv_default(tid, bt, 4096, 4096, warp=warp, vendor=vendor)
+        V, E = gemv_shape(tid)
+        # (activation, token rows, split-K, warp size, vendor, CUs): each arch family's default
+        gemv_variants = [("*bf16", 1, False, 32, "nvidia", 132), ("*bf16", 1, False, 32, "amd", 96),
+                         ("*bf16", 1, False, 64, "amd", 304)]
+        if full or info.name == "Q5_K":
+            gemv_variants += [("*bf16", 2, False, 32, "nvidia", 132),
+                              ("*bf16", 1, True, 32, "nvidia", 132),
+                              ("*fp16", 1, False, 32, "nvidia", 132),
+                              ("*fp32", 1, False, 32, "nvidia", 132),
+                              ("*bf16", 2, False, 64, "amd", 304),
+                              ("*bf16", 2, False, 32, "amd", 96),
+                              ("*fp32", 1, False, 64, "amd", 304)]
+        for act, bt, split, warp, vendor, cus in gemv_variants:
+            gv = gemv_default(tid, bt, 4096, 4096, cus=cus, warp=warp, vendor=vendor,
+                              exact=act == "*fp32")
+            x_int8 = bool(gv["X_INT8"])
             family = "cdna" if warp == 64 else "rdna" if vendor == "amd" else "nvidia"
-            sig = {"x_ptr": act, **plane_signature(tid), **strides, "bias_ptr": act,
-                   "out_ptr": "*fp32" if split else act, "T": "i32", "N": "i32", "K": "i32",
-                   "NB": "i32", "stride_x": "i32", "stride_o": "i32", "BLOCKS_PER_SPLIT": "i32"}
+            sig = _gemv_signature(tid, act, split)
             specs.append({
                 "name": (f"_linear_gemv_kernel[{info.name},{act[1:]},T{bt}"
                          f"{',split' if split else ''},{family}]"),
                 "fn": _linear_gemv_kernel, "signature": sig,
-                "attrs": divisibility_attrs(_linear_gemv_kernel, sig, _DIV16),
-                "constexprs": {"TYPE": tid, "SUB": info.sub, "SG": gemv_block(tid),
-                               "E": gemv_word(tid), "BLOCK_T": bt, "BLOCK_N": gv["BLOCK_N"],
-                               "BLOCK_K": gv["BLOCK_K"], "HAS_BIAS": not split, "SPLIT": split},
+                "constexprs": {"TYPE": tid, "V": V, "E": E, "BLOCK_T": bt,
+                               "BLOCK_N": gv["BLOCK_N"], "BLOCK_K": gv["BLOCK_K"],
+                               "HAS_BIAS": not split, "SPLIT": split, "EVEN": True,
+                               "X_PAIRS": act == "*bf16", "X_INT8": x_int8,
+                               "ASM": vendor == "nvidia"},
+                "attrs": jit_attrs(_linear_gemv_kernel, sig, GEMV_DIVISIBLE),
                 "num_warps": gv["num_warps"], "num_stages": gv["num_stages"],
                 # informational: the arch family whose launcher default this is
                 "vendors": ("nvidia",) if vendor == "nvidia" else ("amd",),
             })
-        # (float32 activations never reach the GEMM: they take dequantize + torch.matmul)
-        gemm_variants = [("*bf16", 512, "amd")]
+        # (float weights with matching activations never reach the GEMM: torch.matmul)
+        gemm_variants = [("*bf16", 512, "amd"), ("*bf16", 32, "nvidia")]
         if full:
-            gemm_variants += [("*fp16", 512, "amd"), ("*bf16", 16, "amd"), ("*bf16", 512, "nvidia")]
+            gemm_variants += [("*fp16", 512, "amd"), ("*bf16", 16, "amd"),
+                              ("*bf16", 512, "nvidia"), ("*bf16", 64, "nvidia")]
         for act, T, vendor in gemm_variants:
             gm = gemm_default(tid, T, 4096, 4096, vendor)
             sig = {"x_ptr": act, **plane_signature(tid), **strides, "bias_ptr": act,
@@ -622,21 +1196,22 @@ def _compile_specs() -> list[dict]:
             specs.append({
                 "name": f"_linear_gemm_kernel[{info.name},{act[1:]},T{T},{vendor}]",
                 "fn": _linear_gemm_kernel, "signature": sig,
-                "attrs": divisibility_attrs(_linear_gemm_kernel, sig, _DIV16),
                 "constexprs": {"TYPE": tid, "SUB": info.sub, "BLOCK_M": gm["BLOCK_M"],
                                "BLOCK_N": gm["BLOCK_N"], "BLOCK_S": gm["BLOCK_S"],
                                "GROUP_M": gm["GROUP_M"], "HAS_BIAS": True, "DOT_UPCAST": False},
+                "attrs": jit_attrs(_linear_gemm_kernel, sig, GEMM_DIVISIBLE),
                 "num_warps": gm["num_warps"], "num_stages": gm["num_stages"],
-                # informational: the launcher default picks the 128x128 tiles only on NVIDIA
+                # informational: the launcher default picks these tiles on this vendor
                 "vendors": ("nvidia",) if vendor == "nvidia" else ("amd", "nvidia"),
             })
     for act in ("*bf16", "*fp16", "*fp32"):
+        sig = {"part_ptr": "*fp32", "bias_ptr": act, "out_ptr": act, "TN": "i32", "N": "i32",
+               "stride_o": "i32"}
         specs.append({
             "name": f"_linear_splitk_reduce_kernel[{act[1:]}]",
-            "fn": _linear_splitk_reduce_kernel,
-            "signature": {"part_ptr": "*fp32", "bias_ptr": act, "out_ptr": act, "TN": "i32",
-                          "N": "i32", "stride_o": "i32"},
+            "fn": _linear_splitk_reduce_kernel, "signature": sig,
             "constexprs": {"SPLIT_K": 4, "HAS_BIAS": True, "BLOCK": 1024},
+            "attrs": jit_attrs(_linear_splitk_reduce_kernel, sig, ("TN", "N", "stride_o")),
             "num_warps": 4, "num_stages": 1,
         })
     return specs

@@ -104,6 +104,32 @@ def test_dequantize_bit_exact(name, source, rng):
     assert_bits_equal(dq.dequantize(qt), reference(name, raw, rows, cols))
 
 
+# (byte offset of d, of dmin, of the scale bytes, number of scale bytes) in one K-quant block
+MIN_FIELDS = {"Q2_K": (80, 82, 0, 16), "Q4_K": (0, 2, 4, 12), "Q5_K": (0, 2, 4, 12)}
+
+
+@pytest.mark.parametrize("name", list(MIN_FIELDS))
+def test_dequantize_signed_zeros(name, rng):
+    """K-quants with mins: w = d*sc*q - dmin*min. With d < 0 and a zero min, a zero product
+    gives -0.0 - (+0.0) = -0.0 in gguf; adding a negated min instead (-0.0 + -(+0.0), where a
+    GPU negates as 0 - x) would give +0.0. Half the blocks have all scales and mins zero."""
+    info = dq.TYPES[int(gguf_type(name))]
+    rows, cols = 4, info.block * 4
+    raw = random_rows(name, rows, cols, rng).reshape(rows, cols // info.block, info.type_size)
+    d_off, m_off, s_off, s_len = MIN_FIELDS[name]
+    for off, sign in ((d_off, 1), (m_off, 0)):
+        hi = raw[:, :, off + 1]
+        raw[:, :, off + 1] = (hi & 0x7F) | (0x80 * sign)      # d negative, dmin positive
+    raw[:, ::2, s_off:s_off + s_len] = 0                        # zero scales and mins
+    if name == "Q2_K":
+        raw[:, 1::2, s_off:s_off + s_len] &= 0x0F               # mins zero, scales random
+    raw = raw.reshape(rows, -1)
+    want = reference(name, raw, rows, cols)
+    assert np.any(want.view(np.uint32) == 0x80000000), "the case must produce -0.0"
+    qt = dq.repack(int(gguf_type(name)), (rows, cols), torch.from_numpy(raw).to(DEV))
+    assert_bits_equal(dq.dequantize(qt), want)
+
+
 @pytest.mark.parametrize("name", ["F16", "Q8_0", "Q4_K", "Q6_K", "Q5_0", "Q3_K"])
 def test_dequantize_gather_and_dtypes(name, rng):
     """rows= gathers (an embedding lookup) in any order with repeats; bf16/fp16 outputs are the
@@ -130,9 +156,10 @@ def test_dequantize_gather_and_dtypes(name, rng):
     assert_bits_equal(out.contiguous(), ref)
 
 
-@pytest.mark.parametrize("name", ["Q4_K", "Q5_1", "F16"])
+@pytest.mark.parametrize("name", ["Q4_K", "Q5_1", "Q6_K", "F16"])
 def test_repack_layout_is_aligned(name, rng):
-    """Every plane row starts 16-byte aligned, and row strides are multiples of 16 elements."""
+    """Every plane row starts 16-byte aligned, and row strides are multiples of 64 bytes (16
+    elements of any type a kernel views the plane as)."""
     info = dq.TYPES[int(gguf_type(name))]
     rows, cols = 3, info.block * 3 if info.block > 1 else 21
     raw = random_rows(name, rows, cols, rng, "bytes" if name in QUANT_TYPES else "quantize")
@@ -141,7 +168,7 @@ def test_repack_layout_is_aligned(name, rng):
     for pname, t in qt.data.items():
         assert t.dtype == info.planes[pname][0]
         assert t.stride(1) == 1 and t.stride(0) % 16 == 0
-        assert t.data_ptr() % 16 == 0 and (t.stride(0) * t.element_size()) % 16 == 0
+        assert t.data_ptr() % 16 == 0 and (t.stride(0) * t.element_size()) % 64 == 0
 
 
 def test_repack_accepts_typed_rows(rng):

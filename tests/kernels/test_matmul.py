@@ -1,10 +1,13 @@
 """forge.kernels.matmul.linear against a float64 NumPy reference, every GGML type, both paths.
 
-x @ W^T (+ bias) with W = gguf.quants.dequantize of fresh random blocks; odd T (GEMV for T <= 8,
-GEMM above), N = 131 (not a multiple of any tile), K = 3 super-blocks (K-quants), 7 blocks
-(legacy quants) or 203 (floats: rows end inside a tile). Tolerance on ||out - ref|| / ||ref||:
-float32 activations 1e-4, bfloat16/float16 2e-2 (the output is rounded to 8/11 bits).
-Runs under TRITON_INTERPRET=1 on the CPU and natively on a GPU (plus the @gpu cases).
+x @ W^T (+ bias) with W = gguf.quants.dequantize of fresh random blocks; T = 1 and 2 (the GEMV,
+one and two token rows per program), 17 and 33 (the tl.dot GEMM, or dequantize + torch.matmul
+for float32 activations, or torch.matmul for float weights); N = 131 (not a multiple of any
+tile), K = 3 super-blocks (K-quants), 7 blocks (legacy quants) or 203 (floats: rows end inside a
+chunk), so the GEMV takes its masked-tail path; `test_gemv_even_rows` covers the unmasked one.
+Tolerance on ||out - ref|| / ||ref||: float32 activations 1e-4, bfloat16/float16 2e-2 (the
+output is rounded to 8/11 bits). Runs under TRITON_INTERPRET=1 on the CPU and natively on a GPU
+(plus the @gpu cases).
 """
 from __future__ import annotations
 
@@ -66,9 +69,9 @@ def check_linear(qt: QTensor, w64: np.ndarray, T: int, dtype: torch.dtype, rng,
     assert err < TOL[dtype], f"T={T} {dtype}: relative error {err:.3e} >= {TOL[dtype]}"
 
 
-# T = 1, 3 take the GEMV (one and two token blocks... 3 -> one block of 4), 17 and 33 the GEMM
+# T = 1, 2 take the GEMV (one program carries both token rows of T = 2), 17 and 33 the GEMM
 # (bf16/fp16) or the dequantize + matmul path (float32).
-RUNS = [(1, torch.float32), (3, torch.bfloat16), (17, torch.float32), (33, torch.bfloat16)]
+RUNS = [(1, torch.float32), (2, torch.bfloat16), (17, torch.float32), (33, torch.bfloat16)]
 
 
 @pytest.mark.parametrize("name", ALL_TYPES)
@@ -83,6 +86,75 @@ def test_linear_fp16_activations(name, rng):
     qt, w64 = make_weight(name, 131, default_cols(name), rng)
     for T in (1, 2, 33):
         check_linear(qt, w64, T, torch.float16, rng, with_bias=False)
+
+
+# K with a whole number of GEMV steps under the interpreter's config (32 chunks per step): the
+# unmasked (EVEN) loads; 3 token rows: a second program whose second row is clamped off.
+EVEN_COLS = {"F32": 128, "F16": 256, "BF16": 256, "Q8_0": 512, "Q4_0": 1024, "Q4_1": 1024,
+             "Q5_0": 1024, "Q5_1": 1024, "Q4_K": 1024, "Q5_K": 1024, "Q6_K": 1024, "Q2_K": 1024,
+             "Q3_K": 1024}
+
+
+@pytest.mark.parametrize("name", ["F32", "F16", "BF16", "Q8_0", "Q4_0", "Q5_1", "Q4_K", "Q5_K",
+                                  "Q6_K", "Q2_K", "Q3_K"])
+def test_gemv_even_rows(name, rng):
+    qt, w64 = make_weight(name, 37, EVEN_COLS[name], rng)
+    cfg = mm._configs(qt.ggml_type, 1, *qt.shape)[0]
+    V, E = mm.gemv_shape(qt.ggml_type)
+    assert triton_cdiv(EVEN_COLS[name], V * E) % (cfg["BLOCK_K"] // (V * E)) == 0
+    check_linear(qt, w64, 1, torch.bfloat16, rng)
+    check_linear(qt, w64, 2, torch.float32, rng, with_bias=False)
+
+
+def triton_cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+@pytest.mark.parametrize("name", ["Q4_K", "Q6_K", "Q8_0", "F16", "Q5_K", "Q3_K"])
+def test_gemv_defaults_cover_llama_shapes(name):
+    """The launcher's GEMV defaults on an H100-like device (132 SMs) for Llama-3 shapes: whole
+    steps (no masked tail), one chunk per thread, and enough warps to fill the GPU."""
+    tid = int(gguf_type(name))
+    V, E = mm.gemv_shape(tid)
+    for N, K in ((4096, 4096), (14336, 4096), (4096, 14336), (1024, 4096), (128256, 4096)):
+        cfg = mm.gemv_default(tid, 1, N, K, cus=132, warp=32, vendor="nvidia")
+        bb = cfg["BLOCK_K"] // (V * E)
+        assert bb == 32 * cfg["num_warps"]
+        assert (K // (V * E)) % bb == 0, (N, K, cfg)
+        warps = -(-N // cfg["BLOCK_N"]) * cfg["num_warps"] * cfg["SPLIT_K"]
+        assert warps >= mm.GEMV_WARPS_PER_CU["nvidia"] * 132 or cfg["BLOCK_N"] == 1, (N, K, cfg)
+        assert cfg["MAX_T"] == mm.MAX_BLOCK_T
+
+
+@pytest.mark.parametrize("name", mm.INT8_TYPES)
+def test_gemv_int8_activations(name, rng, tuning_table):
+    """The GEMV with bf16/fp16 activations quantized to int8 per chunk and dp4a (the NVIDIA
+    default; emulated under the interpreter): within 1.5% of the float64 reference (x rounded
+    to 8 bits of its chunk maximum: ~0.5% expected), masked and whole steps, 1 and 2 token rows.
+    Float32 activations must not take it: they stay exact (1e-4)."""
+    tuning_table({"linear_gemv": {"*": {"X_INT8": 1}}})
+    for cols in (default_cols(name), EVEN_COLS[name]):
+        qt, w64 = make_weight(name, 37, cols, rng)
+        assert mm._configs(qt.ggml_type, 1, *qt.shape)[0]["X_INT8"] == 1
+        for T, dtype in ((1, torch.bfloat16), (2, torch.float16)):
+            x = torch.from_numpy(rng.standard_normal((T, cols)).astype(np.float32)).to(dtype)
+            err = rel_err(mm.linear(x.to(DEV), qt), x.double().numpy() @ w64.T)
+            assert err < 1.5e-2, f"T={T} {dtype}: relative error {err:.3e}"
+        check_linear(qt, w64, 1, torch.float32, rng)
+
+
+def test_dequant_matmul_chunks_and_reuses_scratch(rng, monkeypatch):
+    """The dequantize + matmul path in pieces of SCRATCH_BYTES, with one scratch buffer per
+    device and dtype kept across calls (grown, never shrunk)."""
+    qt, w64 = make_weight("Q4_K", 131, 512, rng)
+    monkeypatch.setattr(mm, "SCRATCH_BYTES", 40 * 512 * 4)     # 40 rows of float32 -> 256
+    monkeypatch.setattr(mm, "_scratch", {})
+    check_linear(qt, w64, 17, torch.float32, rng)              # float32: dequantize path
+    (key, buf), = mm._scratch.items()
+    assert key[1] == torch.float32 and buf.numel() >= 256 * 512
+    ptr = buf.data_ptr()
+    check_linear(qt, w64, 9, torch.float32, rng)
+    assert mm._scratch[key].data_ptr() == ptr
 
 
 @pytest.fixture
@@ -114,9 +186,9 @@ class LaunchSpy:
 @pytest.mark.parametrize("name", ["Q4_0", "Q6_K", "BF16"])
 def test_linear_split_k_small_tiles_and_dequant_path(name, rng, tuning_table, monkeypatch):
     """Configs from a tuning table: uneven split-K over several K steps with token blocks
-    (T = 5 > 4 rows per program), a multi-step small-tile GEMM, and the dequantize + matmul path;
-    each path is checked to have actually run."""
-    cols = {"Q4_0": 32 * 7, "Q6_K": 256, "BF16": 45}[name]
+    (T = 5: three programs of 2 token rows), a multi-step small-tile GEMM, and the dequantize +
+    matmul path; each path is checked to have actually run."""
+    cols = {"Q4_0": 32 * 7, "Q6_K": 512, "BF16": 100}[name]
     qt, w64 = make_weight(name, 131, cols, rng)
     spies = {k: LaunchSpy(getattr(mm, k)) for k in
              ("_linear_gemv_kernel", "_linear_splitk_reduce_kernel", "_linear_gemm_kernel")}
@@ -127,11 +199,11 @@ def test_linear_split_k_small_tiles_and_dequant_path(name, rng, tuning_table, mo
     monkeypatch.setattr(mm, "dequantize", lambda *a, **kw: dequant_calls.append(1) or
                         real_dequantize(*a, **kw))
     tuning_table({
-        "linear_gemv": {"*": {"SPLIT_K": 3, "BLOCK_K": 32, "BLOCK_N": 32, "MAX_T": 8}},
+        "linear_gemv": {"*": {"SPLIT_K": 3, "BLOCK_K": 64, "BLOCK_N": 32, "MAX_T": 8}},
         "linear_gemm": {"*": {"BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_S": 2, "GROUP_M": 2}},
     })
     gv, gm = mm._configs(qt.ggml_type, 5, *qt.shape)
-    assert (gv["SPLIT_K"], gv["BLOCK_K"], gm["BLOCK_M"]) == (3, 32, 16)
+    assert (gv["SPLIT_K"], gv["BLOCK_K"], gm["BLOCK_M"]) == (3, 64, 16)
     for T, dtype in ((1, torch.float32), (5, torch.bfloat16)):
         check_linear(qt, w64, T, dtype, rng, with_bias=T != 5)
     assert spies["_linear_gemv_kernel"].launches == 2
@@ -147,6 +219,12 @@ def test_linear_split_k_small_tiles_and_dequant_path(name, rng, tuning_table, mo
 
 def test_linear_strided_x_and_out(rng):
     qt, w64 = make_weight("Q4_K", 40, 512, rng)
+    # bf16 rows of odd stride: the GEMV reads x elementwise (no uint32 pairs)
+    xb = torch.from_numpy(rng.standard_normal((2, 601)).astype(np.float32)).to(torch.bfloat16)
+    x = xb.to(DEV)[:, 51:563]
+    for T in (1, 2):
+        got = mm.linear(x[:T], qt)
+        assert rel_err(got, x[:T].double().cpu().numpy() @ w64.T) < TOL[torch.bfloat16]
     for T in (2, 12):
         big = torch.from_numpy(rng.standard_normal((T, 600)).astype(np.float32)).to(DEV)
         x = big[:, 50:562]                     # row stride 600, not contiguous
@@ -229,10 +307,52 @@ def test_weight_beyond_int32_elements(name):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("name", ["Q4_K", "Q6_K", "Q8_0", "Q5_0", "F16"])
+@pytest.mark.parametrize("name", ["Q4_K", "Q6_K", "Q8_0", "Q5_0", "Q5_K", "F16", "BF16"])
 def test_llama_shapes_full_reference(name, rng):
-    """4096 x 4096 at decode and prefill sizes, every output checked."""
+    """4096 x 4096 at every path's sizes, every output checked: the GEMV (T = 1, 2; float32
+    activations too), the GEMM at batch-decode sizes (7, 32, 64) and above (300), dequantize +
+    cuBLAS (500; 40 with float32 activations) or torch.matmul for float weights."""
     qt, w64 = make_weight(name, 4096, 4096, rng)
-    for T, dtype in ((1, torch.bfloat16), (7, torch.float16), (64, torch.bfloat16),
-                     (300, torch.float16), (2, torch.float32)):
+    for T, dtype in ((1, torch.bfloat16), (2, torch.float16), (2, torch.float32),
+                     (7, torch.float16), (32, torch.bfloat16), (64, torch.bfloat16),
+                     (300, torch.float16), (500, torch.bfloat16), (40, torch.float32)):
         check_linear(qt, w64, T, dtype, rng)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", ["Q4_K", "Q6_K", "Q8_0", "F16"])
+def test_llama_gemv_shapes(name, rng):
+    """The GEMV at the Llama-3-8B decode shapes (whole steps, 2 and 4 warps, split-K for the
+    small N), every output checked."""
+    for N, K in ((14336, 4096), (4096, 14336), (1024, 4096)):
+        qt, w64 = make_weight(name, N, K, rng)
+        check_linear(qt, w64, 1, torch.bfloat16, rng)
+        check_linear(qt, w64, 1, torch.float32, rng, with_bias=False)
+
+
+@pytest.mark.parametrize("name", ["Q6_K", "Q4_K", "Q8_0", "F16"])
+@pytest.mark.parametrize("x_int8", [0, 1])
+def test_linear_float32_out_from_bf16(name, x_int8, rng):
+    """The logits head: bf16 x, float32 out. T <= 2 stays on the GEMV (int8 activations when
+    forced, as NVIDIA's default does), T = 9 computes from x.float()."""
+    from forge.kernels import tuning
+
+    qt, w64 = make_weight(name, 67, default_cols(name), rng)
+    with tuning.override({"linear_gemv": {"*": {"X_INT8": x_int8}}}):
+        mm.clear_config_cache()
+        try:
+            for T in (1, 2, 9):
+                x = torch.from_numpy(rng.standard_normal((T, w64.shape[1])).astype(np.float32))
+                x = x.to(torch.bfloat16)
+                ref = x.double().numpy() @ w64.T
+                out = torch.empty((T, w64.shape[0]), dtype=torch.float32, device=DEV)
+                y = mm.linear(x.to(DEV), qt, out=out)
+                assert y.data_ptr() == out.data_ptr() and y.dtype == torch.float32
+                err = rel_err(y, ref)
+                # float32 stores: only the int8 activations (<= ~1%) or nothing add error
+                assert err < (2e-2 if x_int8 else 1e-4), f"T={T}: {err:.3e}"
+        finally:
+            mm.clear_config_cache()
+    with pytest.raises(ValueError, match="out"):
+        mm.linear(torch.zeros((1, w64.shape[1]), dtype=torch.bfloat16, device=DEV), qt,
+                  out=torch.empty((1, w64.shape[0]), dtype=torch.float16, device=DEV))
