@@ -8,6 +8,7 @@ names the bucket dims its launcher will use, so the winning config lands under t
 """
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -52,19 +53,27 @@ def _amd_mma(family: str) -> dict:
 
 
 def space(kernel: str, family: str, *, sub: int = 1, lds_bytes: int = 64 * 1024,
-          elem: int = 2, warp: int | None = None) -> list[dict]:
+          elem: int = 2, warp: int | None = None, int8: bool = False) -> list[dict]:
     """Candidate configs for `kernel` ("linear_gemv", ...) on `family` ("cdna3", "hopper", ...).
 
     sub: the GGML type's sub-block (BLOCK_S counts sub-blocks; for linear_gemv, the columns one
-    thread takes per step, matmul.gemv_block); elem: activation bytes; warp: the wave size.
+    thread takes per step, matmul.gemv_block); elem: activation bytes; warp: the wave size;
+    int8: the GEMV of this type can take int8 activations (matmul.INT8_TYPES; NVIDIA only).
     """
     amd = _is_amd(family)
     warp = warp or (64 if family.startswith(("cdna", "gcn")) else 32)
     if kernel == "linear_gemv":
-        # matmul.py's GEMV layout wants BLOCK_K = lanes x warps x SG: vary warps, rows per
-        # program and the K split; num_stages is unused (the kernel prefetches by hand)
-        cands = _grid(BLOCK_N=(1, 2, 4, 8), num_warps=_warps(family, small=True), SPLIT_K=(1, 2, 4, 8),
-                      num_stages=(1,))
+        # matmul.py's GEMV: one chunk of `sub` columns per thread and step, BLOCK_K = sub x
+        # lanes x warps; vary rows per program, warps and the K split (num_stages is unused).
+        # NVIDIA's int8-activation path (dp4a) halves the instructions per weight and was faster
+        # than the exact float decode at every Llama-3-8B shape on H100 (bench_matmul, run 6),
+        # so a quantized type is swept with it on.
+        if amd:
+            cands = _grid(BLOCK_N=(1, 2, 4, 8), num_warps=_warps(family, small=True),
+                          SPLIT_K=(1, 2, 4, 8), num_stages=(1,))
+        else:
+            cands = _grid(BLOCK_N=(1, 2, 4, 8), num_warps=(1, 2, 4), SPLIT_K=(1, 2, 4),
+                          num_stages=(1,), X_INT8=(1,) if int8 else (0,))
         for c in cands:
             c["BLOCK_K"] = sub * warp * c["num_warps"]
         return cands
@@ -159,14 +168,33 @@ def _qweight(torch, type_name: str, n: int, k: int, dev):
     return dequant.repack(tid, (n, k), raw.to(dev)), info.sub
 
 
+# Decode GEMV shapes (N x K), one per bucket: Llama-3-8B (q/o, k/v, fused q+k+v, ffn up, fused
+# gate+up, down, output head) and Llama-3.2-1B (the same roles at hidden 2048), plus small models.
+GEMV_SHAPES = [(4096, 4096), (1024, 4096), (6144, 4096), (14336, 4096), (28672, 4096),
+               (4096, 14336), (128256, 4096), (2048, 2048), (512, 2048), (3072, 2048),
+               (16384, 2048), (2048, 8192), (128256, 2048), (576, 576), (1536, 576)]
+GEMM_SHAPES = [(4096, 4096), (14336, 4096), (4096, 14336), (1024, 4096), (576, 576), (1536, 576)]
+ROTATE_BYTES = 256 << 20  # a timed GEMV cycles through copies of its weight at least this large
+
+
 def linear_problems(kernel: str, types=SWEEP_TYPES) -> list[Problem]:
+    """Problems for linear_gemv (T = 1, every GEMV_SHAPES bucket) and linear_gemm. A GEMV
+    problem's run() carries `rotations`: the same op on distinct copies of the weight (together
+    >= ROTATE_BYTES, more than the L2 cache), which the graph timer replays in turn so that the
+    weight streams from HBM as in a real decode step."""
     import torch  # noqa: F401 - only needed when a problem is set up
 
-    shapes = [(4096, 4096), (14336, 4096), (4096, 14336), (1024, 4096), (576, 576), (1536, 576)]
-    tokens = (1, 4) if kernel == "linear_gemv" else (64, 512, 2048)
+    gemv = kernel == "linear_gemv"
+    shapes = GEMV_SHAPES if gemv else GEMM_SHAPES
+    tokens = (1,) if gemv else (64, 512, 2048)
     out = []
+    from forge.kernels import dequant as _dq
+
     for tname in types:
+        blk = next(i.block for i in _dq.TYPES.values() if i.name == tname)
         for n, k in shapes:
+            if k % blk:
+                continue  # e.g. 576-wide rows of a 256-element K-quant: not a valid weight
             for t in tokens:
                 def setup(dev, dtype, n=n, k=k, t=t, tname=tname):
                     import torch
@@ -175,14 +203,26 @@ def linear_problems(kernel: str, types=SWEEP_TYPES) -> list[Problem]:
 
                     w, _ = _qweight(torch, tname, n, k, dev)
                     x = torch.randn(t, k, device=dev, dtype=dtype)
-                    return lambda: matmul.linear(x, w)
+
+                    def run():
+                        return matmul.linear(x, w)
+
+                    if gemv:
+                        nbytes = sum(p.numel() * p.element_size() for p in w.data.values())
+                        extra = min(63, -(-ROTATE_BYTES // nbytes) - 1)
+                        copies = [w] + [dataclasses.replace(w, data={key: p.clone() for key, p
+                                                                     in w.data.items()})
+                                        for _ in range(extra)]
+                        run.rotations = [lambda c=c: matmul.linear(x, c) for c in copies]
+                    return run
 
                 from forge.kernels import dequant, matmul
 
                 tid = next(t for t, i in dequant.TYPES.items() if i.name == tname)
-                sub = matmul.gemv_block(tid) if kernel == "linear_gemv" else dequant.TYPES[tid].sub
+                sub = matmul.gemv_block(tid) if gemv else dequant.TYPES[tid].sub
                 out.append(Problem(f"{kernel}.{tname}", kernel, f"{tname} T{t} N{n} K{k}",
-                                   {"T": t, "N": n, "K": k}, setup, sub=sub, tol=3e-2))
+                                   {"T": t, "N": n, "K": k}, setup, sub=sub, tol=3e-2,
+                                   extra={"int8": gemv and tname in matmul.INT8_TYPES}))
     return out
 
 

@@ -72,6 +72,25 @@ def main() -> None:
             eng.step()
         torch.cuda.synchronize()
     print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=25, max_name_column_width=60))
+    # one step's kernels in launch order (the last profiled step): the per-layer pattern shows
+    # which GEMV (qkv, o, gate_up, down; types differ per layer in K-quant mixes) costs what
+    kern = sorted((e for e in prof.events() if e.device_type.name == "CUDA"
+                   and e.time_range.elapsed_us() > 0), key=lambda e: e.time_range.start)
+    counts: dict[str, int] = {}
+    for e in kern:
+        counts[e.name] = counts.get(e.name, 0) + 1
+    marker = next((e.name for e in kern if counts[e.name] == 5), kern[0].name)  # once per step
+    steps, cur = [], []
+    for e in kern:
+        if e.name == marker and cur:
+            steps.append(cur)
+            cur = []
+        cur.append(e)
+    steps.append(cur)
+    last = max(steps, key=len)
+    print(f"one step: {len(last)} kernels, {sum(e.time_range.elapsed_us() for e in last):.1f} us")
+    for e in last[:24] + [None] + last[-8:]:
+        print("   ..." if e is None else f"   {e.name[:40]:40s} {e.time_range.elapsed_us():8.1f} us")
 
 
 if __name__ == "__main__":

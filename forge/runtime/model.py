@@ -59,6 +59,11 @@ class Model:
             q = qkv[:, : plan.q_size]
             k = qkv[:, plan.q_size: plan.q_size + plan.kv_size]
             v = qkv[:, plan.q_size + plan.kv_size:]
+        elif lp.wqk is not None:
+            qk = be.linear(x, lp.wqk, lp.bqk)
+            q = qk[:, : plan.q_size]
+            k = qk[:, plan.q_size:]
+            v = be.linear(x, lp.wv, lp.bv)
         else:
             q = be.linear(x, lp.wq, lp.bq)
             k = be.linear(x, lp.wk, lp.bk)

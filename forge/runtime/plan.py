@@ -23,6 +23,9 @@ class LayerPlan:
     index: int
     attn_norm: Any
     wqkv: QTensor | None          # fused [q; k; v] rows, or None
+    wqk: QTensor | None           # fused [q; k] rows when v alone has another type (K-quant
+                                  # mixes such as Q4_K_M keep attn_v in Q6_K), else None
+    bqk: Any                      # its fused bias or None
     wq: QTensor
     wk: QTensor
     wv: QTensor
@@ -87,11 +90,13 @@ def build_plan(cfg: ModelConfig, w: ModelWeights, backend, fuse: bool = True) ->
         wq, wk, wv = lw["wq"], lw["wk"], lw["wv"]
         wqkv = _fuse(backend, [wq, wk, wv]) if fuse else None
         bqkv = _fuse_bias(backend, [lw.get("bq"), lw.get("bk"), lw.get("bv")]) if wqkv is not None else None
+        wqk = _fuse(backend, [wq, wk]) if fuse and wqkv is None else None
+        bqk = _fuse_bias(backend, [lw.get("bq"), lw.get("bk")]) if wqk is not None else None
         gate_up = _fuse(backend, [lw["w_gate"], lw["w_up"]]) if fuse else None
         layers.append(LayerPlan(
             index=i,
             attn_norm=lw["attn_norm"],
-            wqkv=wqkv, wq=wq, wk=wk, wv=wv,
+            wqkv=wqkv, wqk=wqk, bqk=bqk, wq=wq, wk=wk, wv=wv,
             bqkv=bqkv, bq=lw.get("bq"), bk=lw.get("bk"), bv=lw.get("bv"),
             q_norm=lw.get("q_norm") if cfg.qk_norm else None,
             k_norm=lw.get("k_norm") if cfg.qk_norm else None,

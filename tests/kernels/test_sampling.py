@@ -378,3 +378,33 @@ def test_empirical_frequencies_gpu(rng, kw):
     assert counts[p == 0].sum() == 0
     sigma = np.sqrt(n * p * (1 - p)) + 1e-9
     assert (np.abs(counts - n * p) <= 4.5 * sigma).all(), (counts, n * p)
+
+
+@pytest.mark.parametrize("s,v", [(1, 1), (1, 7), (3, 4097), (2, 12289), (1, 128256)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_argmax_matches_numpy(rng, s, v, dtype):
+    x = torch.from_numpy(rng.standard_normal((s, v)).astype(np.float32)).to(DEV).to(dtype)
+    # plant ties: the maximum repeated later in the row (the first index must win), and in
+    # a row of several blocks a tie that crosses a block boundary
+    for r in range(s):
+        j = int(rng.integers(0, v))
+        x[r, j] = 9.0
+        x[r, v - 1] = 9.0
+        if v > 4096:
+            x[r, 4096] = 9.0
+    want = np.argmax(x.float().cpu().numpy().astype(np.float64), axis=1)
+    got = smp.argmax(x).cpu().numpy()
+    assert got.dtype == np.int64
+    np.testing.assert_array_equal(got, want)
+
+
+def test_argmax_all_neg_inf_and_nan(rng):
+    x = torch.full((2, 5000), float("-inf"), device=DEV)
+    x[1, 4500] = float("nan")
+    x[1, 10] = 3.0
+    assert smp.argmax(x).tolist() == [0, 4500]
+    with pytest.raises(ValueError, match="logits"):
+        smp.argmax(torch.zeros(3, device=DEV))
+    with pytest.raises(ValueError, match="logits"):
+        smp.argmax(torch.zeros((1, 4), dtype=torch.int32, device=DEV))
+    assert smp.argmax(torch.zeros((0, 4), device=DEV)).shape == (0,)
