@@ -166,7 +166,8 @@ def bench_shape(name: str, N: int, K: int, T_prefill: int, use_graph: bool, gen)
     if name in mm.INT8_TYPES:
         from forge.kernels import tuning
 
-        with tuning.override({"linear_gemv": {"*": {"X_INT8": 0}}}):
+        with tuning.override({"linear_gemv": {"*": {"X_INT8": 0}},
+                              f"linear_gemv.{name}": {"*": {"X_INT8": 0}}}):
             mm.clear_config_cache()
             res["gemv_exact_us"] = median_ms(gemv) * 1e3
         mm.clear_config_cache()

@@ -25,6 +25,10 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--ctx", type=int, default=512)
     ap.add_argument("--steps", type=int, default=64)
+    ap.add_argument("--prefill", action="store_true",
+                    help="also profile one --ctx-token prefill step: GPU time per kernel")
+    ap.add_argument("--cprofile", action="store_true",
+                    help="also show where the host's time goes in decode steps (cProfile)")
     a = ap.parse_args()
     path = Path(tempfile.gettempdir()) / f"forge-synthetic-{a.shape}-{a.quant}.gguf"
     if not path.exists():
@@ -35,6 +39,44 @@ def main() -> None:
     rng = np.random.default_rng(0)
     vocab = eng.cfg.vocab_size
     params = SamplingParams(max_tokens=a.steps * 3, temperature=0, ignore_eos=True)
+    if a.prefill:
+        from torch.profiler import ProfilerActivity, profile
+
+        rid = eng.add_request(rng.integers(100, vocab - 1, a.ctx).tolist(), params)
+        eng.step()  # warm (first prefill at this length)
+        eng.abort(rid)
+        pw = []
+        for i in range(4):
+            rid = eng.add_request(rng.integers(100, vocab - 1, a.ctx).tolist(), params)
+            torch.cuda.synchronize()
+            t = time.perf_counter()
+            if i == 3 and a.cprofile:
+                import cProfile
+                import pstats
+
+                pr = cProfile.Profile()
+                pr.enable()
+                eng.step()
+                torch.cuda.synchronize()
+                pr.disable()
+                pstats.Stats(pr).sort_stats("tottime").print_stats(18)
+            else:
+                eng.step()
+                torch.cuda.synchronize()
+            pw.append(time.perf_counter() - t)
+            eng.abort(rid)
+        print("prefill step walls (ms):", [round(w * 1e3, 1) for w in pw])
+        rid = eng.add_request(rng.integers(100, vocab - 1, a.ctx).tolist(), params)
+        torch.cuda.synchronize()
+        t = time.perf_counter()
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            eng.step()
+            torch.cuda.synchronize()
+        wall = time.perf_counter() - t
+        print(f"prefill step ({a.ctx} tokens, profiled): {wall * 1e3:.1f} ms wall")
+        print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=15,
+                                        max_name_column_width=60))
+        eng.abort(rid)
     for _ in range(a.batch):
         eng.add_request(rng.integers(100, vocab - 1, a.ctx).tolist(), params)
     while not all(len(r.output_token_ids) for r in eng.scheduler.running) or eng.scheduler.waiting:
@@ -48,6 +90,16 @@ def main() -> None:
         eng.step()
         walls.append(time.perf_counter() - t)
     host = statistics.median(walls)
+    if a.cprofile:
+        import cProfile
+        import pstats
+
+        pr = cProfile.Profile()
+        pr.enable()
+        for _ in range(a.steps):
+            eng.step()
+        pr.disable()
+        pstats.Stats(pr).sort_stats("tottime").print_stats(22)
 
     g = eng.graphs
     bs = next(r for r in g.rungs if r >= a.batch)
@@ -76,6 +128,9 @@ def main() -> None:
     # which GEMV (qkv, o, gate_up, down; types differ per layer in K-quant mixes) costs what
     kern = sorted((e for e in prof.events() if e.device_type.name == "CUDA"
                    and e.time_range.elapsed_us() > 0), key=lambda e: e.time_range.start)
+    if not kern:
+        print("(the profiler returned no kernel events for the decode steps)")
+        return
     counts: dict[str, int] = {}
     for e in kern:
         counts[e.name] = counts.get(e.name, 0) + 1

@@ -85,8 +85,8 @@ def run_bench(a) -> int:
     def rand_prompt(n: int) -> list[int]:
         return rng.integers(vocab // 16, vocab - 1, size=n).tolist()
 
-    # warm-up: both paths once
-    _run_requests(eng, [rand_prompt(min(a.n_prompt, 32))], 4)
+    # warm-up: both paths once, at the measured sizes (as llama-bench's warm-up run does)
+    _run_requests(eng, [rand_prompt(a.n_prompt)], 4)
     _run_requests(eng, [rand_prompt(1) for _ in range(a.batch)], 4)
 
     pp, tg = [], []

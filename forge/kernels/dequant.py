@@ -48,6 +48,7 @@ shared with forge/kernels/matmul.py.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -614,7 +615,7 @@ def dequantize(qt: QTensor, rows: torch.Tensor | None = None,
     if n == 0:
         return out
     nsub = triton.cdiv(cols, info.sub)
-    cfg = tuning.get_config("dequant", tuning.bucket(N=n, K=cols), _dequant_default(info))
+    cfg = _dequant_config(qt.ggml_type, n, cols)
     bn, bs = cfg["BLOCK_N"], cfg["BLOCK_S"]
     grid = (triton.cdiv(n, bn), triton.cdiv(nsub, bs))
     _dequant_kernel[grid](
@@ -624,6 +625,19 @@ def dequantize(qt: QTensor, rows: torch.Tensor | None = None,
         enable_fp_fusion=False,  # w = q*s + b rounded twice, exactly like gguf-py
     )
     return out
+
+
+@functools.lru_cache(maxsize=4096)
+def _dequant_config(ggml_type: int, n: int, cols: int) -> dict:
+    """The "dequant" launch config (cached: a prefill step dequantizes every weight, and a
+    table lookup per call was a measurable part of its host time)."""
+    return tuning.get_config("dequant", tuning.bucket(N=n, K=cols),
+                             _dequant_default(TYPES[ggml_type]))
+
+
+def clear_config_cache() -> None:
+    """Forget cached launch configs (tuning.clear_cache calls this)."""
+    _dequant_config.cache_clear()
 
 
 def jit_attrs(fn, sig: dict, divisible: tuple[str, ...] = ()) -> dict:

@@ -862,8 +862,11 @@ def gemv_default(ggml_type: int, T: int, N: int, K: int, cus: int = 16, warp: in
 # Q8_0 310, Q4_K 235, Q5_K 137, Q6_K 108); dequantize (~2.6 TB/s, ~60 us for a 14336 x 4096
 # weight) + cuBLAS (~600 TFLOP/s) wins from T = D / (2 N K (1/F - 1/600 TFLOP/s)): ~380 for
 # Q8_0 / Q4_0, ~190 for Q4_K, ~70-90 for Q5_K / Q6_K (their fused decode is slow).
-DEQUANT_T_NVIDIA = {"Q8_0": 384, "Q4_0": 384, "Q4_1": 384, "Q4_K": 192, "Q6_K": 96, "Q5_K": 96,
-                    "Q5_0": 96, "Q5_1": 96, "Q3_K": 96, "Q2_K": 96}
+# Batch decode (H100, run 6, T = 32): the fused GEMM streams Q6_K / Q5_K weights at only
+# 180-480 GB/s (4096 x 14336 Q6_K: 272 us, the 8B model's ffn_down in half the layers), while
+# dequantize + cuBLAS costs ~100 us there; so the types with the costliest decode switch at 8.
+DEQUANT_T_NVIDIA = {"Q8_0": 384, "Q4_0": 384, "Q4_1": 384, "Q4_K": 192, "Q6_K": 8, "Q5_K": 8,
+                    "Q5_0": 8, "Q5_1": 8, "Q3_K": 8, "Q2_K": 8}
 DEQUANT_T_NVIDIA_DEFAULT = 256
 
 
@@ -917,7 +920,10 @@ def clear_config_cache() -> None:
 # dequantize + torch.matmul
 
 
-SCRATCH_BYTES = 64 << 20   # at most this much dequantized weight per torch.matmul call
+# At most this much dequantized weight per torch.matmul call: 256 MiB holds the largest layer
+# weight of 8B-class models (28672 x 4096 fused gate+up in bf16, 235 MB) in one piece, so a
+# prefill linear is one dequantize and one cuBLAS call (each piece costs host time too).
+SCRATCH_BYTES = 256 << 20
 _scratch: dict[tuple, torch.Tensor] = {}
 
 
@@ -953,7 +959,12 @@ def _dequant_matmul(x: torch.Tensor, w: QTensor, out: torch.Tensor) -> None:
         r1 = min(N, r0 + rows)
         part = w if (r0 == 0 and r1 == N) else _row_slice(w, r0, r1)
         wd = dequantize(part, dtype=x.dtype, out=buf[: (r1 - r0) * K].view(r1 - r0, K))
-        torch.matmul(x, wd.t(), out=out[:, r0:r1])
+        if out.dtype != x.dtype:  # float32 results of 16-bit inputs (the logits head)
+            out[:, r0:r1] = _mm_f32(x, wd.t())
+        elif r0 == 0 and r1 == N:
+            torch.matmul(x, wd.t(), out=out)
+        else:
+            out[:, r0:r1] = torch.matmul(x, wd.t())
 
 
 _MM_OUT_DTYPE: list[bool] = []   # whether torch.mm takes out_dtype (checked once)
@@ -1077,9 +1088,17 @@ def linear(x: torch.Tensor, w: QTensor, bias: torch.Tensor | None = None,
     GEMV does) and stores float32 sums; larger T computes from x.float()."""
     info = _check(x, w, bias, out)
     if out is not None and out.dtype != x.dtype:
-        gv, _ = _configs(w.ggml_type, x.shape[0], w.rows, w.cols, False)
+        gv, gm = _configs(w.ggml_type, x.shape[0], w.rows, w.cols, False)
         if x.shape[0] > gv["MAX_T"]:
-            return linear(x.float(), w, bias, out)
+            if gm["DEQUANT_T"] == 0 or info.block == 1 or x.device.type != "cuda" \
+                    or x.stride(1) != 1:
+                return linear(x.float(), w, bias, out)
+            # NVIDIA: the weight dequantized to x's dtype in pieces, cuBLAS with float32
+            # results (a float32 dequantize + SGEMM moves twice the bytes at a third the rate)
+            _dequant_matmul(x, w, out)
+            if bias is not None:
+                out += bias.float()
+            return out
     if x.stride(1) != 1:
         x = x.contiguous()
     if bias is not None:

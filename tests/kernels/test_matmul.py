@@ -338,7 +338,10 @@ def test_linear_float32_out_from_bf16(name, x_int8, rng):
     from forge.kernels import tuning
 
     qt, w64 = make_weight(name, 67, default_cols(name), rng)
-    with tuning.override({"linear_gemv": {"*": {"X_INT8": x_int8}}}):
+    # the type's own entry too: a shipped "linear_gemv.<TYPE>" table entry is laid over the
+    # generic one (sm90 sets X_INT8 per type)
+    with tuning.override({"linear_gemv": {"*": {"X_INT8": x_int8}},
+                          f"linear_gemv.{name}": {"*": {"X_INT8": x_int8}}}):
         mm.clear_config_cache()
         try:
             for T in (1, 2, 9):
@@ -349,8 +352,11 @@ def test_linear_float32_out_from_bf16(name, x_int8, rng):
                 y = mm.linear(x.to(DEV), qt, out=out)
                 assert y.data_ptr() == out.data_ptr() and y.dtype == torch.float32
                 err = rel_err(y, ref)
-                # float32 stores: only the int8 activations (<= ~1%) or nothing add error
-                assert err < (2e-2 if x_int8 else 1e-4), f"T={T}: {err:.3e}"
+                # float32 stores: only the int8 activations (<= ~1%) add error on the GEMV;
+                # T = 9 on a CUDA GPU dequantizes the weight to bf16 for cuBLAS (~2^-9 per
+                # weight), elsewhere it computes from x.float() exactly
+                exact = not x_int8 and (T <= 2 or DEV == "cpu" or name == "F16")
+                assert err < (1e-4 if exact else 2e-2), f"T={T}: {err:.3e}"
         finally:
             mm.clear_config_cache()
     with pytest.raises(ValueError, match="out"):
