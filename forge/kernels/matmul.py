@@ -12,7 +12,9 @@ Paths, chosen by the number of tokens T, the weight type and the launch configs:
   tiles, the weight tile decoded to the activation dtype in registers, float32 accumulators,
   grouped program order for L2 reuse. Its BLOCK_M covers all T rows for batch decode (T = 3..64)
   so the weights stream once.
-- large T (T >= DEQUANT_T, 0 = never; per type on NVIDIA, 0 on AMD): dequantize the weight to the
+- large T (T >= DEQUANT_T, 0 = never; per type on NVIDIA, 0 on AMD; with DEQUANT_EAGER = 0, as on
+  NVIDIA, only inside CUDA-graph capture, i.e. batch decode: eagerly the extra launches made
+  prefill host-bound): dequantize the weight to the
   activation dtype into a scratch buffer reused across calls (one per device and dtype, grown as
   needed, at most SCRATCH_BYTES: larger weights go in row pieces) and call torch.matmul (cuBLAS
   / rocBLAS, ~2x the fused GEMM's throughput on Hopper).
@@ -865,6 +867,10 @@ def gemv_default(ggml_type: int, T: int, N: int, K: int, cus: int = 16, warp: in
 # Batch decode (H100, run 6, T = 32): the fused GEMM streams Q6_K / Q5_K weights at only
 # 180-480 GB/s (4096 x 14336 Q6_K: 272 us, the 8B model's ffn_down in half the layers), while
 # dequantize + cuBLAS costs ~100 us there; so the types with the costliest decode switch at 8.
+# DEQUANT_EAGER = 0 (NVIDIA): the switch applies only inside graph capture (batch decode). An
+# eager prefill pays host time per launch, and two launches + a cuBLAS call per linear made
+# pp512 host-bound: 8B Q4_K_M 9,188 tok/s vs 11,138 fused, 1B 19,568 vs 33,960 (run 6), although
+# the dequantize path's GPU time was lower (8B: 19.7 ms per 512-token step).
 DEQUANT_T_NVIDIA = {"Q8_0": 384, "Q4_0": 384, "Q4_1": 384, "Q4_K": 192, "Q6_K": 8, "Q5_K": 8,
                     "Q5_0": 8, "Q5_1": 8, "Q3_K": 8, "Q2_K": 8}
 DEQUANT_T_NVIDIA_DEFAULT = 256
@@ -891,14 +897,24 @@ def gemm_default(ggml_type: int, T: int, N: int, K: int, vendor: str = "amd") ->
     warps = 8 if bm * bn >= 128 * 128 else 4
     dq = DEQUANT_T_NVIDIA.get(info.name, DEQUANT_T_NVIDIA_DEFAULT) if big else 0
     return {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_S": max(1, bk // sub), "GROUP_M": 8,
-            "DEQUANT_T": dq, "num_warps": warps, "num_stages": 3 if big else 2}
+            "DEQUANT_T": dq, "DEQUANT_EAGER": 0 if big else 1,
+            "num_warps": warps, "num_stages": 3 if big else 2}
+
+
+_LEVELS = ("override", "user", "arch", "family", "vendor", "default", "builtin")
 
 
 def _cfg(kernel: str, ggml_type: int, dims: dict, default: dict) -> dict:
-    """Generic entry for `kernel`, then a type-specific one ("linear_gemv.Q4_K") over it."""
+    """Generic entry for `kernel`, then a type-specific one ("linear_gemv.Q4_K") over it,
+    unless the generic entry comes from a table that ranks above the type-specific one's (an
+    override or the user's table beats a shipped per-type entry)."""
     b = tuning.bucket(**dims)
-    base = tuning.get_config(kernel, b, default)
-    return tuning.get_config(f"{kernel}.{TYPES[ggml_type].name}", b, base)
+    base = tuning.resolve(kernel, b, default)
+    spec = tuning.resolve(f"{kernel}.{TYPES[ggml_type].name}", b, base.config)
+    if spec.level == "builtin" or (base.level != "builtin"
+                                   and _LEVELS.index(base.level) < _LEVELS.index(spec.level)):
+        return base.config
+    return spec.config
 
 
 @functools.lru_cache(maxsize=4096)
@@ -940,6 +956,11 @@ def _scratch_buffer(numel: int, dtype: torch.dtype, device: torch.device) -> tor
         buf = torch.empty(numel, dtype=dtype, device=device)
         _scratch[key] = buf
     return buf
+
+
+def _capturing(x: torch.Tensor) -> bool:
+    """Whether this launch is being captured into a CUDA/HIP graph (batch decode)."""
+    return x.device.type == "cuda" and torch.cuda.is_current_stream_capturing()
 
 
 def _row_slice(w: QTensor, r0: int, r1: int) -> QTensor:
@@ -1115,7 +1136,8 @@ def linear(x: torch.Tensor, w: QTensor, bias: torch.Tensor | None = None,
         return out
     if info.block == 1 and _float_matmul(x, w, out):
         pass
-    elif x.dtype == torch.float32 or (gm["DEQUANT_T"] and T >= gm["DEQUANT_T"]):
+    elif x.dtype == torch.float32 or (gm["DEQUANT_T"] and T >= gm["DEQUANT_T"] and (
+            gm["DEQUANT_EAGER"] or _capturing(x))):
         # float32 activations always come here: an IEEE fp32 tl.dot spills registers, and the
         # tf32x3 one costs ~25-35 instructions per weight (compile report)
         _dequant_matmul(x, w, out)

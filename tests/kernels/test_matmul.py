@@ -212,7 +212,7 @@ def test_linear_split_k_small_tiles_and_dequant_path(name, rng, tuning_table, mo
     act = torch.float16 if name == "BF16" else torch.bfloat16
     check_linear(qt, w64, 9, act, rng)
     assert spies["_linear_gemm_kernel"].launches == 1 and not dequant_calls
-    tuning_table({"linear_gemm": {"*": {"DEQUANT_T": 8}}})
+    tuning_table({"linear_gemm": {"*": {"DEQUANT_T": 8, "DEQUANT_EAGER": 1}}})
     check_linear(qt, w64, 9, act, rng)
     assert spies["_linear_gemm_kernel"].launches == 1 and len(dequant_calls) == 1
 
