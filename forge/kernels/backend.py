@@ -45,6 +45,7 @@ class TritonBackend:
         self.gpu_memory_utilization = gpu_memory_utilization
         self.cuda_graphs = cuda_graphs
         self.weight_bytes = 0
+        self.converted_types: dict[int, int] = {}  # GGML type -> tensors dequantized to F32 at load
 
     # ---- arrays -------------------------------------------------------------------------
     def asarray(self, x, dtype=None) -> torch.Tensor:
@@ -73,8 +74,22 @@ class TritonBackend:
 
     # ---- weights and cache -------------------------------------------------------------
     def load_qtensor(self, ggml_type: int, shape: tuple[int, int], raw: np.ndarray) -> QTensor:
-        host = torch.from_numpy(np.array(raw, copy=True).view(np.uint8).reshape(int(shape[0]), -1))
-        qt = dequant.repack(int(ggml_type), (int(shape[0]), int(shape[1])), host.to(self.device))
+        rows, cols = int(shape[0]), int(shape[1])
+        if int(ggml_type) not in dequant.TYPES:
+            # A GGML type the GPU kernels do not decode (the IQ* family; llama.cpp's quantizer
+            # also falls back to IQ4_NL for K-quant tensors whose rows are not a multiple of
+            # 256): dequantize on the host once, exactly as the CPU backend does, and keep it
+            # as F32 on the device (4 bytes per weight for these tensors only).
+            from forge.cpu import dequant as cpu_dq
+
+            if not cpu_dq.is_supported(int(ggml_type)):
+                raise ValueError(f"ggml_type: GGML type {int(ggml_type)} is not supported")
+            raw_rows = np.asarray(raw).view(np.uint8).reshape(rows, -1)
+            f32 = cpu_dq.dequantize_bytes(raw_rows, int(ggml_type), cols)
+            self.converted_types[int(ggml_type)] = self.converted_types.get(int(ggml_type), 0) + 1
+            ggml_type, raw = dequant.TYPE_IDS["F32"], f32.view(np.uint8)
+        host = torch.from_numpy(np.array(raw, copy=True).view(np.uint8).reshape(rows, -1))
+        qt = dequant.repack(int(ggml_type), (rows, cols), host.to(self.device))
         self.weight_bytes += sum(t.numel() * t.element_size() for t in qt.data.values())
         return qt
 

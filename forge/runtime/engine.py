@@ -91,6 +91,13 @@ class Engine:
         wb = getattr(self.backend, "weight_bytes", None)
         if wb:
             msg += f", weights {wb / 2**30:.2f} GiB on device"
+        conv = getattr(self.backend, "converted_types", None)
+        if conv:
+            from gguf import GGMLQuantizationType
+
+            msg += (" (" + ", ".join(f"{n} {GGMLQuantizationType(t).name} tensor{'s' if n > 1 else ''}"
+                                     for t, n in sorted(conv.items()))
+                    + " held as F32: no GPU kernel for that type)")
         return msg
 
     def _default_kv_tokens(self) -> int:
