@@ -53,12 +53,15 @@ def _amd_mma(family: str) -> dict:
 
 
 def space(kernel: str, family: str, *, sub: int = 1, lds_bytes: int = 64 * 1024,
-          elem: int = 2, warp: int | None = None, int8: bool = False) -> list[dict]:
+          elem: int = 2, warp: int | None = None, int8: bool = False,
+          gemv_stages: tuple[int, ...] = (1,)) -> list[dict]:
     """Candidate configs for `kernel` ("linear_gemv", ...) on `family` ("cdna3", "hopper", ...).
 
     sub: the GGML type's sub-block (BLOCK_S counts sub-blocks; for linear_gemv, the columns one
     thread takes per step, matmul.gemv_block); elem: activation bytes; warp: the wave size;
-    int8: the GEMV of this type can take int8 activations (matmul.INT8_TYPES; NVIDIA only).
+    int8: the GEMV of this type can take int8 activations (matmul.INT8_TYPES; NVIDIA only);
+    gemv_stages: num_stages values to try for the NVIDIA GEMV (Triton's software pipeliner on
+    its K loop; 1 = the kernel's own load ordering only).
     """
     amd = _is_amd(family)
     warp = warp or (64 if family.startswith(("cdna", "gcn")) else 32)
@@ -73,7 +76,7 @@ def space(kernel: str, family: str, *, sub: int = 1, lds_bytes: int = 64 * 1024,
                           SPLIT_K=(1, 2, 4, 8), num_stages=(1,))
         else:
             cands = _grid(BLOCK_N=(1, 2, 4, 8), num_warps=(1, 2, 4), SPLIT_K=(1, 2, 4),
-                          num_stages=(1,), X_INT8=(1,) if int8 else (0,))
+                          num_stages=tuple(gemv_stages), X_INT8=(1,) if int8 else (0,))
         for c in cands:
             c["BLOCK_K"] = sub * warp * c["num_warps"]
         return cands

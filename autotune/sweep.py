@@ -146,6 +146,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="activation dtype of the problems (default bfloat16)")
     ap.add_argument("--types", default=",".join(spaces.SWEEP_TYPES),
                     help="GGML types for linear_* sweeps (comma-separated)")
+    ap.add_argument("--gemv-stages", default="1",
+                    help="num_stages values for the NVIDIA linear_gemv candidates (e.g. 1,2,3)")
+    ap.add_argument("--shapes", default=None,
+                    help="only these N x K problems, e.g. 14336x4096,4096x14336 (linear_* sweeps)")
     ap.add_argument("--max-candidates", type=int, default=None,
                     help="time at most this many candidates per problem (evenly spaced)")
     ap.add_argument("--warmup", type=int, default=25, help="do_bench warm-up, ms (default 25)")
@@ -187,11 +191,16 @@ def main(argv: list[str] | None = None) -> int:
           f"wave{info.warp_size}, {info.lds_bytes // 1024} KiB LDS), activations {args.dtype}")
     for kernel in args.kernel:
         probs = spaces.problems(kernel, types)
+        if args.shapes and kernel.startswith("linear"):
+            keep = {tuple(int(v) for v in sh.split("x")) for sh in args.shapes.split(",") if sh}
+            probs = [p for p in probs if (p.dims.get("N"), p.dims.get("K")) in keep]
         plan = []
         for p in probs:
             cands = spaces.space(p.space_kernel, info.family, sub=p.sub, lds_bytes=info.lds_bytes,
                                  elem=torch.tensor([], dtype=dtype).element_size(), warp=info.warp_size,
-                                 **({"int8": p.extra["int8"]} if "int8" in p.extra else {}))
+                                 **({"int8": p.extra["int8"]} if "int8" in p.extra else {}),
+                                 **({"gemv_stages": tuple(int(v) for v in args.gemv_stages.split(","))}
+                                    if p.space_kernel == "linear_gemv" else {}))
             plan.append((p, _subsample(cands, args.max_candidates)))
         total = sum(len(c) for _, c in plan)
         with tqdm(total=total, desc=kernel, unit="cfg") as bar:
