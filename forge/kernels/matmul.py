@@ -1174,14 +1174,14 @@ GEMV_DIVISIBLE = ("s_q", "s_qh", "s_sc", "s_d", "T", "N", "K", "NCH", "stride_x"
 GEMM_DIVISIBLE = ("s_q", "s_qh", "s_sc", "s_d", "N", "K", "NSUB", "stride_x", "stride_o")
 
 
-def _gemv_signature(tid: int, act: str, split: bool) -> dict:
+def _gemv_signature(tid: int, act: str, split: bool, out: str | None = None) -> dict:
     ps = plane_signature(tid)
     q = "*fp32" if TYPES[tid].name == "F32" else "*i32"
     sig = {"x_ptr": act, "q_ptr": q, "qh_ptr": ps["qh_ptr"] if "qh" in TYPES[tid].planes else q,
            "sc_ptr": ps["sc_ptr"] if "sc" in TYPES[tid].planes else q,
            "d_ptr": ps["d_ptr"] if "d" in TYPES[tid].planes else q}
     sig.update({f"s_{p}": "i32" for p in PLANES})
-    sig.update({"bias_ptr": act, "out_ptr": "*fp32" if split else act, "T": "i32", "N": "i32",
+    sig.update({"bias_ptr": act, "out_ptr": "*fp32" if split else (out or act), "T": "i32", "N": "i32",
                 "K": "i32", "NCH": "i32", "stride_x": "i32", "stride_o": "i32",
                 "CH_PER_SPLIT": "i32", "magic": "i32", "lanes": "i32", "zero": "i32"})
     return sig
@@ -1197,7 +1197,8 @@ def _compile_specs() -> list[dict]:
         gemv_variants = [("*bf16", 1, False, 32, "nvidia", 132), ("*bf16", 1, False, 32, "amd", 96),
                          ("*bf16", 1, False, 64, "amd", 304)]
         if full or info.name == "Q5_K":
-            gemv_variants += [("*bf16", 2, False, 32, "nvidia", 132),
+            gemv_variants += [("*bf16>fp32", 1, False, 32, "nvidia", 132),   # the logits head
+                              ("*bf16", 2, False, 32, "nvidia", 132),
                               ("*bf16", 1, True, 32, "nvidia", 132),
                               ("*fp16", 1, False, 32, "nvidia", 132),
                               ("*fp32", 1, False, 32, "nvidia", 132),
@@ -1205,13 +1206,14 @@ def _compile_specs() -> list[dict]:
                               ("*bf16", 2, False, 32, "amd", 96),
                               ("*fp32", 1, False, 64, "amd", 304)]
         for act, bt, split, warp, vendor, cus in gemv_variants:
+            act, _, out = act.partition(">")   # "*bf16>fp32": bf16 x, float32 out
             gv = gemv_default(tid, bt, 4096, 4096, cus=cus, warp=warp, vendor=vendor,
                               exact=act == "*fp32")
             x_int8 = bool(gv["X_INT8"])
             family = "cdna" if warp == 64 else "rdna" if vendor == "amd" else "nvidia"
-            sig = _gemv_signature(tid, act, split)
+            sig = _gemv_signature(tid, act, split, "*" + out if out else None)
             specs.append({
-                "name": (f"_linear_gemv_kernel[{info.name},{act[1:]},T{bt}"
+                "name": (f"_linear_gemv_kernel[{info.name},{act[1:]}{'>' + out if out else ''},T{bt}"
                          f"{',split' if split else ''},{family}]"),
                 "fn": _linear_gemv_kernel, "signature": sig,
                 "constexprs": {"TYPE": tid, "V": V, "E": E, "BLOCK_T": bt,
