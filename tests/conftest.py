@@ -23,6 +23,11 @@ def _has_gpu() -> bool:
 
 
 HAS_GPU = _has_gpu()
+if not HAS_GPU:
+    # Without a GPU every Triton kernel runs under the interpreter, which must be chosen before
+    # the first kernel module is imported: the kernel test modules set it too, but a module that
+    # only reads COMPILE_SPECS (test_amd_compile) may import the kernels first.
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 def pytest_collection_modifyitems(config, items):
