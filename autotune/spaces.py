@@ -185,24 +185,22 @@ def linear_problems(kernel: str, types=SWEEP_TYPES) -> list[Problem]:
     problem's run() carries `rotations`: the same op on distinct copies of the weight (together
     >= ROTATE_BYTES, more than the L2 cache), which the graph timer replays in turn so that the
     weight streams from HBM as in a real decode step."""
-    import torch  # noqa: F401 - only needed when a problem is set up
+    from forge.kernels import dequant, matmul
 
     gemv = kernel == "linear_gemv"
     shapes = GEMV_SHAPES if gemv else GEMM_SHAPES
     tokens = (1,) if gemv else (64, 512, 2048)
     out = []
-    from forge.kernels import dequant as _dq
-
     for tname in types:
-        blk = next(i.block for i in _dq.TYPES.values() if i.name == tname)
+        tid = dequant.TYPE_IDS[tname]
+        info = dequant.TYPES[tid]
+        sub = matmul.gemv_block(tid) if gemv else info.sub
         for n, k in shapes:
-            if k % blk:
+            if k % info.block:
                 continue  # e.g. 576-wide rows of a 256-element K-quant: not a valid weight
             for t in tokens:
                 def setup(dev, dtype, n=n, k=k, t=t, tname=tname):
                     import torch
-
-                    from forge.kernels import matmul
 
                     w, _ = _qweight(torch, tname, n, k, dev)
                     x = torch.randn(t, k, device=dev, dtype=dtype)
@@ -219,10 +217,6 @@ def linear_problems(kernel: str, types=SWEEP_TYPES) -> list[Problem]:
                         run.rotations = [lambda c=c: matmul.linear(x, c) for c in copies]
                     return run
 
-                from forge.kernels import dequant, matmul
-
-                tid = next(t for t, i in dequant.TYPES.items() if i.name == tname)
-                sub = matmul.gemv_block(tid) if gemv else dequant.TYPES[tid].sub
                 out.append(Problem(f"{kernel}.{tname}", kernel, f"{tname} T{t} N{n} K{k}",
                                    {"T": t, "N": n, "K": k}, setup, sub=sub, tol=3e-2,
                                    extra={"int8": gemv and tname in matmul.INT8_TYPES}))

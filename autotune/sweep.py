@@ -34,37 +34,13 @@ def _time(fn: Callable[[], Any], warmup: int, rep: int) -> float:
 
 def _time_graph(run: Callable[[], Any], warmup: int, rep: int) -> float:
     """Median milliseconds per call of run's `rotations` (or run itself) replayed in a CUDA
-    graph: no launch overhead, which would otherwise dominate a microsecond kernel. The graph
-    holds every rotation (distinct weight copies) at least 16 calls in all; replayed `rep // 5`
-    times (>= 10) after warm-up."""
-    import torch
+    graph (autotune.timing): no launch overhead, which would otherwise dominate a microsecond
+    kernel. The graph holds every rotation (distinct weight copies), at least 16 calls in all."""
+    from autotune.timing import graph_ms
 
     fns = getattr(run, "rotations", None) or [run]
-    reps = max(1, -(-16 // len(fns)))
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        for f in fns:
-            f()
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for _ in range(reps):
-            for f in fns:
-                f()
-    for _ in range(max(2, warmup // 10)):
-        graph.replay()
-    times = []
-    for _ in range(max(10, rep // 5)):
-        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        s.record()
-        graph.replay()
-        e.record()
-        e.synchronize()
-        times.append(s.elapsed_time(e) / (reps * len(fns)))
-    del graph
-    times.sort()
-    return float(times[len(times) // 2])
+    return graph_ms(fns, reps=max(10, rep // 5), repeat=max(1, -(-16 // len(fns))),
+                    warm_replays=max(2, warmup // 10))
 
 
 def _timer_for(prob) -> Callable:

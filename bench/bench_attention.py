@@ -33,13 +33,14 @@ import itertools
 import json
 import math
 import os
-import statistics
 import sys
 import time
 
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from autotune.timing import graph_ms  # noqa: E402
 
 H, HKV, D, BS = 32, 8, 128, 16
 DEV = "cuda"
@@ -78,34 +79,6 @@ def do_bench_ms(fn) -> float:
     fn()
     torch.cuda.synchronize()
     return tt.do_bench(fn, warmup=25, rep=100, return_mode="median")
-
-
-def graph_ms(fns, reps: int = 20) -> float:
-    """Median ms per call of fns (one per layer) captured back to back in one CUDA graph."""
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        for _ in range(2):
-            for f in fns:
-                f()
-    torch.cuda.current_stream().wait_stream(s)
-    torch.cuda.synchronize()
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        for f in fns:
-            f()
-    g.replay()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(reps):
-        st, en = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        st.record()
-        g.replay()
-        en.record()
-        en.synchronize()
-        times.append(st.elapsed_time(en))
-    del g
-    return statistics.median(times) / len(fns)
 
 
 def host_us(fn, n: int = 200) -> float:

@@ -131,11 +131,10 @@ def _decode_many(out: np.ndarray, q: np.ndarray, k_cache, v_cache, tables: np.nd
         out[s0:s1] = o.reshape(n, num_kv_heads * group, dv)
 
 
-def attention(q: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray, query_start_loc: np.ndarray,
-              seq_lens: np.ndarray, block_tables: np.ndarray, num_heads: int, num_kv_heads: int,
-              scale: float, sliding_window: int | None = None, softcap: float | None = None) -> np.ndarray:
-    """q [T, H*D] -> float32 [T, H*Dv]. Sequence b's queries are its last q_len tokens; query i
-    sits at position seq_lens[b] - q_len + i and sees keys j <= p (and p - j < sliding_window)."""
+def check_args(q, k_cache, v_cache, query_start_loc, seq_lens, block_tables, num_heads: int,
+               num_kv_heads: int, sliding_window: int | None, softcap: float | None):
+    """Validate `attention`'s arguments (shared with forge.cpu.llamacpp.attention); ValueError
+    naming the argument. Returns (d, dv, t, qsl int64, seq_lens int64, block_tables, qlens)."""
     if k_cache.ndim != 4 or v_cache.ndim != 4 or k_cache.shape[:3] != v_cache.shape[:3]:
         raise ValueError(f"k_cache/v_cache: expected [num_blocks, block_size, Hkv, dim] each, got "
                          f"{tuple(k_cache.shape)} and {tuple(v_cache.shape)}")
@@ -163,6 +162,18 @@ def attention(q: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray, query_sta
     bs = k_cache.shape[1]
     if tables.ndim != 2 or tables.shape[0] != nseq or (nseq and tables.shape[1] * bs < lens.max()):
         raise ValueError(f"block_tables: expected [{nseq}, >= max(seq_lens)/block_size], got {tuple(tables.shape)}")
+    return d, dv, t, qsl, lens, tables, qlens
+
+
+def attention(q: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray, query_start_loc: np.ndarray,
+              seq_lens: np.ndarray, block_tables: np.ndarray, num_heads: int, num_kv_heads: int,
+              scale: float, sliding_window: int | None = None, softcap: float | None = None) -> np.ndarray:
+    """q [T, H*D] -> float32 [T, H*Dv]. Sequence b's queries are its last q_len tokens; query i
+    sits at position seq_lens[b] - q_len + i and sees keys j <= p (and p - j < sliding_window)."""
+    d, dv, t, qsl, lens, tables, qlens = check_args(
+        q, k_cache, v_cache, query_start_loc, seq_lens, block_tables, num_heads, num_kv_heads,
+        sliding_window, softcap)
+    nseq = lens.shape[0]
     group = num_heads // num_kv_heads
     out = np.empty((t, num_heads, dv), np.float32)
     q3 = q.reshape(t, num_heads, d)

@@ -57,6 +57,9 @@ import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType as Q
 
 from forge.cpu.activation import act_mul as _act_mul
+from forge.cpu.attention import check_args as _check_attention_args
+from forge.cpu.norm import norm_input
+from forge.cpu.rope import write_kv
 from forge.cpu.matmul import linear as _linear
 from forge.runtime.backend import QTensor, RopeSpec
 
@@ -628,17 +631,7 @@ def linear_fast(x: np.ndarray, w: QTensor, bias: np.ndarray | None = None,
 def rms_norm(x: np.ndarray, weight: np.ndarray, eps: float, residual: np.ndarray | None = None):
     """ggml rms_norm then mul: sum of float32 squares in double, mean rounded to float,
     scale = 1/sqrtf(mean + eps), y = (x * scale) * weight. Same signature as forge.cpu.norm."""
-    if x.ndim != 2:
-        raise ValueError(f"x: expected 2-D [N, D], got shape {tuple(x.shape)}")
-    d = x.shape[1]
-    if weight.shape != (d,):
-        raise ValueError(f"weight: expected shape ({d},), got {tuple(weight.shape)}")
-    if residual is not None:
-        if residual.shape != x.shape:
-            raise ValueError(f"residual: expected shape {tuple(x.shape)}, got {tuple(residual.shape)}")
-        h = np.add(x, residual, dtype=_F32)
-    else:
-        h = np.asarray(x, _F32)
+    h, d = norm_input(x, weight, residual)
     sq = (h * h).astype(np.float64)
     mean = (sq.sum(axis=1) / d).astype(_F32)
     scale = _F32(1.0) / np.sqrt(mean + _F32(eps))
@@ -798,15 +791,7 @@ def rope(q, k, v, positions, k_cache, v_cache, slot_mapping, spec: RopeSpec, num
     q_out = rotate(q.reshape(t, num_heads, head_dim), cos, sin, spec.style)
     k_rot = rotate(k.reshape(t, num_kv_heads, head_dim), cos, sin, spec.style)
     v3 = np.asarray(v, _F32).reshape(t, num_kv_heads, dv)
-    if t:
-        lo, hi = int(slots.min()), int(slots.max())
-        if hi >= kc.shape[0]:
-            raise ValueError(f"slot_mapping: slot {hi} is outside the cache ({kc.shape[0]} slots)")
-        if lo < 0:
-            keep = slots >= 0
-            slots, k_rot, v3 = slots[keep], k_rot[keep], v3[keep]
-        kc[slots] = k_rot
-        vc[slots] = v3
+    write_kv(kc, vc, slots, k_rot, v3)
     return q_out.reshape(t, num_heads * head_dim)
 
 
@@ -902,33 +887,10 @@ def attention(q, k_cache, v_cache, query_start_loc, seq_lens, block_tables, num_
               softcap: float | None = None) -> np.ndarray:
     """As forge.cpu.attention.attention, with ggml's K.Q, softmax and P.V. A sequence's keys sit
     at positions 0..seq_len-1, as llama.cpp's cache cells do for a single sequence."""
-    if k_cache.ndim != 4 or v_cache.ndim != 4 or k_cache.shape[:3] != v_cache.shape[:3]:
-        raise ValueError(f"k_cache/v_cache: expected [num_blocks, block_size, Hkv, dim] each, got "
-                         f"{tuple(k_cache.shape)} and {tuple(v_cache.shape)}")
-    if k_cache.shape[2] != num_kv_heads:
-        raise ValueError(f"k_cache: has {k_cache.shape[2]} kv heads, num_kv_heads is {num_kv_heads}")
-    if num_kv_heads <= 0 or num_heads % num_kv_heads:
-        raise ValueError(f"num_heads: {num_heads} is not a multiple of num_kv_heads {num_kv_heads}")
-    d, dv = k_cache.shape[3], v_cache.shape[3]
-    t = q.shape[0]
-    if q.shape != (t, num_heads * d):
-        raise ValueError(f"q: expected shape ({t}, {num_heads * d}), got {tuple(q.shape)}")
-    if sliding_window is not None and sliding_window < 1:
-        raise ValueError(f"sliding_window: expected >= 1 or None, got {sliding_window}")
-    if softcap is not None and not softcap > 0:
-        raise ValueError(f"softcap: expected > 0 or None, got {softcap}")
-    qsl = np.asarray(query_start_loc).astype(np.int64)
-    lens = np.asarray(seq_lens).astype(np.int64)
-    tables = np.asarray(block_tables)
-    nseq = lens.shape[0]
-    if qsl.shape != (nseq + 1,) or (nseq and (qsl[0] != 0 or qsl[-1] != t)):
-        raise ValueError(f"query_start_loc: expected {nseq + 1} offsets from 0 to {t}, got {qsl.tolist()}")
-    qlens = np.diff(qsl)
-    if nseq and (qlens.min() < 0 or (qlens > lens).any()):
-        raise ValueError("seq_lens: every sequence needs 0 <= q_len <= seq_len")
-    bs = k_cache.shape[1]
-    if tables.ndim != 2 or tables.shape[0] != nseq or (nseq and tables.shape[1] * bs < lens.max()):
-        raise ValueError(f"block_tables: expected [{nseq}, >= max(seq_lens)/block_size], got {tuple(tables.shape)}")
+    d, dv, t, qsl, lens, tables, _ = _check_attention_args(
+        q, k_cache, v_cache, query_start_loc, seq_lens, block_tables, num_heads, num_kv_heads,
+        sliding_window, softcap)
+    nseq, bs = lens.shape[0], k_cache.shape[1]
     group = num_heads // num_kv_heads
     q3 = np.asarray(q, _F32).reshape(t, num_heads, d)
     out = np.empty((t, num_heads, dv), _F32)

@@ -53,6 +53,22 @@ def _flat_cache(cache: np.ndarray, name: str, heads: int) -> np.ndarray:
     return cache.reshape(cache.shape[0] * cache.shape[1], heads, cache.shape[3])
 
 
+def write_kv(kc: np.ndarray, vc: np.ndarray, slots: np.ndarray, k_rot: np.ndarray,
+             v3: np.ndarray) -> None:
+    """Store token rows in the flattened caches kc/vc [slots, Hkv, D] at `slots`; slot -1 (a
+    padding token) is skipped. Shared with forge.cpu.llamacpp.rope."""
+    if not slots.size:
+        return
+    lo, hi = int(slots.min()), int(slots.max())
+    if hi >= kc.shape[0]:
+        raise ValueError(f"slot_mapping: slot {hi} is outside the cache ({kc.shape[0]} slots)")
+    if lo < 0:
+        keep = slots >= 0
+        slots, k_rot, v3 = slots[keep], k_rot[keep], v3[keep]
+    kc[slots] = k_rot
+    vc[slots] = v3
+
+
 def rope(q: np.ndarray, k: np.ndarray, v: np.ndarray, positions: np.ndarray, k_cache: np.ndarray,
          v_cache: np.ndarray, slot_mapping: np.ndarray, spec: RopeSpec, num_heads: int,
          num_kv_heads: int, head_dim: int) -> np.ndarray:
@@ -87,13 +103,5 @@ def rope(q: np.ndarray, k: np.ndarray, v: np.ndarray, positions: np.ndarray, k_c
     q_out = _rotate(q.reshape(t, num_heads, head_dim), cos, sin, rot, spec.style)
     k_rot = _rotate(k.reshape(t, num_kv_heads, head_dim), cos, sin, rot, spec.style)
     v3 = v.reshape(t, num_kv_heads, dv)
-    if t:
-        lo, hi = int(slots.min()), int(slots.max())
-        if hi >= kc.shape[0]:
-            raise ValueError(f"slot_mapping: slot {hi} is outside the cache ({kc.shape[0]} slots)")
-        if lo < 0:
-            keep = slots >= 0
-            slots, k_rot, v3 = slots[keep], k_rot[keep], v3[keep]
-        kc[slots] = k_rot
-        vc[slots] = v3
+    write_kv(kc, vc, slots, k_rot, v3)
     return q_out.reshape(t, num_heads * head_dim)

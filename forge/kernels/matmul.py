@@ -943,11 +943,16 @@ SCRATCH_BYTES = 256 << 20
 _scratch: dict[tuple, torch.Tensor] = {}
 
 
+def _capturing(device: torch.device) -> bool:
+    """Whether work on `device` is being captured into a CUDA/HIP graph (batch decode)."""
+    return device.type == "cuda" and torch.cuda.is_current_stream_capturing()
+
+
 def _scratch_buffer(numel: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """A flat buffer of at least `numel` elements, reused across calls (one per device and
     dtype, grown as needed). During CUDA/HIP graph capture a private buffer is returned
     instead (the shared one must not be reallocated under a captured graph)."""
-    if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+    if _capturing(device):
         return torch.empty(numel, dtype=dtype, device=device)
     key = (device, dtype)
     buf = _scratch.get(key)
@@ -956,11 +961,6 @@ def _scratch_buffer(numel: int, dtype: torch.dtype, device: torch.device) -> tor
         buf = torch.empty(numel, dtype=dtype, device=device)
         _scratch[key] = buf
     return buf
-
-
-def _capturing(x: torch.Tensor) -> bool:
-    """Whether this launch is being captured into a CUDA/HIP graph (batch decode)."""
-    return x.device.type == "cuda" and torch.cuda.is_current_stream_capturing()
 
 
 def _row_slice(w: QTensor, r0: int, r1: int) -> QTensor:
@@ -1137,7 +1137,7 @@ def linear(x: torch.Tensor, w: QTensor, bias: torch.Tensor | None = None,
     if info.block == 1 and _float_matmul(x, w, out):
         pass
     elif x.dtype == torch.float32 or (gm["DEQUANT_T"] and T >= gm["DEQUANT_T"] and (
-            gm["DEQUANT_EAGER"] or _capturing(x))):
+            gm["DEQUANT_EAGER"] or _capturing(x.device))):
         # float32 activations always come here: an IEEE fp32 tl.dot spills registers, and the
         # tf32x3 one costs ~25-35 instructions per weight (compile report)
         _dequant_matmul(x, w, out)

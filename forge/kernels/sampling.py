@@ -520,16 +520,22 @@ def _default_config(v: int) -> dict:
             "num_stages": 1}
 
 
-def sample(logits: torch.Tensor, sb: SamplingBatch) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """logits [S, V] float32 -> (token ids int64 [S], logprobs float32 [S] or None); see the
-    module docstring. Everything stays on the device."""
+def _check_logits(logits) -> tuple[int, int]:
+    """(S, V) of a logits tensor [S, V] in float32/float16/bfloat16; ValueError otherwise."""
     if not isinstance(logits, torch.Tensor) or logits.ndim != 2:
         raise ValueError(f"logits: expected a 2-D [S, V] tensor, got {getattr(logits, 'shape', type(logits))}")
     if logits.dtype not in (torch.float32, torch.float16, torch.bfloat16):
-        raise ValueError(f"logits: expected float32, got {logits.dtype}")
+        raise ValueError(f"logits: expected float32, float16 or bfloat16, got {logits.dtype}")
     s, v = logits.shape
     if v == 0 or v >= (1 << 31) - 1:
         raise ValueError(f"logits: vocabulary size {v} out of range")
+    return s, v
+
+
+def sample(logits: torch.Tensor, sb: SamplingBatch) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """logits [S, V] float32 -> (token ids int64 [S], logprobs float32 [S] or None); see the
+    module docstring. Everything stays on the device."""
+    s, v = _check_logits(logits)
     dev = logits.device
     ids = torch.empty(s, dtype=torch.int64, device=dev)
     lps = torch.empty(s, dtype=torch.float32, device=dev) if sb.want_logprobs else None
@@ -609,13 +615,7 @@ ARGMAX_BLOCK = 4096
 def argmax(logits: torch.Tensor) -> torch.Tensor:
     """logits [S, V] (float32/float16/bfloat16) -> int64 [S]: the first index of each row's
     maximum (NaN counts as the maximum, as in torch.argmax). On the device, no host sync."""
-    if not isinstance(logits, torch.Tensor) or logits.ndim != 2:
-        raise ValueError(f"logits: expected a 2-D [S, V] tensor, got {getattr(logits, 'shape', type(logits))}")
-    if logits.dtype not in (torch.float32, torch.float16, torch.bfloat16):
-        raise ValueError(f"logits: expected a float tensor, got {logits.dtype}")
-    s, v = logits.shape
-    if v == 0 or v >= (1 << 31) - 1:
-        raise ValueError(f"logits: vocabulary size {v} out of range")
+    s, v = _check_logits(logits)
     out = torch.empty(s, dtype=torch.int64, device=logits.device)
     if s == 0:
         return out

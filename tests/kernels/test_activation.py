@@ -17,19 +17,6 @@ pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
 TOL = {torch.float32: 2e-6, torch.float16: 1e-3, torch.bfloat16: 8e-3}
 
 
-@pytest.fixture
-def nan_empty(monkeypatch):
-    real = torch.empty
-
-    def empty(*a, **kw):
-        t = real(*a, **kw)
-        if t.is_floating_point():
-            t.fill_(float("nan"))
-        return t
-
-    monkeypatch.setattr(torch, "empty", empty)
-
-
 def ref(g: np.ndarray, u: np.ndarray, kind: str) -> np.ndarray:
     g, u = g.astype(np.float64), u.astype(np.float64)
     if kind == "silu":

@@ -341,10 +341,8 @@ def test_linear_float32_out_from_bf16(name, x_int8, rng):
     from forge.kernels import tuning
 
     qt, w64 = make_weight(name, 67, default_cols(name), rng)
-    # the type's own entry too: a shipped "linear_gemv.<TYPE>" table entry is laid over the
-    # generic one (sm90 sets X_INT8 per type)
-    with tuning.override({"linear_gemv": {"*": {"X_INT8": x_int8}},
-                          f"linear_gemv.{name}": {"*": {"X_INT8": x_int8}}}):
+    # (an override of the generic kernel outranks the shipped per-type entries: matmul._cfg)
+    with tuning.override({"linear_gemv": {"*": {"X_INT8": x_int8}}}):
         mm.clear_config_cache()
         try:
             for T in (1, 2, 9):
@@ -365,3 +363,25 @@ def test_linear_float32_out_from_bf16(name, x_int8, rng):
     with pytest.raises(ValueError, match="out"):
         mm.linear(torch.zeros((1, w64.shape[1]), dtype=torch.bfloat16, device=DEV), qt,
                   out=torch.empty((1, w64.shape[0]), dtype=torch.float16, device=DEV))
+
+
+@pytest.mark.parametrize("generic,specific,wins", [
+    ("override", "arch", "generic"), ("user", "arch", "generic"), ("arch", "arch", "specific"),
+    ("builtin", "arch", "specific"), ("arch", "user", "specific"), ("user", "builtin", "generic")])
+def test_type_entry_yields_to_a_higher_generic_table(monkeypatch, generic, specific, wins):
+    """matmul._cfg lays "linear_gemv.<TYPE>" over "linear_gemv" unless the generic entry comes
+    from a table that ranks higher (an override or the user's table beats a shipped per-type
+    entry), so pinning the generic kernel works on every arch."""
+    from forge.kernels import tuning
+
+    def resolve(kernel, bucket, default, arch=None):
+        level = specific if "." in kernel else generic
+        cfg = dict(default)
+        if level != "builtin":
+            cfg["BLOCK_N"] = 3 if "." in kernel else 5
+        return tuning.Resolved(cfg, level, "", "*" if level != "builtin" else "", "test")
+
+    monkeypatch.setattr(tuning, "resolve", resolve)
+    got = mm._cfg("linear_gemv", dq.TYPE_IDS["Q4_K"], {"T": 1, "N": 64, "K": 256}, {"BLOCK_N": 1})
+    want = {"generic": 5, "specific": 3}[wins]
+    assert got["BLOCK_N"] == want

@@ -17,19 +17,6 @@ DEV = "cuda" if torch.cuda.is_available() else "cpu"
 RTOL = {torch.float32: 2e-6, torch.float16: 1e-3, torch.bfloat16: 8e-3}
 
 
-@pytest.fixture
-def nan_empty(monkeypatch):
-    real = torch.empty
-
-    def empty(*a, **kw):
-        t = real(*a, **kw)
-        if t.is_floating_point():
-            t.fill_(float("nan"))
-        return t
-
-    monkeypatch.setattr(torch, "empty", empty)
-
-
 def ref_rotate(x: np.ndarray, pos: np.ndarray, rot: int, base: float, style: str, freq_scale: float,
                ff: np.ndarray | None) -> np.ndarray:
     """x [T, H, D] float64. theta_i = pos * freq_scale * base^(-2i/rot) / ff[i]; pairs by style."""
