@@ -103,15 +103,22 @@ def main() -> None:
 
     g = eng.graphs
     bs = next(r for r in g.rungs if r >= a.batch)
-    graph = g.by_size[bs].graph
+    rung = g.by_size[bs]
+    graph = rung.graph
     times = []
-    for _ in range(20):
+    for _ in range(10):
+        # 10 replays back to back (the host launches run ahead of the GPU, as in serving), each
+        # after a flag reset (one tiny kernel): flag 0 makes a replay recompute the current step
+        # (same inputs, same K/V written) instead of moving on (runtime/graphs.py), so the
+        # engine's state is left as it was
         s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         s.record()
-        graph.replay()
+        for _ in range(10):
+            rung.views["meta"][1:].zero_()
+            graph.replay()
         e.record()
         e.synchronize()
-        times.append(s.elapsed_time(e) / 1e3)
+        times.append(s.elapsed_time(e) / 1e4)
     gpu = statistics.median(times)
     print(f"{a.shape} {a.quant} batch {a.batch} ctx {a.ctx}: step {host * 1e3:.3f} ms host wall "
           f"({a.batch / host:.1f} tok/s); graph replay {gpu * 1e3:.3f} ms GPU; "

@@ -77,7 +77,7 @@ def run_bench(a) -> int:
     llm = LLM(path, device=a.device, max_model_len=max(a.n_prompt + 8, a.n_gen + 8, 1024),
               max_num_batched_tokens=max(a.n_prompt, 512), max_num_seqs=max(a.batch, 1),
               kv_cache_tokens=a.kv_tokens or max(a.n_prompt + a.n_gen + 64, a.batch * (a.n_gen + 32)) * 2,
-              enable_prefix_caching=False)
+              enable_prefix_caching=False, run_ahead=not getattr(a, "no_run_ahead", False))
     eng = llm.engine
     vocab = eng.cfg.vocab_size
     rng = np.random.default_rng(0)
@@ -122,6 +122,9 @@ def run_bench(a) -> int:
     print(f"\ndecode weight traffic: {weight_bytes / 2**20:,.1f} MiB/step -> {achieved / 1e9:,.2f} GB/s "
           f"achieved vs {bw / 1e9:,.1f} GB/s measured copy bandwidth ({100 * achieved / bw:.0f}%)")
     print(f"memory: {eng.memory_report()}")
+    hits, misses = eng.num_ahead_hits, eng.num_ahead_misses
+    if eng.graphs is not None:
+        print(f"decode run-ahead: {'off' if not eng.run_ahead else f'{hits} steps launched ahead and used, {misses} discarded'}")
     peak = None
     if eng.backend.name == "gpu":
         import torch
@@ -133,7 +136,8 @@ def run_bench(a) -> int:
                "n_gen": a.n_gen, "batch": a.batch, "repetitions": a.repetitions,
                "pp_tps": pp, "tg_tps": tg, "weight_bytes_per_step": weight_bytes,
                "decode_bytes_per_s": achieved, "copy_bytes_per_s": bw, "peak_gpu_bytes": peak,
-               "memory": eng.memory_report()}
+               "memory": eng.memory_report(), "run_ahead": eng.run_ahead,
+               "run_ahead_hits": hits, "run_ahead_misses": misses}
         Path(a.json).write_text(json.dumps(res, indent=2))
         print(f"wrote {a.json}", file=sys.stderr)
     return 0

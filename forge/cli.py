@@ -160,6 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--device", default="auto", choices=["auto", "cpu", "gpu"])
     b.add_argument("--kv-tokens", type=int, default=None, help="KV cache size in tokens (default: what the test needs, x2)")
     b.add_argument("--json", default=None, metavar="PATH", help="also write results as JSON")
+    b.add_argument("--no-run-ahead", action="store_true",
+                   help="decode without launching step k+1 before step k's tokens reach the host")
     b.set_defaults(fn=cmd_bench)
 
     k = sub.add_parser("check", help="compare CPU and GPU backends layer by layer")

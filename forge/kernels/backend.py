@@ -172,8 +172,8 @@ class TritonBackend:
     def gather_rows(self, x, idx) -> torch.Tensor:
         return x.index_select(0, idx)
 
-    def argmax(self, logits) -> torch.Tensor:
-        return sampling.argmax(logits)
+    def argmax(self, logits, out=None) -> torch.Tensor:
+        return sampling.argmax(logits, out=out)
 
     def sample(self, logits, sb: SamplingBatch):
         return sampling.sample(logits.float(), sb)

@@ -612,11 +612,17 @@ def _argmax_merge_kernel(pv_ptr, pi_ptr, out_ptr, NB, V, NBP: tl.constexpr):
 ARGMAX_BLOCK = 4096
 
 
-def argmax(logits: torch.Tensor) -> torch.Tensor:
+def argmax(logits: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
     """logits [S, V] (float32/float16/bfloat16) -> int64 [S]: the first index of each row's
-    maximum (NaN counts as the maximum, as in torch.argmax). On the device, no host sync."""
+    maximum (NaN counts as the maximum, as in torch.argmax). On the device, no host sync.
+    `out`: an int64 tensor of S elements to write (e.g. a captured graph's buffer)."""
     s, v = _check_logits(logits)
-    out = torch.empty(s, dtype=torch.int64, device=logits.device)
+    if out is None:
+        out = torch.empty(s, dtype=torch.int64, device=logits.device)
+    elif (out.dtype != torch.int64 or out.shape != (s,) or out.device != logits.device
+          or not out.is_contiguous()):
+        raise ValueError(f"out: expected int64 [{s}] on {logits.device}, got {out.dtype} "
+                         f"{tuple(out.shape)} on {out.device}")
     if s == 0:
         return out
     if logits.stride(1) != 1:

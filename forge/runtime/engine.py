@@ -44,7 +44,8 @@ class Engine:
     def __init__(self, model: str | os.PathLike, device: str = "auto", *, progress: bool = False,
                  max_model_len: int | None = None, max_num_seqs: int | None = None,
                  max_num_batched_tokens: int | None = None, kv_cache_tokens: int | None = None,
-                 block_size: int = 16, enable_prefix_caching: bool = True, **backend_kwargs):
+                 block_size: int = 16, enable_prefix_caching: bool = True, run_ahead: bool = True,
+                 **backend_kwargs):
         t0 = time.perf_counter()
         self.path = hub.resolve(model)
         self.file = GGUFFile(self.path)
@@ -80,6 +81,12 @@ class Engine:
         self._ids = itertools.count()
         self._tracks: dict[str, _Track] = {}
         self.graphs = None
+        # run-ahead decode (see _forward_and_sample): the step launched before the host saw the
+        # tokens it depends on, and the schedule it assumed
+        self.run_ahead = bool(run_ahead)
+        self._ahead: _Ahead | None = None
+        self.num_ahead_hits = 0     # steps whose forward was already running when scheduled
+        self.num_ahead_misses = 0   # launched ahead, then discarded (a request stopped, arrived..)
         if on_gpu:
             self._warmup(progress)
         self.load_seconds = time.perf_counter() - t0
@@ -145,9 +152,13 @@ class Engine:
         try:
             ids, lps = self._forward_and_sample(out, reqs)
         except BaseException:
+            self._ahead = None
             self.scheduler.rollback(out)  # requests wait to be recomputed; nothing is lost
             raise
         finished = self.scheduler.update(out, ids, lps)
+        if self._ahead is not None and not self.scheduler.has_unfinished():
+            self._ahead = None  # the last request stopped on a token: nothing will use it
+            self.num_ahead_misses += 1
         done = {r.request_id for r in finished}
         outputs = []
         for req in reqs:
@@ -158,19 +169,60 @@ class Engine:
         return outputs
 
     def _forward_and_sample(self, out, reqs: list[Request]) -> tuple[list[int], list[float] | None]:
+        """Forward and sample one step. With run-ahead (decode graphs, every sequence decoding),
+        the NEXT step is launched on the GPU before this step's tokens reach the host: its
+        inputs are this step's moved on by one position, with the sampled ids fed on the device
+        (DecodeGraphs.advance). If the next schedule is exactly that (same requests, same order,
+        one token each), its forward is already done or running; otherwise (a request stopped
+        on a token, was aborted or preempted, one arrived) the launched step is discarded.
+        Discarding is safe: it wrote K/V only at each request's next position, inside a block
+        the request held and that is not full (so not in the prefix cache), ahead in stream
+        order of anything a later owner of the block writes; the tokens are the real ones."""
         be = self.backend
-        host = build_batch_arrays(out, self.block_size)
-        if self.graphs is not None and self.graphs.can_run(host):
-            logits = self.graphs.run(host)
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None and ahead.matches(out):
+            self.num_ahead_hits += 1
+            logits, graphed = ahead.logits, True
         else:
-            dev = {k: be.asarray(v) if isinstance(v, np.ndarray) else v for k, v in host.items()}
-            logits = self.model.forward(ForwardBatch(**dev, host=host), self.kv.layers)
+            if ahead is not None:
+                self.num_ahead_misses += 1
+            host = build_batch_arrays(out, self.block_size)
+            graphed = self.graphs is not None and self.graphs.can_run(host)
+            if graphed:
+                logits = self.graphs.run(host)
+            else:
+                dev = {k: be.asarray(v) if isinstance(v, np.ndarray) else v for k, v in host.items()}
+                logits = self.model.forward(ForwardBatch(**dev, host=host), self.kv.layers)
         if not reqs:
             return [], None
         if all(_plain_greedy(r.params) for r in reqs):
-            return be.to_numpy(be.argmax(logits)).tolist(), None
-        ids, lps = be.sample(logits, self._sampling_batch(reqs))
+            # a decode graph ends with this argmax
+            ids = self.graphs.greedy_ids(out.num_seqs) if graphed else be.argmax(logits)
+            lps = None
+        else:
+            ids, lps = be.sample(logits, self._sampling_batch(reqs))
+        if graphed and self.run_ahead and self._can_run_ahead(out):
+            fetch = self.graphs.fetch(ids, lps)
+            self._ahead = _Ahead([(s.request, s.end) for s in out.seqs],
+                                 self.graphs.advance(out.num_seqs, ids))
+            return fetch.wait()
         return be.to_numpy(ids).tolist(), (be.to_numpy(lps).tolist() if lps is not None else None)
+
+    def _can_run_ahead(self, out) -> bool:
+        """Whether the next schedule will likely be `out` moved on by one token per sequence,
+        with no new block: every sequence decodes, nothing waits to be admitted, no request ends
+        on its length at this step, and each next position is in its current position's block
+        (so the next slot is this slot + 1)."""
+        if self.scheduler.waiting or out.num_tokens != out.num_seqs:
+            return False
+        bs, cap = self.block_size, self.scheduler.max_seq_len
+        for s in out.seqs:
+            req = s.request
+            k = req.max_tokens
+            if (not s.sample or s.end % bs == 0 or req.num_tokens + 1 >= cap
+                    or (k is not None and req.num_output_tokens + 1 >= k)):
+                return False
+        return True
 
     def _postprocess(self, req: Request, finished: bool) -> RequestOutput:
         tr = self._tracks.get(req.request_id)
@@ -282,6 +334,22 @@ class Engine:
             return np.asarray(self.backend.to_numpy(logits), dtype=np.float32)
         finally:
             self.pool.free(blocks)
+
+
+class _Ahead:
+    """A step launched ahead: its logits (on the device) and the (request, start) it assumed
+    for each sequence, in batch order."""
+
+    __slots__ = ("seqs", "logits")
+
+    def __init__(self, seqs: list[tuple[Request, int]], logits: Any):
+        self.seqs, self.logits = seqs, logits
+
+    def matches(self, out) -> bool:
+        if len(out.seqs) != len(self.seqs):
+            return False
+        return all(s.request is r and s.start == start and s.num_new_tokens == 1 and s.sample
+                   for s, (r, start) in zip(out.seqs, self.seqs))
 
 
 def _plain_greedy(p: SamplingParams) -> bool:

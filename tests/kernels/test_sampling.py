@@ -396,6 +396,10 @@ def test_argmax_matches_numpy(rng, s, v, dtype):
     got = smp.argmax(x).cpu().numpy()
     assert got.dtype == np.int64
     np.testing.assert_array_equal(got, want)
+    buf = torch.full((s + 3,), -7, dtype=torch.int64, device=DEV)  # into a caller's buffer
+    assert smp.argmax(x, out=buf[:s]).data_ptr() == buf.data_ptr()
+    np.testing.assert_array_equal(buf[:s].cpu().numpy(), want)
+    assert buf[s:].tolist() == [-7] * 3
 
 
 def test_argmax_all_neg_inf_and_nan(rng):
@@ -408,3 +412,7 @@ def test_argmax_all_neg_inf_and_nan(rng):
     with pytest.raises(ValueError, match="logits"):
         smp.argmax(torch.zeros((1, 4), dtype=torch.int32, device=DEV))
     assert smp.argmax(torch.zeros((0, 4), device=DEV)).shape == (0,)
+    with pytest.raises(ValueError, match="out"):
+        smp.argmax(x, out=torch.zeros(2, dtype=torch.int32, device=DEV))
+    with pytest.raises(ValueError, match="out"):
+        smp.argmax(x, out=torch.zeros(3, dtype=torch.int64, device=DEV))

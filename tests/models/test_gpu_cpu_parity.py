@@ -75,3 +75,56 @@ def test_greedy_tokens_and_logits(models, arch, quant):
     assert err16 < 6e-2, f"{arch} {quant} bf16 logits rel err {err16:.2e}"
     agree = np.mean(got16.argmax(-1) == ref.argmax(-1))
     assert agree >= 0.8, f"{arch} {quant} bf16 argmax agreement {agree:.2f}"
+
+
+@pytest.mark.parametrize("arch", ["tiny-llama", "tiny-gemma3"])
+def test_run_ahead_matches_plain_decode(models, arch):
+    """The engine's run-ahead decode (the next step launched on the device before the host has
+    the tokens, graphs.DecodeGraphs.advance) gives exactly the tokens of the plain graph decode,
+    with stops, seeded sampling and logprobs, at batch 1 and 8."""
+    from forge import SamplingParams
+
+    path = models(arch, "Q4_K_M")
+    plain = _llm(path, "gpu", act_dtype="f32", run_ahead=False)
+    ahead = _llm(path, "gpu", act_dtype="f32")
+    greedy = SamplingParams(temperature=0, max_tokens=40, ignore_eos=True)
+    ref = plain.generate(PROMPTS, greedy)
+    stop_tok = ref[3].token_ids[17]
+    cases = [
+        greedy,
+        [greedy] * 3 + [SamplingParams(temperature=0, max_tokens=40, ignore_eos=True,
+                                       stop_token_ids=[stop_tok])] + [greedy] * 4,
+        SamplingParams(temperature=0.8, top_p=0.9, max_tokens=33, seed=5, ignore_eos=True,
+                       logprobs=True),
+    ]
+    for params in cases:
+        for prompts in (PROMPTS[:1], PROMPTS):
+            ps = params[:len(prompts)] if isinstance(params, list) else params
+            a = plain.generate(prompts, ps)
+            b = ahead.generate(prompts, ps)
+            for x, y in zip(a, b):
+                assert x.token_ids == y.token_ids, f"{arch}: run-ahead changed the tokens"
+                assert x.finish_reason == y.finish_reason
+                if x.logprobs is not None:
+                    np.testing.assert_allclose(x.logprobs, y.logprobs, rtol=1e-5, atol=1e-5)
+    # a request that arrives while a step is launched ahead: that step is discarded (a miss)
+    # and the outputs are still those of the plain engine
+    runs = []
+    for llm in (ahead, plain):
+        eng = llm.engine
+        toks, steps, t_arrive = {}, 0, None
+        eng.add_request(PROMPTS[2], greedy, request_id="first")
+        while eng.has_unfinished():
+            for o in eng.step():
+                toks[o.request_id] = o.token_ids
+            steps += 1
+            if t_arrive is None and (eng._ahead is not None or (llm is plain and steps == runs[0][1])):
+                t_arrive = steps
+                eng.add_request(PROMPTS[5], greedy, request_id="second")
+        runs.append((toks, t_arrive))
+    assert runs[0] == runs[1], f"{arch}: run-ahead with an arrival changed the tokens"
+    eng = ahead.engine
+    assert eng.num_ahead_hits > 0, "no step was launched ahead"
+    assert eng.num_ahead_misses > 0, "the arrival did not discard the step launched ahead"
+    assert eng._ahead is None
+    assert plain.engine.num_ahead_hits == 0
