@@ -6,10 +6,14 @@ heads, into the caches at the token's slot.
 
 Pair p < rot/2 is (a, b) = (x[2p], x[2p+1]) for "norm" and (x[p], x[p + rot/2]) for "neox";
 it becomes (a cos - b sin, b cos + a sin) at angle theta_p. A program reads each element once:
-the a's and the b's as two [heads, rot/2] tiles, the pass-through features [rot, D) as a third. theta_p = pos * inv_freq[p] in float32, where
-inv_freq[p] = freq_scale * base^(-2p/rot) / freq_factors[p] is evaluated in float64 and rounded
-once to float32; cos/sin of that float32 angle are evaluated in float64 (argument reduction by
-pi/2 and short polynomials, once per feature per program) and rounded to float32.
+the a's and the b's as two [heads, rot/2] tiles, the pass-through features [rot, D) as a third.
+theta_p = pos * inv_freq[p] in float32, where inv_freq[p] = freq_scale * base^(-2p/rot) /
+freq_factors[p] is evaluated in float64 and rounded once to float32: on the device with torch,
+once per (rot, base, freq_scale, freq_factors) and kept (`_inv_freq`), so a program loads it
+instead of evaluating a float64 exp2 and division (the dependent float64 chain made this
+launch-sized kernel take ~5-6 us on H100). cos/sin of that float32 angle are evaluated in
+float64 (argument reduction by pi/2 and short polynomials, once per feature per program) and
+rounded to float32.
 
 Slots < 0 (padding tokens) and slots past the end of the cache are not written. Cache element
 offsets are int64: (slot // BS) * stride0 + (slot % BS) * stride1 + h * stride2 + d (the slot
@@ -19,6 +23,7 @@ q, k, v may be column slices of one fused qkv output (row stride free, features 
 from __future__ import annotations
 
 import math
+import weakref
 
 import torch
 import triton
@@ -54,27 +59,13 @@ def _sincos(theta):
 
 
 @triton.jit
-def _rope_cos_sin(pos_f, c_hi, c_lo, s_hi, s_lo, ff_ptr, HALF: tl.constexpr, HAS_FF: tl.constexpr,
-                  BLOCK_R: tl.constexpr):
-    """cos and sin [BLOCK_R] of theta_p = pos * inv_freq[p] for the pairs p < HALF."""
-    p = tl.arange(0, BLOCK_R)
-    pm = p < HALF
-    # inv_freq in float64, rounded once to float32; the angle itself is float32
-    c = tl.cast(c_hi, tl.float64) + tl.cast(c_lo, tl.float64)         # -2 * log2(base) / rot
-    fs = tl.cast(s_hi, tl.float64) + tl.cast(s_lo, tl.float64)        # freq_scale
-    inv = tl.exp2(p.to(tl.float64) * c) * fs
-    if HAS_FF:
-        inv = inv / tl.load(ff_ptr + p, mask=pm, other=1.0).to(tl.float64)
-    return _sincos(pos_f * inv.to(tl.float32))
-
-
-@triton.jit
-def _rope_heads(src, dst, src_hs, dst_hs, heads, nheads, D, cs, sn,
+def _rope_heads(src, dst, src_hs, dst_hs, heads, nheads, nstore, D, cs, sn,
                 ROT: tl.constexpr, NEOX: tl.constexpr, BLOCK_R: tl.constexpr,
                 BLOCK_P: tl.constexpr):
     """Rotate heads [BLOCK_H] of one token: src/dst point at the token's first head, heads are
-    src_hs / dst_hs elements apart. Each element is read once: the pairs as two [H, ROT/2]
-    tiles (halves for neox, even/odd features for norm), the pass-through tail as a third."""
+    src_hs / dst_hs elements apart; heads < nheads are read, heads < nstore (nheads, or 0 to
+    skip the token) written. Each element is read once: the pairs as two [H, ROT/2] tiles
+    (halves for neox, even/odd features for norm), the pass-through tail as a third."""
     HALF: tl.constexpr = ROT // 2
     p = tl.arange(0, BLOCK_R)
     if NEOX:
@@ -83,21 +74,23 @@ def _rope_heads(src, dst, src_hs, dst_hs, heads, nheads, D, cs, sn,
     else:
         i1 = 2 * p
         i2 = 2 * p + 1
-    hm = heads < nheads
-    m = hm[:, None] & (p < HALF)[None, :]
+    pm = (p < HALF)[None, :]
+    m = (heads < nheads)[:, None] & pm
+    ms = (heads < nstore)[:, None] & pm
     h64 = heads.to(tl.int64)[:, None]
     a = tl.load(src + h64 * src_hs + i1[None, :], mask=m, other=0.0).to(tl.float32)
     b = tl.load(src + h64 * src_hs + i2[None, :], mask=m, other=0.0).to(tl.float32)
     c = cs[None, :]
     s = sn[None, :]
     ty = dst.dtype.element_ty
-    tl.store(dst + h64 * dst_hs + i1[None, :], (a * c - b * s).to(ty), mask=m)
-    tl.store(dst + h64 * dst_hs + i2[None, :], (b * c + a * s).to(ty), mask=m)
+    tl.store(dst + h64 * dst_hs + i1[None, :], (a * c - b * s).to(ty), mask=ms)
+    tl.store(dst + h64 * dst_hs + i2[None, :], (b * c + a * s).to(ty), mask=ms)
     if BLOCK_P > 0:  # features [ROT, D) pass through
         j = ROT + tl.arange(0, BLOCK_P)
-        mp = hm[:, None] & (j < D)[None, :]
-        x = tl.load(src + h64 * src_hs + j[None, :], mask=mp, other=0.0)
-        tl.store(dst + h64 * dst_hs + j[None, :], x.to(ty), mask=mp)
+        x = tl.load(src + h64 * src_hs + j[None, :], mask=(heads < nheads)[:, None] & (j < D)[None, :],
+                    other=0.0)
+        tl.store(dst + h64 * dst_hs + j[None, :], x.to(ty),
+                 mask=(heads < nstore)[:, None] & (j < D)[None, :])
 
 
 @triton.jit
@@ -107,36 +100,38 @@ def _rope_kernel(
     v_ptr,        # [T, Hkv*Dv] rows strided by stride_v
     pos_ptr,      # [T] int32/int64 positions
     slot_ptr,     # [T] int64 cache slots (block * BS + offset); < 0 = skip
-    ff_ptr,       # [ROT/2] freq factors (any float dtype), unused without HAS_FF
+    inv_ptr,      # [ROT/2] float32 inv_freq (see `_inv_freq`)
     qo_ptr,       # [T, H*Dh] contiguous rotated q (output)
     kc_ptr,       # [NB, BS, Hkv, Dh] K cache, strides kc_s0..kc_s2, last dim contiguous
     vc_ptr,       # [NB, BS, Hkv, Dv] V cache, strides vc_s0..vc_s2, last dim contiguous
     H, HKV, D, DV, BS, num_slots,
     stride_q, stride_k, stride_v,
     kc_s0, kc_s1, kc_s2, vc_s0, vc_s1, vc_s2,
-    c_hi, c_lo, s_hi, s_lo,
-    ROT: tl.constexpr, NEOX: tl.constexpr, HAS_FF: tl.constexpr,
+    ROT: tl.constexpr, NEOX: tl.constexpr,
     BLOCK_H: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_DV: tl.constexpr,
 ):
+    HALF: tl.constexpr = ROT // 2
     t = tl.program_id(0).to(tl.int64)
     hb = tl.program_id(1)
     nqb = tl.cdiv(H, BLOCK_H)
     pos_f = tl.load(pos_ptr + t).to(tl.float32)
+    p = tl.arange(0, BLOCK_R)
+    inv = tl.load(inv_ptr + p, mask=p < HALF, other=0.0)
     if hb < nqb:
-        cs, sn = _rope_cos_sin(pos_f, c_hi, c_lo, s_hi, s_lo, ff_ptr, ROT // 2, HAS_FF, BLOCK_R)
+        cs, sn = _sincos(pos_f * inv)
         heads = hb * BLOCK_H + tl.arange(0, BLOCK_H)
-        _rope_heads(q_ptr + t * stride_q, qo_ptr + t * H * D, D, D, heads, H, D, cs, sn,
+        _rope_heads(q_ptr + t * stride_q, qo_ptr + t * H * D, D, D, heads, H, H, D, cs, sn,
                     ROT, NEOX, BLOCK_R, BLOCK_P)
     else:
         slot = tl.load(slot_ptr + t).to(tl.int64)
         if (slot >= 0) & (slot < num_slots):
-            cs, sn = _rope_cos_sin(pos_f, c_hi, c_lo, s_hi, s_lo, ff_ptr, ROT // 2, HAS_FF, BLOCK_R)
+            cs, sn = _sincos(pos_f * inv)
             heads = (hb - nqb) * BLOCK_H + tl.arange(0, BLOCK_H)
             s32 = slot.to(tl.int32)           # num_slots < 2^31: 32-bit division (no 64-bit divide)
             blk = (s32 // BS).to(tl.int64)
             off = (s32 % BS).to(tl.int64)
             _rope_heads(k_ptr + t * stride_k, kc_ptr + blk * kc_s0 + off * kc_s1, D, kc_s2, heads,
-                        HKV, D, cs, sn, ROT, NEOX, BLOCK_R, BLOCK_P)
+                        HKV, HKV, D, cs, sn, ROT, NEOX, BLOCK_R, BLOCK_P)
             dv = tl.arange(0, BLOCK_DV)
             h64 = heads.to(tl.int64)[:, None]
             mv = (heads < HKV)[:, None] & (dv < DV)[None, :]
@@ -145,13 +140,30 @@ def _rope_kernel(
             tl.store(vdst, vv.to(vc_ptr.dtype.element_ty), mask=mv)
 
 
-def _split_f64(v: float) -> tuple[float, float]:
-    """v = hi + lo with hi, lo float32 (so a float64 constant survives an fp32 kernel argument)."""
-    import numpy as np
+_INV_FREQ: dict = {}
 
-    hi = float(np.float32(v))
-    lo = float(np.float32(v - hi))
-    return hi, lo
+
+def _inv_freq(rot: int, base: float, scale: float, ff: torch.Tensor | None,
+              device: torch.device) -> torch.Tensor:
+    """inv_freq [rot/2] float32 on `device`: scale * base^(-2p/rot) / ff[p] in float64, rounded
+    once. Computed on the device (no host sync, also for freq_factors) and kept per spec (a
+    freq_factors tensor by identity: the entry holds a weak reference to it, so a new tensor at
+    a freed one's address or id never hits a stale entry); a first use inside a CUDA-graph
+    capture is computed into the graph and not kept (its memory belongs to the graph's pool)."""
+    key = (rot, base, scale, device, None if ff is None else (id(ff), ff._version))
+    got = _INV_FREQ.get(key)
+    if got is not None and (ff is None or got[0]() is ff):
+        return got[1]
+    p = torch.arange(rot // 2, dtype=torch.float64, device=device)
+    inv = torch.exp2(p * (-2.0 * math.log2(base) / rot)) * scale
+    if ff is not None:
+        inv = inv / ff.to(torch.float64)
+    inv = inv.to(torch.float32)
+    if device.type != "cuda" or not torch.cuda.is_current_stream_capturing():
+        if len(_INV_FREQ) > 256:
+            _INV_FREQ.clear()
+        _INV_FREQ[key] = (weakref.ref(ff) if ff is not None else None, inv)
+    return inv
 
 
 def _check_rows(name: str, x: torch.Tensor, t: int, width: int) -> None:
@@ -237,19 +249,17 @@ def rope(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Ten
     cfg = tuning.get_config("rope", tuning.bucket(H=h, D=dh), _default_config(h, hkv, dh))
     block_h = cfg["BLOCK_H"]
     grid = (t, triton.cdiv(h, block_h) + triton.cdiv(hkv, block_h))
-    c_hi, c_lo = _split_f64(-2.0 * math.log2(base) / rot)
-    s_hi, s_lo = _split_f64(float(spec.freq_scale))
+    inv = _inv_freq(rot, base, float(spec.freq_scale), ff, q.device)
     nb, bs = k_cache.shape[0], k_cache.shape[1]
     if nb * bs >= 2 ** 31:
         raise ValueError(f"k_cache: {nb} x {bs} slots; at most 2^31 - 1 are supported")
     _rope_kernel[grid](
-        q, k, v, positions, slot_mapping, ff if ff is not None else q, q_out, k_cache, v_cache,
+        q, k, v, positions, slot_mapping, inv, q_out, k_cache, v_cache,
         h, hkv, dh, dv, bs, nb * bs,
         q.stride(0), k.stride(0), v.stride(0),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
-        c_hi, c_lo, s_hi, s_lo,
-        ROT=rot, NEOX=spec.style == "neox", HAS_FF=ff is not None, BLOCK_H=block_h,
+        ROT=rot, NEOX=spec.style == "neox", BLOCK_H=block_h,
         BLOCK_R=triton.next_power_of_2(rot // 2), BLOCK_P=_pass_block(dh - rot),
         BLOCK_DV=triton.next_power_of_2(dv),
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
@@ -257,32 +267,31 @@ def rope(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Ten
     return q_out
 
 
-def _spec(name: str, act: str, cache: str, rot: int, neox: bool, has_ff: bool, block_h: int,
+def _spec(name: str, act: str, cache: str, rot: int, neox: bool, block_h: int,
           d: int, dv: int, num_warps: int, h: int) -> dict:
     sig = {
         "q_ptr": f"*{act}", "k_ptr": f"*{act}", "v_ptr": f"*{act}", "pos_ptr": "*i32",
-        "slot_ptr": "*i64", "ff_ptr": "*fp32", "qo_ptr": f"*{act}", "kc_ptr": f"*{cache}",
+        "slot_ptr": "*i64", "inv_ptr": "*fp32", "qo_ptr": f"*{act}", "kc_ptr": f"*{cache}",
         "vc_ptr": f"*{cache}",
         "H": "i32", "HKV": "i32", "D": "i32", "DV": "i32", "BS": "i32", "num_slots": "i32",
         "stride_q": "i32", "stride_k": "i32", "stride_v": "i32",
         "kc_s0": "i64", "kc_s1": "i64", "kc_s2": "i64", "vc_s0": "i64", "vc_s1": "i64", "vc_s2": "i64",
-        "c_hi": "fp32", "c_lo": "fp32", "s_hi": "fp32", "s_lo": "fp32",
-        "ROT": "constexpr", "NEOX": "constexpr", "HAS_FF": "constexpr",
+        "ROT": "constexpr", "NEOX": "constexpr",
         "BLOCK_H": "constexpr", "BLOCK_R": "constexpr", "BLOCK_P": "constexpr",
         "BLOCK_DV": "constexpr",
     }
     return {"name": name, "fn": _rope_kernel, "signature": sig,
-            "constexprs": {"ROT": rot, "NEOX": neox, "HAS_FF": has_ff, "BLOCK_H": block_h,
+            "constexprs": {"ROT": rot, "NEOX": neox, "BLOCK_H": block_h,
                            "BLOCK_R": triton.next_power_of_2(rot // 2), "BLOCK_P": _pass_block(d - rot),
                            "BLOCK_DV": triton.next_power_of_2(dv)},
             "num_warps": num_warps, "num_stages": 1, "bucket": tuning.bucket(H=h, D=d)}
 
 
 COMPILE_SPECS: list[dict] = [
-    #     name                            act     cache   rot  neox   ff     BH   D    Dv  warps H
-    _spec("rope_llama3_bf16_norm_ff", "bf16", "bf16", 128, False, True, 16, 128, 128, 4, 32),
-    _spec("rope_qwen_fp16_neox", "fp16", "fp16", 128, True, False, 16, 128, 128, 4, 28),
-    _spec("rope_gemma3_bf16_neox_d256", "bf16", "bf16", 256, True, False, 8, 256, 256, 4, 4),
-    _spec("rope_partial_fp32_neox", "fp32", "fp32", 24, True, False, 32, 40, 40, 4, 6),
-    _spec("rope_bf16_act_fp16_cache", "bf16", "fp16", 32, False, False, 16, 64, 128, 2, 16),
+    #     name                            act     cache   rot  neox   BH   D    Dv  warps H
+    _spec("rope_llama3_bf16_norm_ff", "bf16", "bf16", 128, False, 16, 128, 128, 4, 32),
+    _spec("rope_qwen_fp16_neox", "fp16", "fp16", 128, True, 16, 128, 128, 4, 28),
+    _spec("rope_gemma3_bf16_neox_d256", "bf16", "bf16", 256, True, 8, 256, 256, 4, 4),
+    _spec("rope_partial_fp32_neox", "fp32", "fp32", 24, True, 32, 40, 40, 4, 6),
+    _spec("rope_bf16_act_fp16_cache", "bf16", "fp16", 32, False, 16, 64, 128, 2, 16),
 ]

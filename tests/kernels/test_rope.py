@@ -207,3 +207,21 @@ def test_rope_int64_slot_offsets_gpu(rng):
         assert torch.equal(vf[s].reshape(-1), v[i])
     # nothing else in the 4 GB cache was touched (random rotated values are never exactly 0)
     assert int(torch.count_nonzero(kc)) == t * hkv * dh
+
+
+def test_rope_inv_freq_cache_follows_the_tensor(rng):
+    """inv_freq is cached per spec; a new freq_factors tensor (even at a reused address) or an
+    in-place change of one is never served a stale table."""
+    from forge.kernels.rope import _inv_freq
+
+    dev = torch.device(DEV)
+    want = lambda f: (np.exp2(np.arange(8) * (-2.0 * math.log2(1e4) / 16)) / f).astype(np.float32)  # noqa: E731
+    for _ in range(4):
+        f = rng.uniform(1, 8, 8)
+        ff = torch.tensor(f, dtype=torch.float32, device=dev)
+        f32 = ff.double().cpu().numpy()
+        np.testing.assert_array_equal(_inv_freq(16, 1e4, 1.0, ff, dev).cpu().numpy(), want(f32))
+        assert _inv_freq(16, 1e4, 1.0, ff, dev) is _inv_freq(16, 1e4, 1.0, ff, dev)
+        ff.mul_(2.0)
+        np.testing.assert_array_equal(_inv_freq(16, 1e4, 1.0, ff, dev).cpu().numpy(), want(2 * f32))
+        del ff
