@@ -41,7 +41,9 @@ class Model:
                 h = be.rms_norm(h, lp.post_ffn_norm, cfg.rms_eps)
             if trace:
                 trace(lp.index, be.add(h, residual))
-        if not all_logits:
+        # (a decode step samples every row, in order: logits_indices is arange(T), no gather)
+        if not all_logits and not (batch.max_query_len == 1
+                                   and batch.logits_indices.shape[0] == batch.num_tokens):
             h = be.gather_rows(h, batch.logits_indices)
             residual = be.gather_rows(residual, batch.logits_indices)
         x, _ = be.rms_norm(h, plan.output_norm, cfg.rms_eps, residual=residual)
