@@ -157,7 +157,7 @@ def _inv_freq(rot: int, base: float, scale: float, ff: torch.Tensor | None,
     p = torch.arange(rot // 2, dtype=torch.float64, device=device)
     inv = torch.exp2(p * (-2.0 * math.log2(base) / rot)) * scale
     if ff is not None:
-        inv = inv / ff.to(torch.float64)
+        inv = inv / ff.reshape(-1).to(torch.float64)
     inv = inv.to(torch.float32)
     if device.type != "cuda" or not torch.cuda.is_current_stream_capturing():
         if len(_INV_FREQ) > 256:
@@ -249,7 +249,8 @@ def rope(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Ten
     cfg = tuning.get_config("rope", tuning.bucket(H=h, D=dh), _default_config(h, hkv, dh))
     block_h = cfg["BLOCK_H"]
     grid = (t, triton.cdiv(h, block_h) + triton.cdiv(hkv, block_h))
-    inv = _inv_freq(rot, base, float(spec.freq_scale), ff, q.device)
+    # keyed by the spec's own tensor: `ff` above is a new view object on every call
+    inv = _inv_freq(rot, base, float(spec.freq_scale), spec.freq_factors, q.device)
     nb, bs = k_cache.shape[0], k_cache.shape[1]
     if nb * bs >= 2 ** 31:
         raise ValueError(f"k_cache: {nb} x {bs} slots; at most 2^31 - 1 are supported")

@@ -225,3 +225,25 @@ def test_rope_inv_freq_cache_follows_the_tensor(rng):
         ff.mul_(2.0)
         np.testing.assert_array_equal(_inv_freq(16, 1e4, 1.0, ff, dev).cpu().numpy(), want(2 * f32))
         del ff
+
+
+def test_rope_inv_freq_computed_once_per_spec(rng):
+    """Repeated rope calls with one spec (a decode step per layer) reuse one inv_freq table:
+    nothing is recomputed per call (inside a captured graph that would add kernels)."""
+    from forge.kernels import rope as rope_mod
+
+    ff = torch.tensor(rng.uniform(1, 8, 16), dtype=torch.float32, device=DEV).reshape(1, 16)
+    spec = RopeSpec(rot_dim=32, base=1e4, style="norm", freq_scale=1.0, freq_factors=ff)
+    t, h, hkv, dh = 3, 4, 2, 32
+    q = torch.randn(t, h * dh, device=DEV)
+    k = torch.randn(t, hkv * dh, device=DEV)
+    kc = torch.zeros(4, 4, hkv, dh, device=DEV)
+    pos = torch.arange(t, dtype=torch.int32, device=DEV)
+    slots = torch.arange(t, dtype=torch.int64, device=DEV)
+    rope(q, k, k, pos, kc, kc.clone(), slots, spec, h, hkv, dh)
+    calls = []
+    tables = {id(v[1]) for v in rope_mod._INV_FREQ.values()}
+    for _ in range(3):
+        rope(q, k, k, pos, kc, kc.clone(), slots, spec, h, hkv, dh)
+        calls.append({id(v[1]) for v in rope_mod._INV_FREQ.values()})
+    assert all(c == tables for c in calls), "inv_freq recomputed for the same spec"
