@@ -54,7 +54,7 @@ def _amd_mma(family: str) -> dict:
 
 def space(kernel: str, family: str, *, sub: int = 1, lds_bytes: int = 64 * 1024,
           elem: int = 2, warp: int | None = None, int8: bool = False,
-          gemv_stages: tuple[int, ...] = (1,)) -> list[dict]:
+          gemv_stages: tuple[int, ...] = (1,), gemv_prefetch: tuple[int, ...] = (0,)) -> list[dict]:
     """Candidate configs for `kernel` ("linear_gemv", ...) on `family` ("cdna3", "hopper", ...).
 
     sub: the GGML type's sub-block (BLOCK_S counts sub-blocks; for linear_gemv, the columns one
@@ -62,6 +62,10 @@ def space(kernel: str, family: str, *, sub: int = 1, lds_bytes: int = 64 * 1024,
     int8: the GEMV of this type can take int8 activations (matmul.INT8_TYPES; NVIDIA only);
     gemv_stages: num_stages values to try for the NVIDIA GEMV (Triton's software pipeliner on
     its K loop; 1 = the kernel's own load ordering only).
+    gemv_prefetch: PREFETCH values to try for the NVIDIA GEMV (the kernel's own software
+    pipelining: 0 off, 1 the next step's weight loads before each decode, behind a fence, 2 the
+    same left to ptxas; see matmul.py). The default (0,) times the same candidates as before
+    (with PREFETCH 0 explicit: a table's generic entry cannot leak into a per-type one).
     """
     amd = _is_amd(family)
     warp = warp or (64 if family.startswith(("cdna", "gcn")) else 32)
@@ -76,7 +80,8 @@ def space(kernel: str, family: str, *, sub: int = 1, lds_bytes: int = 64 * 1024,
                           SPLIT_K=(1, 2, 4, 8), num_stages=(1,))
         else:
             cands = _grid(BLOCK_N=(1, 2, 4, 8), num_warps=(1, 2, 4), SPLIT_K=(1, 2, 4),
-                          num_stages=tuple(gemv_stages), X_INT8=(1,) if int8 else (0,))
+                          num_stages=tuple(gemv_stages), X_INT8=(1,) if int8 else (0,),
+                          PREFETCH=tuple(gemv_prefetch))
         for c in cands:
             c["BLOCK_K"] = sub * warp * c["num_warps"]
         return cands

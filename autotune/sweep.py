@@ -124,6 +124,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="GGML types for linear_* sweeps (comma-separated)")
     ap.add_argument("--gemv-stages", default="1",
                     help="num_stages values for the NVIDIA linear_gemv candidates (e.g. 1,2,3)")
+    ap.add_argument("--gemv-prefetch", default="0",
+                    help="PREFETCH values for the NVIDIA linear_gemv candidates (e.g. 0,1,2: "
+                    "the next step's weight loads issued during each decode; see matmul.py)")
     ap.add_argument("--shapes", default=None,
                     help="only these N x K problems, e.g. 14336x4096,4096x14336 (linear_* sweeps)")
     ap.add_argument("--max-candidates", type=int, default=None,
@@ -134,6 +137,10 @@ def main(argv: list[str] | None = None) -> int:
     for k in args.kernel:
         if k not in spaces.SWEEPABLE:
             ap.error(f"--kernel: {k!r} cannot be swept (choose from {', '.join(spaces.SWEEPABLE)})")
+    gemv_axes = {"gemv_stages": tuple(int(v) for v in args.gemv_stages.split(",")),
+                 "gemv_prefetch": tuple(int(v) for v in args.gemv_prefetch.split(","))}
+    if not set(gemv_axes["gemv_prefetch"]) <= {0, 1, 2}:
+        ap.error(f"--gemv-prefetch: values are 0, 1 and 2, got {args.gemv_prefetch!r}")
 
     from forge.runtime import device
 
@@ -175,8 +182,7 @@ def main(argv: list[str] | None = None) -> int:
             cands = spaces.space(p.space_kernel, info.family, sub=p.sub, lds_bytes=info.lds_bytes,
                                  elem=torch.tensor([], dtype=dtype).element_size(), warp=info.warp_size,
                                  **({"int8": p.extra["int8"]} if "int8" in p.extra else {}),
-                                 **({"gemv_stages": tuple(int(v) for v in args.gemv_stages.split(","))}
-                                    if p.space_kernel == "linear_gemv" else {}))
+                                 **(gemv_axes if p.space_kernel == "linear_gemv" else {}))
             plan.append((p, _subsample(cands, args.max_candidates)))
         total = sum(len(c) for _, c in plan)
         with tqdm(total=total, desc=kernel, unit="cfg") as bar:

@@ -6,7 +6,7 @@ Paths, chosen by the number of tokens T, the weight type and the launch configs:
   token rows per program; the decode is exact in float32 (~4-5 instructions per weight), or,
   with X_INT8 (the NVIDIA default for bf16/fp16 activations and 4/5/6/8-bit codes), x is
   quantized to int8 per chunk and the codes multiplied with dp4a (~2-3 per weight, llama.cpp's
-  MMVQ numerics).
+  MMVQ numerics). PREFETCH (opt-in per config) loads the next step's weights during each decode.
 - small T (up to DEQUANT_T of the "linear_gemm" config): `_linear_gemm_kernel`, a dequant GEMM on
   the matrix units (wgmma / mma / MFMA / WMMA through tl.dot): BLOCK_M x BLOCK_N x BLOCK_K
   tiles, the weight tile decoded to the activation dtype in registers, float32 accumulators,
@@ -136,6 +136,24 @@ def _lanes_mask(ggml_type: int) -> int:
 # Registers: ~2 per weight row word and 32 for x per token row; the launcher's BLOCK_N keeps a
 # program at <= ~128 registers (4 programs of 4 warps per SM on Hopper) with 64-128 bytes of
 # loads per thread in flight.
+#
+# Prefetch (PREFETCH, opt-in per config; 0 = the loop above, unchanged). Each step waits one
+# memory round trip and then decodes with no load in flight, so small programs measure best
+# (latency-bound). With PREFETCH, step i + 1's weight loads (w and the small planes) are issued
+# before step i's decode and carried into the next iteration in registers: one step of weights
+# is always in flight. The last step is peeled off the loop, so no prefetch reaches past the
+# program's chunks (no masks, whose zero fills cost a MOV per register and step, no re-read of
+# a clamped step, every address in bounds; the decode is compiled twice). The anchor of step i
+# ORs step i's words only (loaded an iteration before), so no decode waits for a prefetch. x
+# stays a load of its own step (small, L1/L2-resident), and it keeps the order below.
+# ptxas places a load whose value is first used in the next iteration by register pressure:
+# left alone (PREFETCH = 2) it sinks the prefetch into the decode (sm90 Q4_K: after 24 of the
+# step's 32 dp4a). PREFETCH = 1 adds a fence: a store that never runs (mask zero != 0) between
+# the prefetch and the step's x loads. ptxas must keep loads of memory that may alias on their
+# side of a store, and every decode waits for x, so every prefetch load issues before any of the
+# step's dp4a / float work (sm90 SASS, every type and path; on AMD the store becomes a branch,
+# which the scheduler does not cross either). Cost: both steps' words are live at once (Q4_K
+# 80 -> 126 registers, Q8_0 56 -> 80 at the sm90 configs for 14336 x 4096; unfenced 96 / 64).
 
 
 @triton.constexpr_function
@@ -617,6 +635,73 @@ def _gv_store(acc, t, T, rows, bias_ptr, out_ptr, stride_o, pid_k, N,
 
 
 @triton.jit
+def _gv_loads(q_ptr, qh_ptr, sc_ptr, d_ptr, s_q, s_qh, s_sc, s_d, r3, c0, c_end,
+              TYPE: tl.constexpr, V: tl.constexpr, BB: tl.constexpr, EVEN: tl.constexpr):
+    """The weight loads of the step at chunk c0 (< c_end): w [V, BN, BB] and the small planes
+    (h, sc, d: `_gv_small`)."""
+    cb = c0 + tl.arange(0, BB)[None, None, :]
+    woff = r3 * s_q + cb * V + tl.arange(0, V)[:, None, None]
+    if EVEN:
+        w = tl.load(q_ptr + woff)
+        cs = cb
+    else:
+        w = tl.load(q_ptr + woff, mask=cb < c_end, other=0)
+        cs = tl.minimum(cb, c_end - 1)      # scales of a real chunk (its x reads as 0)
+    if TYPE != F32:
+        w = w.to(tl.uint32, bitcast=True)
+    h, sc, d = _gv_small(qh_ptr, sc_ptr, d_ptr, s_qh, s_sc, s_d, r3, cs, TYPE, V)
+    return w, h, sc, d
+
+
+@triton.jit
+def _gv_step(acc0, acc1, w, h, sc, d, x_ptr, t0, t1, K, stride_x, c0, c_end, mg, lm, zu,
+             TYPE: tl.constexpr, V: tl.constexpr, E: tl.constexpr, BB: tl.constexpr,
+             BLOCK_T: tl.constexpr, EVEN: tl.constexpr, X_PAIRS: tl.constexpr,
+             X_INT8: tl.constexpr, ASM: tl.constexpr):
+    """One step of the GEMV: x of chunks c0 .. c0 + BB - 1 read and converted, the step's
+    weight words (w, h, sc, d) decoded against it into the accumulators (token rows t0, t1)."""
+    xa = _gv_x(x_ptr, t0, K, stride_x, c0, c_end, V, E, BB, EVEN, X_PAIRS)
+    xb = xa
+    if BLOCK_T == 2:
+        xb = _gv_x(x_ptr, t1, K, stride_x, c0, c_end, V, E, BB, EVEN, X_PAIRS)
+    dep = _gv_dep(w, h, sc, d, zu, TYPE)
+    if X_INT8:
+        # the anchor joins x (quantized after every load arrived: ptxas then issues the
+        # weight loads before the quantization work, not after it)
+        depf = dep.to(tl.float32, bitcast=True)
+        xa = _anchor(xa, depf, E)
+        wd = w
+        qa, sa, xsa = _gv_xq(xa, E)
+        pa = _gv_ipart(wd, h, lm, qa, TYPE, V, ASM)
+        acc0 = _gv_apply_q(acc0, pa, sa, xsa, xa, sc, d, TYPE, E)
+        if BLOCK_T == 2:
+            qb, sb, xsb = _gv_xq(_anchor(xb, depf, E), E)
+            pb = _gv_ipart(wd, h, lm, qb, TYPE, V, ASM)
+            acc1 = _gv_apply_q(acc1, pb, sb, xsb, xb, sc, d, TYPE, E)
+    elif TYPE == F32 or TYPE == F16 or TYPE == BF16:
+        # float weights: the anchor goes into x (+0.0), which every product uses
+        depf = dep.to(tl.float32, bitcast=True)
+        if E == 1:
+            xa = (xa[0] + depf,)
+            xb = (xb[0] + depf,)
+        else:
+            xa = (xa[0] + depf, xa[1])
+            xb = (xb[0] + depf, xb[1])
+        src = (w,)
+        pa, pb = _gv_parts(w, src, mg, xa, xb, TYPE, E, BLOCK_T)
+        acc0 = _gv_apply(acc0, pa, xa, sc, d, TYPE, E)
+        if BLOCK_T == 2:
+            acc1 = _gv_apply(acc1, pb, xb, sc, d, TYPE, E)
+    else:
+        src = _gv_sources(w, h, lm, TYPE, V)
+        pa, pb = _gv_parts(w, src, mg | dep, xa, xb, TYPE, E, BLOCK_T)
+        acc0 = _gv_apply(acc0, pa, xa, sc, d, TYPE, E)
+        if BLOCK_T == 2:
+            acc1 = _gv_apply(acc1, pb, xb, sc, d, TYPE, E)
+    return acc0, acc1
+
+
+@triton.jit
 def _linear_gemv_kernel(
     x_ptr,                          # [T, K] act dtype, row stride stride_x
     q_ptr,                          # [N, *] the "q" plane as int32 words (F32: float32)
@@ -629,11 +714,13 @@ def _linear_gemv_kernel(
     TYPE: tl.constexpr, V: tl.constexpr, E: tl.constexpr,
     BLOCK_T: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr, EVEN: tl.constexpr, X_PAIRS: tl.constexpr,
-    X_INT8: tl.constexpr, ASM: tl.constexpr,
+    X_INT8: tl.constexpr, ASM: tl.constexpr, PREFETCH: tl.constexpr,
 ):
     """BLOCK_K: columns per step = BB chunks of V x E elements (one chunk per thread).
     EVEN: every step whole (no masks). X_PAIRS: see `_gv_xpiece`. X_INT8: int8 activations
-    and dp4a (see the notes above `_dp4a`; ASM: real dp4a, else emulated)."""
+    and dp4a (see the notes above `_dp4a`; ASM: real dp4a, else emulated). PREFETCH: 0 = one
+    step's loads at a time; 1 = the next step's weight loads issued before each decode, behind
+    a fence; 2 = the same without the fence (ptxas places them) (see the GEMV notes)."""
     tl.static_assert(BLOCK_T == 1 or BLOCK_T == 2, "BLOCK_T must be 1 or 2")
     BB: tl.constexpr = BLOCK_K // (V * E)
     pid = tl.program_id(0)
@@ -645,7 +732,6 @@ def _linear_gemv_kernel(
     t1 = tl.minimum(t0 + 1, T - 1)              # (a clamped row: computed, never stored)
     rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     r3 = tl.minimum(rows, N - 1).to(tl.int64)[None, :, None]   # clamped: loads need no row mask
-    v3 = tl.arange(0, V)[:, None, None]
     c_begin = pid_k * CH_PER_SPLIT
     c_end = tl.minimum(c_begin + CH_PER_SPLIT, NCH)
     mg = magic.to(tl.uint32, bitcast=True)
@@ -653,56 +739,31 @@ def _linear_gemv_kernel(
     zu = zero.to(tl.uint32, bitcast=True)
     acc0 = tl.zeros((1, BLOCK_N, BB), tl.float32)
     acc1 = tl.zeros((1, BLOCK_N, BB), tl.float32)
-    for c0 in range(c_begin, c_end, BB):
-        cb = c0 + tl.arange(0, BB)[None, None, :]
-        woff = r3 * s_q + cb * V + v3
-        if EVEN:
-            w = tl.load(q_ptr + woff)
-            cs = cb
-        else:
-            w = tl.load(q_ptr + woff, mask=cb < c_end, other=0)
-            cs = tl.minimum(cb, c_end - 1)      # scales of a real chunk (its x reads as 0)
-        if TYPE != F32:
-            w = w.to(tl.uint32, bitcast=True)
-        h, sc, d = _gv_small(qh_ptr, sc_ptr, d_ptr, s_qh, s_sc, s_d, r3, cs, TYPE, V)
-        xa = _gv_x(x_ptr, t0, K, stride_x, c0, c_end, V, E, BB, EVEN, X_PAIRS)
-        xb = xa
-        if BLOCK_T == 2:
-            xb = _gv_x(x_ptr, t1, K, stride_x, c0, c_end, V, E, BB, EVEN, X_PAIRS)
-        dep = _gv_dep(w, h, sc, d, zu, TYPE)
-        if X_INT8:
-            # the anchor joins x (quantized after every load arrived: ptxas then issues the
-            # weight loads before the quantization work, not after it)
-            depf = dep.to(tl.float32, bitcast=True)
-            xa = _anchor(xa, depf, E)
-            wd = w
-            qa, sa, xsa = _gv_xq(xa, E)
-            pa = _gv_ipart(wd, h, lm, qa, TYPE, V, ASM)
-            acc0 = _gv_apply_q(acc0, pa, sa, xsa, xa, sc, d, TYPE, E)
-            if BLOCK_T == 2:
-                qb, sb, xsb = _gv_xq(_anchor(xb, depf, E), E)
-                pb = _gv_ipart(wd, h, lm, qb, TYPE, V, ASM)
-                acc1 = _gv_apply_q(acc1, pb, sb, xsb, xb, sc, d, TYPE, E)
-        elif TYPE == F32 or TYPE == F16 or TYPE == BF16:
-            # float weights: the anchor goes into x (+0.0), which every product uses
-            depf = dep.to(tl.float32, bitcast=True)
-            if E == 1:
-                xa = (xa[0] + depf,)
-                xb = (xb[0] + depf,)
-            else:
-                xa = (xa[0] + depf, xa[1])
-                xb = (xb[0] + depf, xb[1])
-            src = (w,)
-            pa, pb = _gv_parts(w, src, mg, xa, xb, TYPE, E, BLOCK_T)
-            acc0 = _gv_apply(acc0, pa, xa, sc, d, TYPE, E)
-            if BLOCK_T == 2:
-                acc1 = _gv_apply(acc1, pb, xb, sc, d, TYPE, E)
-        else:
-            src = _gv_sources(w, h, lm, TYPE, V)
-            pa, pb = _gv_parts(w, src, mg | dep, xa, xb, TYPE, E, BLOCK_T)
-            acc0 = _gv_apply(acc0, pa, xa, sc, d, TYPE, E)
-            if BLOCK_T == 2:
-                acc1 = _gv_apply(acc1, pb, xb, sc, d, TYPE, E)
+    if PREFETCH:
+        # (see "prefetch" in the GEMV notes) step c0 + BB's weight words are loaded before step
+        # c0's decode and carried to the next iteration; the last step is peeled off the loop
+        c_last = c_begin + (tl.cdiv(c_end - c_begin, BB) - 1) * BB
+        w, h, sc, d = _gv_loads(q_ptr, qh_ptr, sc_ptr, d_ptr, s_q, s_qh, s_sc, s_d, r3,
+                                c_begin, c_end, TYPE, V, BB, EVEN)
+        for c0 in range(c_begin, c_last, BB):
+            wn, hn, scn, dn = _gv_loads(q_ptr, qh_ptr, sc_ptr, d_ptr, s_q, s_qh, s_sc, s_d,
+                                        r3, c0 + BB, c_end, TYPE, V, BB, EVEN)
+            if PREFETCH == 1:   # the fence: a store that never runs, before this step's x loads
+                tl.store(out_ptr, zero.to(out_ptr.dtype.element_ty), mask=zero != 0)
+            acc0, acc1 = _gv_step(acc0, acc1, w, h, sc, d, x_ptr, t0, t1, K, stride_x, c0,
+                                  c_end, mg, lm, zu, TYPE, V, E, BB, BLOCK_T, EVEN, X_PAIRS,
+                                  X_INT8, ASM)
+            w, h, sc, d = wn, hn, scn, dn
+        acc0, acc1 = _gv_step(acc0, acc1, w, h, sc, d, x_ptr, t0, t1, K, stride_x, c_last,
+                              c_end, mg, lm, zu, TYPE, V, E, BB, BLOCK_T, EVEN, X_PAIRS,
+                              X_INT8, ASM)
+    else:
+        for c0 in range(c_begin, c_end, BB):
+            w, h, sc, d = _gv_loads(q_ptr, qh_ptr, sc_ptr, d_ptr, s_q, s_qh, s_sc, s_d, r3,
+                                    c0, c_end, TYPE, V, BB, EVEN)
+            acc0, acc1 = _gv_step(acc0, acc1, w, h, sc, d, x_ptr, t0, t1, K, stride_x, c0,
+                                  c_end, mg, lm, zu, TYPE, V, E, BB, BLOCK_T, EVEN, X_PAIRS,
+                                  X_INT8, ASM)
     _gv_store(acc0, t0, T, rows, bias_ptr, out_ptr, stride_o, pid_k, N, HAS_BIAS, SPLIT)
     if BLOCK_T == 2:
         _gv_store(acc1, t0 + 1, T, rows, bias_ptr, out_ptr, stride_o, pid_k, N, HAS_BIAS, SPLIT)
@@ -816,6 +877,8 @@ def gemv_default(ggml_type: int, T: int, N: int, K: int, cus: int = 16, warp: in
     X_INT8 (NVIDIA, INT8_TYPES, not `exact`): bf16/fp16 activations are quantized to int8 per
     chunk and the codes multiplied with dp4a; `exact` (float32 activations, which always take
     the exact float32 decode) keeps the float path's rows per thread.
+    PREFETCH 0 (1 and 2 pipeline the weight loads one step ahead, see the GEMV notes: opt-in
+    through a table until measured).
     Under the CPU interpreter: 64 rows, one warp (fewer, larger programs run faster there).
     """
     info = TYPES[int(ggml_type)]
@@ -825,7 +888,7 @@ def gemv_default(ggml_type: int, T: int, N: int, K: int, cus: int = 16, warp: in
     bt = 1 if T <= 1 else MAX_BLOCK_T
     if interpreter:
         return {"BLOCK_N": 64, "BLOCK_K": epc * warp, "SPLIT_K": 1, "MAX_T": MAX_BLOCK_T,
-                "X_INT8": 0, "num_warps": 1, "num_stages": 1}
+                "X_INT8": 0, "PREFETCH": 0, "num_warps": 1, "num_stages": 1}
     nw = None
     for cand in (4, 2, 8, 1):
         if nch % (warp * cand) == 0:
@@ -856,7 +919,7 @@ def gemv_default(ggml_type: int, T: int, N: int, K: int, cus: int = 16, warp: in
     while bn > 1 and warps(bn, split) < target:
         bn //= 2
     return {"BLOCK_N": bn, "BLOCK_K": bb * epc, "SPLIT_K": split, "MAX_T": MAX_BLOCK_T,
-            "X_INT8": x_int8, "num_warps": nw, "num_stages": 1}
+            "X_INT8": x_int8, "PREFETCH": 0, "num_warps": nw, "num_stages": 1}
 
 
 # T at and above which quantized weights take dequantize + torch.matmul on NVIDIA. The fused GEMM
@@ -1091,7 +1154,7 @@ def _gemv(x: torch.Tensor, w: QTensor, bias, out: torch.Tensor, gv: dict) -> Non
         X_PAIRS=x.dtype == torch.bfloat16 and x.stride(0) % 2 == 0 and x.data_ptr() % 4 == 0,
         X_INT8=bool(gv.get("X_INT8", 0)) and x.dtype != torch.float32
         and TYPES[w.ggml_type].name in INT8_TYPES,
-        ASM=not _INTERPRET and torch.version.hip is None,
+        ASM=not _INTERPRET and torch.version.hip is None, PREFETCH=int(gv.get("PREFETCH", 0)),
         num_warps=gv["num_warps"], num_stages=gv["num_stages"])
     if split > 1:
         blk = 1024
@@ -1167,6 +1230,11 @@ def linear(x: torch.Tensor, w: QTensor, bias: torch.Tensor | None = None,
 # blocks, split-K, fp16/fp32 activations, small-T and NVIDIA GEMM tiles) are compiled for a
 # representative subset of types (they share every type-specific line with the ones above).
 SPEC_FULL_TYPES = ("F16", "Q8_0", "Q4_K", "Q6_K")
+# The GEMV with PREFETCH (not a launcher default: opt-in through tables), batch 1, bf16:
+# (type, vendor, warp size, CUs, PREFETCH), NVIDIA's fenced and unfenced forms, AMD's fenced one.
+SPEC_PREFETCH = (("Q4_K", "nvidia", 32, 132, 1), ("Q8_0", "nvidia", 32, 132, 1),
+                 ("Q4_K", "nvidia", 32, 132, 2), ("Q8_0", "nvidia", 32, 132, 2),
+                 ("Q4_K", "amd", 64, 304, 1), ("Q4_K", "amd", 32, 96, 1))
 # Integer arguments the JIT sees divisible by 16 at the specs' shapes (padded plane strides,
 # model-sized rows and strides).
 GEMV_DIVISIBLE = ("s_q", "s_qh", "s_sc", "s_d", "T", "N", "K", "NCH", "stride_x", "stride_o",
@@ -1193,19 +1261,23 @@ def _compile_specs() -> list[dict]:
     for tid, info in TYPES.items():
         full = info.name in SPEC_FULL_TYPES
         V, E = gemv_shape(tid)
-        # (activation, token rows, split-K, warp size, vendor, CUs): each arch family's default
-        gemv_variants = [("*bf16", 1, False, 32, "nvidia", 132), ("*bf16", 1, False, 32, "amd", 96),
-                         ("*bf16", 1, False, 64, "amd", 304)]
+        # (activation, token rows, split-K, warp size, vendor, CUs, PREFETCH): each arch
+        # family's default
+        gemv_variants = [("*bf16", 1, False, 32, "nvidia", 132, 0),
+                         ("*bf16", 1, False, 32, "amd", 96, 0),
+                         ("*bf16", 1, False, 64, "amd", 304, 0)]
         if full or info.name == "Q5_K":
-            gemv_variants += [("*bf16>fp32", 1, False, 32, "nvidia", 132),   # the logits head
-                              ("*bf16", 2, False, 32, "nvidia", 132),
-                              ("*bf16", 1, True, 32, "nvidia", 132),
-                              ("*fp16", 1, False, 32, "nvidia", 132),
-                              ("*fp32", 1, False, 32, "nvidia", 132),
-                              ("*bf16", 2, False, 64, "amd", 304),
-                              ("*bf16", 2, False, 32, "amd", 96),
-                              ("*fp32", 1, False, 64, "amd", 304)]
-        for act, bt, split, warp, vendor, cus in gemv_variants:
+            gemv_variants += [("*bf16>fp32", 1, False, 32, "nvidia", 132, 0),   # the logits head
+                              ("*bf16", 2, False, 32, "nvidia", 132, 0),
+                              ("*bf16", 1, True, 32, "nvidia", 132, 0),
+                              ("*fp16", 1, False, 32, "nvidia", 132, 0),
+                              ("*fp32", 1, False, 32, "nvidia", 132, 0),
+                              ("*bf16", 2, False, 64, "amd", 304, 0),
+                              ("*bf16", 2, False, 32, "amd", 96, 0),
+                              ("*fp32", 1, False, 64, "amd", 304, 0)]
+        gemv_variants += [("*bf16", 1, False, warp, vendor, cus, pf)
+                          for t, vendor, warp, cus, pf in SPEC_PREFETCH if t == info.name]
+        for act, bt, split, warp, vendor, cus, pf in gemv_variants:
             act, _, out = act.partition(">")   # "*bf16>fp32": bf16 x, float32 out
             gv = gemv_default(tid, bt, 4096, 4096, cus=cus, warp=warp, vendor=vendor,
                               exact=act == "*fp32")
@@ -1214,13 +1286,13 @@ def _compile_specs() -> list[dict]:
             sig = _gemv_signature(tid, act, split, "*" + out if out else None)
             specs.append({
                 "name": (f"_linear_gemv_kernel[{info.name},{act[1:]}{'>' + out if out else ''},T{bt}"
-                         f"{',split' if split else ''},{family}]"),
+                         f"{',split' if split else ''}{f',prefetch{pf}' if pf else ''},{family}]"),
                 "fn": _linear_gemv_kernel, "signature": sig,
                 "constexprs": {"TYPE": tid, "V": V, "E": E, "BLOCK_T": bt,
                                "BLOCK_N": gv["BLOCK_N"], "BLOCK_K": gv["BLOCK_K"],
                                "HAS_BIAS": not split, "SPLIT": split, "EVEN": True,
                                "X_PAIRS": act == "*bf16", "X_INT8": x_int8,
-                               "ASM": vendor == "nvidia"},
+                               "ASM": vendor == "nvidia", "PREFETCH": pf},
                 "attrs": jit_attrs(_linear_gemv_kernel, sig, GEMV_DIVISIBLE),
                 "num_warps": gv["num_warps"], "num_stages": gv["num_stages"],
                 # informational: the arch family whose launcher default this is

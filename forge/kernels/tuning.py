@@ -40,6 +40,9 @@ AMD_ONLY_KEYS = frozenset({"waves_per_eu", "matrix_instr_nonkdim", "kpack"})
 # Keys that are Triton launch options rather than kernel constexprs: always allowed through.
 LAUNCH_KEYS = frozenset({"num_warps", "num_stages", "num_ctas"})
 NOTE_KEYS = frozenset({"source", "comment"})
+# Constexpr keys that select a code path: the values the kernels define (matmul.py's GEMV:
+# PREFETCH 0 off, 1 prefetch + fence, 2 prefetch left to ptxas).
+ENUM_KEYS = {"PREFETCH": (0, 1, 2)}
 
 _DIM_NAME = re.compile(r"[A-Za-z][A-Za-z_]*\Z")
 _BUCKET_PART = re.compile(r"(?:^|_)([A-Za-z][A-Za-z_]*?)(\d+)(?=_|$)")
@@ -124,6 +127,8 @@ def _validate_entry(where: str, entry: Any) -> dict:
             raise ValueError(f"{where}.num_stages: must be an int >= 0, got {v!r}")
         if k.startswith("BLOCK") and (not isinstance(v, int) or v < 1 or v & (v - 1)):
             raise ValueError(f"{where}.{k}: block sizes must be powers of two, got {v!r}")
+        if k in ENUM_KEYS and (not isinstance(v, int) or v not in ENUM_KEYS[k]):
+            raise ValueError(f"{where}.{k}: must be one of {ENUM_KEYS[k]}, got {v!r}")
     return entry
 
 

@@ -146,6 +146,89 @@ def test_gemv_int8_activations(name, rng, tuning_table):
         check_linear(qt, w64, 1, torch.float32, rng)
 
 
+# PREFETCH (the next step's weight loads issued before each decode and carried over, the last
+# step peeled): (columns with a masked tail, whole-step columns, chunks per step) per type, so
+# that every row takes 3+ steps (the prefetch crosses iterations) and the masked one ends in a
+# partial step; 37 rows (BLOCK_N 32: a second program of clamped rows).
+PREFETCH_SHAPES = {"F32": (203, 192, 16), "F16": (203, 256, 8), "Q8_0": (32 * 7, 256, 4),
+                   "Q4_0": (32 * 7, 256, 2), "Q5_0": (32 * 7, 256, 2)}
+# (columns, token rows, activations, SPLIT_K, int8 activations where the type has them); the
+# first run also takes PREFETCH 2 (the fence is the only difference, a no-op on the CPU)
+PREFETCH_RUNS = [("odd", 1, torch.bfloat16, 1, True), ("odd", 2, torch.float32, 2, False),
+                 ("even", 3, torch.float16, 3, True)]
+
+
+class KwargSpy:
+    """Stands in for a jit kernel and records the keyword arguments of its launches."""
+
+    def __init__(self, kernel):
+        self.kernel, self.calls = kernel, []
+
+    def __getitem__(self, grid):
+        def launch(*args, **kw):
+            self.calls.append(kw)
+            return self.kernel[grid](*args, **kw)
+
+        return launch
+
+
+@pytest.mark.parametrize("name", ["F32", "F16", "Q8_0", "Q4_0", "Q5_0", "Q4_K", "Q5_K", "Q6_K",
+                                  "Q2_K", "Q3_K"])
+def test_gemv_prefetch(name, rng, tuning_table, monkeypatch):
+    """PREFETCH 1 (with the ordering fence) and 2 against the float64 reference and against
+    PREFETCH 0 (identical under the interpreter: only the load schedule differs): masked tail
+    and whole steps, split-K (uneven: the last split has fewer steps, down to one, where the
+    loop body never runs), 1, 2 and 3 token rows (BLOCK_T 2), int8 and float activations."""
+    tid = int(gguf_type(name))
+    V, E = mm.gemv_shape(tid)
+    odd, even, bb = PREFETCH_SHAPES.get(name, (256 * 5, 256 * 3, 16))
+    spy = KwargSpy(mm._linear_gemv_kernel)
+    monkeypatch.setattr(mm, "_linear_gemv_kernel", spy)
+    weights = {"odd": make_weight(name, 37, odd, rng), "even": make_weight(name, 37, even, rng)}
+    for i, (cols, T, dtype, split, int8) in enumerate(PREFETCH_RUNS):
+        qt, w64 = weights[cols]
+        K = w64.shape[1]
+        # (the K-quants' whole-step rows take 8 chunks per step: 3 steps)
+        blk = bb if cols == "odd" or dq.TYPES[tid].block != 256 else 8
+        assert -(-triton_cdiv(K, V * E) // blk) >= 3           # several steps per row
+        x8 = int(int8 and name in mm.INT8_TYPES and dtype != torch.float32)
+        x = torch.from_numpy(rng.standard_normal((T, K)).astype(np.float32)).to(dtype)
+        ref = x.double().numpy() @ w64.T
+        got = {}
+        for pf in (0, 1, 2) if i == 0 else (0, 1):
+            tuning_table({"linear_gemv": {"*": {
+                "BLOCK_N": 32, "BLOCK_K": blk * V * E, "SPLIT_K": split, "MAX_T": 4,
+                "X_INT8": x8, "PREFETCH": pf, "num_warps": 1}}})
+            got[pf] = mm.linear(x.to(DEV), qt)
+            kw = spy.calls[-1]
+            assert kw["PREFETCH"] == pf and kw["EVEN"] == (cols == "even")
+            assert kw["X_INT8"] == bool(x8) and kw["BLOCK_T"] == min(T, 2)
+            err = rel_err(got[pf], ref)
+            tol = 1e-4 if dtype == torch.float32 else 2e-2
+            assert err < tol, f"{cols} T={T} {dtype} split {split} PREFETCH {pf}: {err:.3e}"
+            if pf == 0:
+                continue
+            if DEV == "cpu":
+                assert torch.equal(got[pf], got[0]), f"{cols} T={T} PREFETCH {pf} != 0"
+            else:
+                assert rel_err(got[pf], got[0].double().cpu().numpy()) < 1e-5
+
+
+def test_gemv_prefetch_config_key(tuning_table):
+    """gemv_default keeps PREFETCH 0; a table entry sets it (a generic override outranks the
+    shipped per-type entries); values other than 0, 1, 2 are refused when a table is read."""
+    tid = int(gguf_type("Q4_K"))
+    for vendor in ("nvidia", "amd"):
+        assert mm.gemv_default(tid, 1, 14336, 4096, 132, 32, vendor)["PREFETCH"] == 0
+    assert mm.gemv_default(tid, 1, 64, 256, interpreter=True)["PREFETCH"] == 0
+    tuning_table({"linear_gemv": {"*": {"PREFETCH": 1}}})
+    assert mm._configs(tid, 1, 14336, 4096)[0]["PREFETCH"] == 1
+    for bad in (3, -1, 1.0, "1"):
+        with pytest.raises(ValueError, match="PREFETCH"):
+            with tuning.override({"linear_gemv": {"*": {"PREFETCH": bad}}}):
+                pass
+
+
 def test_dequant_matmul_chunks_and_reuses_scratch(rng, monkeypatch):
     """The dequantize + matmul path in pieces of SCRATCH_BYTES, with one scratch buffer per
     device and dtype kept across calls (grown, never shrunk)."""

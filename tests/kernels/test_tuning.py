@@ -353,6 +353,26 @@ def test_search_spaces_are_valid_tables(family, kernel):
         spaces.space("nope", family)
 
 
+def test_gemv_prefetch_is_a_sweep_axis_on_nvidia():
+    """gemv_prefetch (sweep --gemv-prefetch) multiplies the NVIDIA GEMV candidates; its default
+    (0,) keeps the previous candidates, each with PREFETCH 0; AMD's space has no such key."""
+    from autotune import spaces
+
+    base = spaces.space("linear_gemv", "hopper", sub=32, int8=True)
+    assert base and all(c["PREFETCH"] == 0 for c in base)
+    both = spaces.space("linear_gemv", "hopper", sub=32, int8=True, gemv_prefetch=(0, 1, 2))
+    assert len(both) == 3 * len(base)
+    assert sorted({c["PREFETCH"] for c in both}) == [0, 1, 2]
+    for c in both:
+        tuning._validate_entry("hopper:linear_gemv", c)
+    assert all("PREFETCH" not in c for c in spaces.space("linear_gemv", "cdna3", sub=32,
+                                                          gemv_prefetch=(0, 1)))
+    from autotune import sweep
+
+    with pytest.raises(SystemExit):
+        sweep.main(["--kernel", "linear_gemv", "--gemv-prefetch", "0,3"])
+
+
 def test_sweep_refuses_to_run_without_gpu(monkeypatch, capsys):
     from autotune import sweep
 
