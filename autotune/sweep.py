@@ -139,8 +139,10 @@ def main(argv: list[str] | None = None) -> int:
             ap.error(f"--kernel: {k!r} cannot be swept (choose from {', '.join(spaces.SWEEPABLE)})")
     gemv_axes = {"gemv_stages": tuple(int(v) for v in args.gemv_stages.split(",")),
                  "gemv_prefetch": tuple(int(v) for v in args.gemv_prefetch.split(","))}
-    if not set(gemv_axes["gemv_prefetch"]) <= {0, 1, 2}:
-        ap.error(f"--gemv-prefetch: values are 0, 1 and 2, got {args.gemv_prefetch!r}")
+    from forge.kernels.tuning import ENUM_KEYS
+
+    if not set(gemv_axes["gemv_prefetch"]) <= set(ENUM_KEYS["PREFETCH"]):
+        ap.error(f"--gemv-prefetch: values are {ENUM_KEYS['PREFETCH']}, got {args.gemv_prefetch!r}")
 
     from forge.runtime import device
 

@@ -77,7 +77,7 @@ def run_bench(a) -> int:
     llm = LLM(path, device=a.device, max_model_len=max(a.n_prompt + 8, a.n_gen + 8, 1024),
               max_num_batched_tokens=max(a.n_prompt, 512), max_num_seqs=max(a.batch, 1),
               kv_cache_tokens=a.kv_tokens or max(a.n_prompt + a.n_gen + 64, a.batch * (a.n_gen + 32)) * 2,
-              enable_prefix_caching=False, run_ahead=not getattr(a, "no_run_ahead", False))
+              enable_prefix_caching=False, run_ahead=not a.no_run_ahead)
     eng = llm.engine
     vocab = eng.cfg.vocab_size
     rng = np.random.default_rng(0)

@@ -59,13 +59,12 @@ def _sincos(theta):
 
 
 @triton.jit
-def _rope_heads(src, dst, src_hs, dst_hs, heads, nheads, nstore, D, cs, sn,
+def _rope_heads(src, dst, src_hs, dst_hs, heads, nheads, D, cs, sn,
                 ROT: tl.constexpr, NEOX: tl.constexpr, BLOCK_R: tl.constexpr,
                 BLOCK_P: tl.constexpr):
     """Rotate heads [BLOCK_H] of one token: src/dst point at the token's first head, heads are
-    src_hs / dst_hs elements apart; heads < nheads are read, heads < nstore (nheads, or 0 to
-    skip the token) written. Each element is read once: the pairs as two [H, ROT/2] tiles
-    (halves for neox, even/odd features for norm), the pass-through tail as a third."""
+    src_hs / dst_hs elements apart. Each element is read once: the pairs as two [H, ROT/2]
+    tiles (halves for neox, even/odd features for norm), the pass-through tail as a third."""
     HALF: tl.constexpr = ROT // 2
     p = tl.arange(0, BLOCK_R)
     if NEOX:
@@ -74,23 +73,21 @@ def _rope_heads(src, dst, src_hs, dst_hs, heads, nheads, nstore, D, cs, sn,
     else:
         i1 = 2 * p
         i2 = 2 * p + 1
-    pm = (p < HALF)[None, :]
-    m = (heads < nheads)[:, None] & pm
-    ms = (heads < nstore)[:, None] & pm
+    hm = heads < nheads
+    m = hm[:, None] & (p < HALF)[None, :]
     h64 = heads.to(tl.int64)[:, None]
     a = tl.load(src + h64 * src_hs + i1[None, :], mask=m, other=0.0).to(tl.float32)
     b = tl.load(src + h64 * src_hs + i2[None, :], mask=m, other=0.0).to(tl.float32)
     c = cs[None, :]
     s = sn[None, :]
     ty = dst.dtype.element_ty
-    tl.store(dst + h64 * dst_hs + i1[None, :], (a * c - b * s).to(ty), mask=ms)
-    tl.store(dst + h64 * dst_hs + i2[None, :], (b * c + a * s).to(ty), mask=ms)
+    tl.store(dst + h64 * dst_hs + i1[None, :], (a * c - b * s).to(ty), mask=m)
+    tl.store(dst + h64 * dst_hs + i2[None, :], (b * c + a * s).to(ty), mask=m)
     if BLOCK_P > 0:  # features [ROT, D) pass through
         j = ROT + tl.arange(0, BLOCK_P)
-        x = tl.load(src + h64 * src_hs + j[None, :], mask=(heads < nheads)[:, None] & (j < D)[None, :],
-                    other=0.0)
-        tl.store(dst + h64 * dst_hs + j[None, :], x.to(ty),
-                 mask=(heads < nstore)[:, None] & (j < D)[None, :])
+        mp = hm[:, None] & (j < D)[None, :]
+        x = tl.load(src + h64 * src_hs + j[None, :], mask=mp, other=0.0)
+        tl.store(dst + h64 * dst_hs + j[None, :], x.to(ty), mask=mp)
 
 
 @triton.jit
@@ -120,7 +117,7 @@ def _rope_kernel(
     if hb < nqb:
         cs, sn = _sincos(pos_f * inv)
         heads = hb * BLOCK_H + tl.arange(0, BLOCK_H)
-        _rope_heads(q_ptr + t * stride_q, qo_ptr + t * H * D, D, D, heads, H, H, D, cs, sn,
+        _rope_heads(q_ptr + t * stride_q, qo_ptr + t * H * D, D, D, heads, H, D, cs, sn,
                     ROT, NEOX, BLOCK_R, BLOCK_P)
     else:
         slot = tl.load(slot_ptr + t).to(tl.int64)
@@ -131,7 +128,7 @@ def _rope_kernel(
             blk = (s32 // BS).to(tl.int64)
             off = (s32 % BS).to(tl.int64)
             _rope_heads(k_ptr + t * stride_k, kc_ptr + blk * kc_s0 + off * kc_s1, D, kc_s2, heads,
-                        HKV, HKV, D, cs, sn, ROT, NEOX, BLOCK_R, BLOCK_P)
+                        HKV, D, cs, sn, ROT, NEOX, BLOCK_R, BLOCK_P)
             dv = tl.arange(0, BLOCK_DV)
             h64 = heads.to(tl.int64)[:, None]
             mv = (heads < HKV)[:, None] & (dv < DV)[None, :]

@@ -215,14 +215,9 @@ class Engine:
         (so the next slot is this slot + 1)."""
         if self.scheduler.waiting or out.num_tokens != out.num_seqs:
             return False
-        bs, cap = self.block_size, self.scheduler.max_seq_len
-        for s in out.seqs:
-            req = s.request
-            k = req.max_tokens
-            if (not s.sample or s.end % bs == 0 or req.num_tokens + 1 >= cap
-                    or (k is not None and req.num_output_tokens + 1 >= k)):
-                return False
-        return True
+        bs = self.block_size
+        return all(s.sample and s.end % bs and not self.scheduler.length_reached(s.request, 1)
+                   for s in out.seqs)
 
     def _postprocess(self, req: Request, finished: bool) -> RequestOutput:
         tr = self._tracks.get(req.request_id)

@@ -5,7 +5,8 @@ of the smallest rung >= B. Padding rows compute token 0 at position 0 into the n
 0, never handed out), so they touch nothing real. Each rung owns one int32 device buffer holding
 all of the step's inputs (token ids, positions, context lengths, slots, block tables) as views;
 a step fills a pinned host copy of it and sends it with ONE host-to-device copy, then replays.
-The graph's logits buffer is read back as a view. Sampling runs eagerly after the replay.
+The graph's logits buffer is read back as a view; the greedy argmax is part of the graph (below),
+other sampling runs eagerly after the replay.
 
 The attention kernel's grid depends on `max_seq_len`; graphs are captured with the largest
 context the engine admits, and the kernel skips the partitions past each sequence's length.

@@ -338,10 +338,16 @@ class Scheduler:
             return RequestStatus.FINISHED_STOPPED
         if tok in self.eos_token_ids and not getattr(p, "ignore_eos", False):
             return RequestStatus.FINISHED_STOPPED
-        k = req.max_tokens
-        if (k is not None and req.num_output_tokens >= k) or req.num_tokens >= self.max_seq_len:
+        if self.length_reached(req):
             return RequestStatus.FINISHED_LENGTH
         return None
+
+    def length_reached(self, req: Request, more: int = 0) -> bool:
+        """Whether `req` ends on its length (max_tokens or the context) once it holds `more`
+        tokens beyond those it has."""
+        k = req.max_tokens
+        return ((k is not None and req.num_output_tokens + more >= k)
+                or req.num_tokens + more >= self.max_seq_len)
 
     @staticmethod
     def _by_id(out: SchedulerOutput, values, name: str) -> Mapping:
