@@ -5,9 +5,16 @@ tg N: `batch` sequences (1-token prompts) each generate N tokens; the time of th
 after the first token counts. Each test runs once to warm up, then `repetitions` times; the
 table shows mean ± std of tokens/s. Decode also reports the achieved weight bandwidth (weight
 bytes read per step / step time) against the device's measured copy bandwidth.
+
+Every timed repetition runs under a `HiccupRecorder` (forge/runtime/hiccups.py): GC passes, Triton
+JIT compiles, new CUDA allocator segments in that repetition go to the JSON ("hiccups"), and a
+line after the table names the repetitions that had a slow GC pass, a compile or a new segment.
+After the warm-up the heap is frozen (`gc.collect(); gc.freeze()`) so that a generation-2 pass
+does not walk the loaded model's objects inside a timed repetition; `--no-gc-freeze` skips that.
 """
 from __future__ import annotations
 
+import gc
 import json
 import statistics
 import sys
@@ -18,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from forge.errors import ForgeError
+from forge.runtime.hiccups import HiccupRecorder, describe, freeze_gc
 from forge.sampling import SamplingParams
 
 
@@ -77,7 +85,7 @@ def run_bench(a) -> int:
     llm = LLM(path, device=a.device, max_model_len=max(a.n_prompt + 8, a.n_gen + 8, 1024),
               max_num_batched_tokens=max(a.n_prompt, 512), max_num_seqs=max(a.batch, 1),
               kv_cache_tokens=a.kv_tokens or max(a.n_prompt + a.n_gen + 64, a.batch * (a.n_gen + 32)) * 2,
-              enable_prefix_caching=False, run_ahead=not a.no_run_ahead)
+              enable_prefix_caching=False, run_ahead=not a.no_run_ahead, gc_freeze=False)
     eng = llm.engine
     vocab = eng.cfg.vocab_size
     rng = np.random.default_rng(0)
@@ -88,13 +96,26 @@ def run_bench(a) -> int:
     # warm-up: both paths once, at the measured sizes (as llama-bench's warm-up run does)
     _run_requests(eng, [rand_prompt(a.n_prompt)], 4)
     _run_requests(eng, [rand_prompt(1) for _ in range(a.batch)], 4)
+    gc_freeze = not getattr(a, "no_gc_freeze", False)
+    t = time.perf_counter()
+    frozen = freeze_gc() if gc_freeze else 0  # after load + warm-up: see the module docstring
+    freeze_ms = 1e3 * (time.perf_counter() - t) if gc_freeze else None
 
     pp, tg = [], []
+    hic: dict[str, list[dict]] = {"pp": [], "tg": []}
+    dev = getattr(eng.backend, "device", None) if eng.backend.name != "cpu" else None
     for _ in range(a.repetitions):
-        t_first, _ = _run_requests(eng, [rand_prompt(a.n_prompt)], 2)
+        prompt = rand_prompt(a.n_prompt)
+        with HiccupRecorder(dev) as rec:
+            t_first, _ = _run_requests(eng, [prompt], 2)
+        hic["pp"].append(rec.summary())
         pp.append(a.n_prompt / t_first)
-        _, t_rest = _run_requests(eng, [rand_prompt(1) for _ in range(a.batch)], a.n_gen + 1)
+        prompts = [rand_prompt(1) for _ in range(a.batch)]
+        with HiccupRecorder(dev) as rec:
+            _, t_rest = _run_requests(eng, prompts, a.n_gen + 1)
+        hic["tg"].append(rec.summary())
         tg.append(a.batch * a.n_gen / t_rest)
+    gc_tracked = len(gc.get_objects())  # what a generation-2 pass walks (frozen objects excluded)
 
     # Bytes of weights one decode step reads: every matrix once (the embedding table only as
     # the tied output head), in the form the backend holds them: GGUF blocks on the GPU,
@@ -119,6 +140,14 @@ def run_bench(a) -> int:
     print("| --- | --- | --- | ---: |")
     for test, mean, sd in rows:
         print(f"| {name} | {eng.backend.name} | {test} | {mean:,.2f} ± {sd:,.2f} |")
+    notes = []
+    for kind in ("pp", "tg"):
+        for i, summary in enumerate(hic[kind]):
+            what = describe(summary)
+            if what:
+                notes.append(f"{kind} rep {i + 1}: {'; '.join(what)}")
+    if notes:
+        print(f"hiccups{'' if gc_freeze else ' (no gc freeze)'}: " + " | ".join(notes))
     print(f"\ndecode weight traffic: {weight_bytes / 2**20:,.1f} MiB/step -> {achieved / 1e9:,.2f} GB/s "
           f"achieved vs {bw / 1e9:,.1f} GB/s measured copy bandwidth ({100 * achieved / bw:.0f}%)")
     print(f"memory: {eng.memory_report()}")
@@ -137,7 +166,10 @@ def run_bench(a) -> int:
                "pp_tps": pp, "tg_tps": tg, "weight_bytes_per_step": weight_bytes,
                "decode_bytes_per_s": achieved, "copy_bytes_per_s": bw, "peak_gpu_bytes": peak,
                "memory": eng.memory_report(), "run_ahead": eng.run_ahead,
-               "run_ahead_hits": hits, "run_ahead_misses": misses}
+               "run_ahead_hits": hits, "run_ahead_misses": misses,
+               "gc_freeze": gc_freeze, "gc_frozen_objects": frozen, "gc_freeze_ms": freeze_ms,
+               "gc_tracked_objects": gc_tracked,
+               "gc_threshold": list(gc.get_threshold()), "hiccups": hic}
         Path(a.json).write_text(json.dumps(res, indent=2))
         print(f"wrote {a.json}", file=sys.stderr)
     return 0

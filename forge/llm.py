@@ -1,8 +1,10 @@
 """LLM: load a model, then generate / stream / chat on top of the engine."""
 from __future__ import annotations
 
+import gc
 import os
 import sys
+import weakref
 from typing import Iterator, Sequence
 
 from forge.runtime.engine import Engine
@@ -19,12 +21,27 @@ class LLM:
     """
 
     def __init__(self, model: str | os.PathLike = "smollm2-135m", device: str = "auto", *,
-                 progress: bool | None = None, **engine_kwargs):
+                 progress: bool | None = None, gc_freeze: bool | None = None, **engine_kwargs):
+        """gc_freeze: after loading (and, on a GPU, compiling, warming and capturing), run
+        `gc.collect(); gc.freeze()` so the model's long-lived objects leave the garbage
+        collector's generations and a later generation-2 pass does not walk them in the middle
+        of a step (tens of ms on a large heap). None (default) = on for a GPU backend. Deleting
+        an LLM that froze unfreezes (`gc.unfreeze()`), so that its reference cycles can be
+        collected; other LLMs alive then lose the freeze, not their correctness."""
         if progress is None:
             progress = sys.stderr.isatty()
         self.engine = Engine(model, device=device, progress=progress, **engine_kwargs)
         self.tokenizer = self.engine.tokenizer
         self.config = self.engine.cfg
+        if gc_freeze is None:
+            gc_freeze = self.engine.backend.name != "cpu"
+        if gc_freeze:
+            from forge.runtime.hiccups import freeze_gc
+
+            freeze_gc()
+            # The engine holds reference cycles (engine <-> decode graphs); frozen, they would
+            # never be collected, keeping device memory after the LLM is dropped.
+            weakref.finalize(self, gc.unfreeze)
 
     @property
     def device(self) -> str:
