@@ -13,7 +13,8 @@ import torch
 import triton
 import triton.language as tl
 
-from forge.kernels import tuning
+from forge.kernels import pdl, tuning
+from forge.kernels.pdl import pdl_launch, pdl_wait
 
 KINDS = ("silu", "gelu_tanh")
 _FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -27,7 +28,10 @@ def _act_mul_kernel(
     F, stride_g, stride_u,
     GELU: tl.constexpr,
     BLOCK_F: tl.constexpr,
+    PDL: tl.constexpr,   # launched with programmatic dependent launch (forge/kernels/pdl.py)
 ):
+    pdl_launch(PDL)
+    pdl_wait(PDL)        # before the gate/up loads (the previous kernel's output)
     row = tl.program_id(0).to(tl.int64)
     cols = tl.program_id(1) * BLOCK_F + tl.arange(0, BLOCK_F)
     m = cols < F
@@ -64,8 +68,9 @@ def _launch(gate: torch.Tensor, up: torch.Tensor, kind: str) -> torch.Tensor:
     cfg = tuning.get_config("act_mul", tuning.bucket(F=f), default)
     grid = (t, triton.cdiv(f, cfg["BLOCK_F"]))
     _act_mul_kernel[grid](gate, up, out, f, gate.stride(0), up.stride(0),
-                          GELU=kind == "gelu_tanh", BLOCK_F=cfg["BLOCK_F"],
-                          num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+                          GELU=kind == "gelu_tanh", BLOCK_F=cfg["BLOCK_F"], PDL=pdl.enabled(),
+                          num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+                          **pdl.launch_kwargs())
     return out
 
 
@@ -96,8 +101,8 @@ def _spec(dtype: str, gelu: bool, block_f: int, num_warps: int, f: int) -> dict:
         "fn": _act_mul_kernel,
         "signature": {"g_ptr": f"*{dtype}", "u_ptr": f"*{dtype}", "o_ptr": f"*{dtype}",
                       "F": "i32", "stride_g": "i32", "stride_u": "i32",
-                      "GELU": "constexpr", "BLOCK_F": "constexpr"},
-        "constexprs": {"GELU": gelu, "BLOCK_F": block_f},
+                      "GELU": "constexpr", "BLOCK_F": "constexpr", "PDL": "constexpr"},
+        "constexprs": {"GELU": gelu, "BLOCK_F": block_f, "PDL": False},
         "num_warps": num_warps,
         "num_stages": 1,
         "bucket": tuning.bucket(F=f),

@@ -74,7 +74,8 @@ import torch
 import triton
 import triton.language as tl
 
-from forge.kernels import tuning
+from forge.kernels import pdl, tuning
+from forge.kernels.pdl import pdl_launch, pdl_wait
 from forge.kernels.specs import divisibility_attrs
 
 LOG2E = 1.4426950408889634
@@ -448,7 +449,12 @@ def _attn_decode_kernel(
     DOT_F32: tl.constexpr,
     QK_CHUNK: tl.constexpr,      # head-dim chunk of Q K^T (BLOCK_DK: Q stays in registers)
     V_EARLY: tl.constexpr,       # load V with K (needs QK_CHUNK == BLOCK_DK), else after softmax
+    PDL: tl.constexpr,           # launched with programmatic dependent launch (pdl.py)
 ):
+    pdl_launch(PDL)
+    # Every program, before the metadata loads and the early exit below: q, the lengths, the
+    # cache and the partials/counters all depend on earlier kernels.
+    pdl_wait(PDL)
     seq = tl.program_id(0)
     gid = tl.program_id(1)  # KV head x head chunk
     split = tl.program_id(2)
@@ -562,9 +568,12 @@ def _attn_reduce_kernel(
     G: tl.constexpr, HT: tl.constexpr, NHC: tl.constexpr, Dv: tl.constexpr,
     BLOCK_HT: tl.constexpr, BLOCK_DV: tl.constexpr, BLOCK_N: tl.constexpr,
     WINDOW: tl.constexpr, SPLIT_CHUNK: tl.constexpr,
+    PDL: tl.constexpr,           # launched with programmatic dependent launch (pdl.py)
 ):
     """One program per (sequence, group) of the decode grid: merge its n_parts partials (groups
     with one split were written by the decode kernel itself)."""
+    pdl_launch(PDL)
+    pdl_wait(PDL)  # before the loads and the early exit: the partials are the decode kernel's
     seq = tl.program_id(0)
     gid = tl.program_id(1)
     q_start = tl.load(qsl_ptr + seq)
@@ -1011,6 +1020,7 @@ def attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
         else:
             part = out  # unused
         sem = _semaphores(q.device, nseq * ng) if fused else seq_lens  # unused unless fused
+        use_pdl, pdl_kw = pdl.enabled(), pdl.launch_kwargs()
         _attn_decode_kernel[(nseq, ng, S)](
             q, k_cache, v_cache, out, part, sem, query_start_loc, seq_lens, block_tables,
             S, min_part, align, q.stride(0), out.stride(0), block_tables.stride(0),
@@ -1019,14 +1029,14 @@ def attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
             BLOCK_HT=plan["BLOCK_HT"], BLOCK_N=plan["BLOCK_N"], BLOCK_DK=plan["BLOCK_DK"],
             BLOCK_DV=plan["BLOCK_DV"], BLOCK_SIZE=bs, SPLIT=split, FUSED_REDUCE=fused,
             SPLIT_CHUNK=plan["SPLIT_CHUNK"], QK_CHUNK=plan["QK_CHUNK"], V_EARLY=plan["V_EARLY"],
-            **common, **plan["opts"])
+            PDL=use_pdl, **common, **plan["opts"], **pdl_kw)
         if split and not fused:
             rplan = _reduce_plan(kind, dv, plan["HT"], S)
             _attn_reduce_kernel[(nseq, ng)](
                 out, part, query_start_loc, seq_lens, S, min_part, align, out.stride(0), window,
                 G=G, HT=plan["HT"], NHC=plan["NHC"], Dv=dv, BLOCK_HT=plan["BLOCK_HT"],
                 BLOCK_DV=plan["BLOCK_DV"], BLOCK_N=plan["BLOCK_N"], WINDOW=window > 0,
-                SPLIT_CHUNK=rplan["SPLIT_CHUNK"], **rplan["opts"])
+                SPLIT_CHUNK=rplan["SPLIT_CHUNK"], PDL=use_pdl, **rplan["opts"], **pdl_kw)
         return out
 
     # ---- prefill / mixed -------------------------------------------------------------------------
@@ -1124,7 +1134,7 @@ def compile_specs(kind: str = "rdna", dtypes: tuple = ("fp16", "bf16", "fp32"),
                       SOFTCAP=softcap_on, WINDOW=window_on, SPLIT=split, FUSED_REDUCE=fused,
                       SPLIT_CHUNK=_split_chunk(cfg["SPLIT_CHUNK"], G, d, cfg["num_warps"]),
                       DOT_F32=False, QK_CHUNK=_qk_chunk(cfg, d),
-                      V_EARLY=bool(cfg["V_EARLY"]) and _qk_chunk(cfg, d) == d)
+                      V_EARLY=bool(cfg["V_EARLY"]) and _qk_chunk(cfg, d) == d, PDL=False)
             types = {"q_ptr": ptr, "k_cache_ptr": ptr, "v_cache_ptr": ptr, "out_ptr": ptr,
                      "part_ptr": "*fp32", "sem_ptr": "*i32", "qsl_ptr": "*i32",
                      "seq_lens_ptr": "*i32", "block_tables_ptr": "*i32",
@@ -1139,7 +1149,8 @@ def compile_specs(kind: str = "rdna", dtypes: tuple = ("fp16", "bf16", "fp32"),
             cfg = _reduce_default(kind)
             ce = dict(G=G, HT=G, NHC=1, Dv=d, BLOCK_HT=G, BLOCK_DV=d, BLOCK_N=32,
                       WINDOW=window_on,
-                      SPLIT_CHUNK=_split_chunk(cfg["SPLIT_CHUNK"], G, d, cfg["num_warps"]))
+                      SPLIT_CHUNK=_split_chunk(cfg["SPLIT_CHUNK"], G, d, cfg["num_warps"]),
+                      PDL=False)
             types = {"out_ptr": ptr, "part_ptr": "*fp32", "qsl_ptr": "*i32",
                      "seq_lens_ptr": "*i32"}
             sig = _sig(_attn_reduce_kernel, types, ce)

@@ -55,7 +55,8 @@ import torch
 import triton
 import triton.language as tl
 
-from forge.kernels import tuning
+from forge.kernels import pdl, tuning
+from forge.kernels.pdl import pdl_launch, pdl_wait
 from forge.runtime.backend import QTensor
 
 LAYOUT = "planar-v2"
@@ -561,7 +562,10 @@ def _dequant_kernel(
     S, K, NSUB, stride_o,
     TYPE: tl.constexpr, SUB: tl.constexpr, GATHER: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr,
+    PDL: tl.constexpr,   # launched with programmatic dependent launch (forge/kernels/pdl.py)
 ):
+    pdl_launch(PDL)
+    pdl_wait(PDL)        # before the row ids (GATHER: token ids from earlier kernels) and out
     pid_n = tl.program_id(0)
     pid_s = tl.program_id(1)
     orow = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -621,8 +625,9 @@ def dequantize(qt: QTensor, rows: torch.Tensor | None = None,
     _dequant_kernel[grid](
         *plane_args(qt), rows if rows is not None else q, out, n, cols, nsub, out.stride(0),
         TYPE=qt.ggml_type, SUB=info.sub, GATHER=rows is not None, BLOCK_N=bn, BLOCK_S=bs,
-        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+        PDL=pdl.enabled(), num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
         enable_fp_fusion=False,  # w = q*s + b rounded twice, exactly like gguf-py
+        **pdl.launch_kwargs(),
     )
     return out
 
@@ -662,13 +667,13 @@ def _compile_specs() -> list[dict]:
             sig = dict(plane_signature(tid))
             sig.update({f"s_{p}": "i32" for p in PLANES})
             sig.update({"idx_ptr": "*i64", "out_ptr": out, "S": "i32", "K": "i32",
-                        "NSUB": "i32", "stride_o": "i32"})
+                        "NSUB": "i32", "stride_o": "i32", "PDL": "constexpr"})
             specs.append({
                 "name": f"_dequant_kernel[{info.name},{out[1:]}{',gather' if gather else ''}]",
                 "fn": _dequant_kernel,
                 "signature": sig,
                 "constexprs": {"TYPE": tid, "SUB": info.sub, "GATHER": gather,
-                               "BLOCK_N": cfg["BLOCK_N"], "BLOCK_S": cfg["BLOCK_S"]},
+                               "BLOCK_N": cfg["BLOCK_N"], "BLOCK_S": cfg["BLOCK_S"], "PDL": False},
                 "attrs": jit_attrs(_dequant_kernel, sig,
                                    ("s_q", "s_qh", "s_sc", "s_d", "K", "stride_o")),
                 "num_warps": cfg["num_warps"], "num_stages": cfg["num_stages"],

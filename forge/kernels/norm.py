@@ -15,7 +15,8 @@ import torch
 import triton
 import triton.language as tl
 
-from forge.kernels import tuning
+from forge.kernels import pdl, tuning
+from forge.kernels.pdl import pdl_launch, pdl_wait
 
 _FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 MAX_SINGLE_BLOCK = 8192  # widest row held in registers at once; wider rows loop over chunks
@@ -35,7 +36,10 @@ def _rms_norm_kernel(
     BLOCK_N: tl.constexpr,
     BLOCK_D: tl.constexpr,
     SINGLE: tl.constexpr,   # True: the whole row fits in BLOCK_D (one load, kept in registers)
+    PDL: tl.constexpr,      # launched with programmatic dependent launch (forge/kernels/pdl.py)
 ):
+    pdl_launch(PDL)
+    pdl_wait(PDL)           # before any load: x / residual come from the previous kernel
     pid = tl.program_id(0)
     rows = pid * BLOCK_N + tl.arange(0, BLOCK_N)        # N < 2^31: 32-bit row ids
     row_ok = rows < N
@@ -147,7 +151,8 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.
         x, residual if residual is not None else x, weight, y, h,
         n, d, b, sxa, sxb, sra, srb, eps,
         HAS_RES=residual is not None, BLOCK_N=cfg["BLOCK_N"], BLOCK_D=block_d, SINGLE=single,
-        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+        PDL=pdl.enabled(), num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+        **pdl.launch_kwargs(),
     )
     return y if residual is None else (y, h)
 
@@ -165,8 +170,10 @@ def _spec(dtype: str, wdtype: str, has_res: bool, block_n: int, block_d: int, si
             "stride_xa": "i64", "stride_xb": "i64", "stride_ra": "i64", "stride_rb": "i64",
             "eps": "fp32",
             "HAS_RES": "constexpr", "BLOCK_N": "constexpr", "BLOCK_D": "constexpr", "SINGLE": "constexpr",
+            "PDL": "constexpr",
         },
-        "constexprs": {"HAS_RES": has_res, "BLOCK_N": block_n, "BLOCK_D": block_d, "SINGLE": single},
+        "constexprs": {"HAS_RES": has_res, "BLOCK_N": block_n, "BLOCK_D": block_d, "SINGLE": single,
+                       "PDL": False},
         "num_warps": num_warps,
         "num_stages": 1,
         "bucket": tuning.bucket(D=d),  # what the launcher asks the tables for at this shape
@@ -180,3 +187,13 @@ COMPILE_SPECS: list[dict] = [
     _spec("bf16", "fp32", False, 8, 256, True, 4, 256),        # QK norm, Dh = 256 (Gemma 3)
     _spec("bf16", "bf16", True, 1, 8192, False, 16, 16384),    # very wide rows: chunked loop
 ]
+
+
+def _pdl_spec(spec: dict) -> dict:
+    """`spec` with PDL on (griddepcontrol), as it launches on Hopper: NVIDIA targets only
+    (AMD has no griddepcontrol; pdl.enabled() is False there)."""
+    return {**spec, "name": spec["name"] + "_pdl", "constexprs": {**spec["constexprs"], "PDL": True},
+            "vendors": ["nvidia"]}
+
+
+COMPILE_SPECS.append(_pdl_spec(COMPILE_SPECS[0]))

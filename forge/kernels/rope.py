@@ -29,7 +29,8 @@ import torch
 import triton
 import triton.language as tl
 
-from forge.kernels import tuning
+from forge.kernels import pdl, tuning
+from forge.kernels.pdl import pdl_launch, pdl_wait
 from forge.runtime.backend import RopeSpec
 
 STYLES = ("norm", "neox")
@@ -106,8 +107,11 @@ def _rope_kernel(
     kc_s0, kc_s1, kc_s2, vc_s0, vc_s1, vc_s2,
     ROT: tl.constexpr, NEOX: tl.constexpr,
     BLOCK_H: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_DV: tl.constexpr,
+    PDL: tl.constexpr,   # launched with programmatic dependent launch (forge/kernels/pdl.py)
 ):
     HALF: tl.constexpr = ROT // 2
+    pdl_launch(PDL)
+    pdl_wait(PDL)        # before any load (q/k/v, positions, slots) and the cache writes
     t = tl.program_id(0).to(tl.int64)
     hb = tl.program_id(1)
     nqb = tl.cdiv(H, BLOCK_H)
@@ -259,8 +263,8 @@ def rope(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Ten
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
         ROT=rot, NEOX=spec.style == "neox", BLOCK_H=block_h,
         BLOCK_R=triton.next_power_of_2(rot // 2), BLOCK_P=_pass_block(dh - rot),
-        BLOCK_DV=triton.next_power_of_2(dv),
-        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+        BLOCK_DV=triton.next_power_of_2(dv), PDL=pdl.enabled(),
+        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], **pdl.launch_kwargs(),
     )
     return q_out
 
@@ -276,12 +280,12 @@ def _spec(name: str, act: str, cache: str, rot: int, neox: bool, block_h: int,
         "kc_s0": "i64", "kc_s1": "i64", "kc_s2": "i64", "vc_s0": "i64", "vc_s1": "i64", "vc_s2": "i64",
         "ROT": "constexpr", "NEOX": "constexpr",
         "BLOCK_H": "constexpr", "BLOCK_R": "constexpr", "BLOCK_P": "constexpr",
-        "BLOCK_DV": "constexpr",
+        "BLOCK_DV": "constexpr", "PDL": "constexpr",
     }
     return {"name": name, "fn": _rope_kernel, "signature": sig,
             "constexprs": {"ROT": rot, "NEOX": neox, "BLOCK_H": block_h,
                            "BLOCK_R": triton.next_power_of_2(rot // 2), "BLOCK_P": _pass_block(d - rot),
-                           "BLOCK_DV": triton.next_power_of_2(dv)},
+                           "BLOCK_DV": triton.next_power_of_2(dv), "PDL": False},
             "num_warps": num_warps, "num_stages": 1, "bucket": tuning.bucket(H=h, D=d)}
 
 

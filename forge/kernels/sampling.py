@@ -43,7 +43,8 @@ import torch
 import triton
 import triton.language as tl
 
-from forge.kernels import tuning
+from forge.kernels import pdl, tuning
+from forge.kernels.pdl import pdl_launch, pdl_wait
 from forge.runtime.backend import SamplingBatch
 
 _U64 = 1 << 64
@@ -585,7 +586,10 @@ def sample(logits: torch.Tensor, sb: SamplingBatch) -> tuple[torch.Tensor, torch
 
 
 @triton.jit
-def _argmax_part_kernel(x_ptr, pv_ptr, pi_ptr, V, stride_x, NB, BLOCK: tl.constexpr):
+def _argmax_part_kernel(x_ptr, pv_ptr, pi_ptr, V, stride_x, NB, BLOCK: tl.constexpr,
+                        PDL: tl.constexpr):
+    pdl_launch(PDL)
+    pdl_wait(PDL)  # the logits come from the previous kernel
     row = tl.program_id(0)
     blk = tl.program_id(1)
     offs = blk * BLOCK + tl.arange(0, BLOCK)
@@ -599,7 +603,9 @@ def _argmax_part_kernel(x_ptr, pv_ptr, pi_ptr, V, stride_x, NB, BLOCK: tl.conste
 
 
 @triton.jit
-def _argmax_merge_kernel(pv_ptr, pi_ptr, out_ptr, NB, V, NBP: tl.constexpr):
+def _argmax_merge_kernel(pv_ptr, pi_ptr, out_ptr, NB, V, NBP: tl.constexpr, PDL: tl.constexpr):
+    pdl_launch(PDL)
+    pdl_wait(PDL)  # the partials come from _argmax_part_kernel
     row = tl.program_id(0)
     offs = tl.arange(0, NBP)
     v = tl.load(pv_ptr + row * NB + offs, mask=offs < NB, other=float("-inf"))
@@ -631,9 +637,11 @@ def argmax(logits: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tenso
     nb = triton.cdiv(v, block)
     pv = torch.empty((s, nb), dtype=torch.float32, device=logits.device)
     pi = torch.empty((s, nb), dtype=torch.int32, device=logits.device)
-    _argmax_part_kernel[(s, nb)](logits, pv, pi, v, logits.stride(0), nb, BLOCK=block,
-                                 num_warps=4 if block >= 2048 else 1)
-    _argmax_merge_kernel[(s,)](pv, pi, out, nb, v, NBP=triton.next_power_of_2(nb), num_warps=1)
+    use_pdl, kw = pdl.enabled(), pdl.launch_kwargs()
+    _argmax_part_kernel[(s, nb)](logits, pv, pi, v, logits.stride(0), nb, BLOCK=block, PDL=use_pdl,
+                                 num_warps=4 if block >= 2048 else 1, **kw)
+    _argmax_merge_kernel[(s,)](pv, pi, out, nb, v, NBP=triton.next_power_of_2(nb), PDL=use_pdl,
+                               num_warps=1, **kw)
     return out
 
 
@@ -686,10 +694,10 @@ COMPILE_SPECS: list[dict] = [
      "constexprs": {"HAS_OUT": True, "BLOCK": 256}, "num_warps": 4, "num_stages": 1},
     {"name": "argmax_part", "fn": _argmax_part_kernel,
      "signature": {"x_ptr": "*fp32", "pv_ptr": "*fp32", "pi_ptr": "*i32", "V": "i32",
-                   "stride_x": "i32", "NB": "i32", "BLOCK": "constexpr"},
-     "constexprs": {"BLOCK": ARGMAX_BLOCK}, "num_warps": 4, "num_stages": 1},
+                   "stride_x": "i32", "NB": "i32", "BLOCK": "constexpr", "PDL": "constexpr"},
+     "constexprs": {"BLOCK": ARGMAX_BLOCK, "PDL": False}, "num_warps": 4, "num_stages": 1},
     {"name": "argmax_merge", "fn": _argmax_merge_kernel,
      "signature": {"pv_ptr": "*fp32", "pi_ptr": "*i32", "out_ptr": "*i64", "NB": "i32", "V": "i32",
-                   "NBP": "constexpr"},
-     "constexprs": {"NBP": 32}, "num_warps": 1, "num_stages": 1},
+                   "NBP": "constexpr", "PDL": "constexpr"},
+     "constexprs": {"NBP": 32, "PDL": False}, "num_warps": 1, "num_stages": 1},
 ]

@@ -15,9 +15,15 @@ import torch
 import triton
 import triton.language as tl
 
+from forge.kernels import pdl
+from forge.kernels.pdl import pdl_launch, pdl_wait
+
 
 @triton.jit
-def _advance_kernel(tok_ptr, pos_ptr, seq_ptr, slot_ptr, meta_ptr, ids_ptr, BLOCK: tl.constexpr):
+def _advance_kernel(tok_ptr, pos_ptr, seq_ptr, slot_ptr, meta_ptr, ids_ptr, BLOCK: tl.constexpr,
+                    PDL: tl.constexpr):
+    pdl_launch(PDL)
+    pdl_wait(PDL)           # meta, ids and the inputs are written by earlier work
     n = tl.load(meta_ptr)
     flag = tl.load(meta_ptr + 1)
     i = tl.arange(0, BLOCK)
@@ -46,13 +52,14 @@ def advance_inputs(token_ids: torch.Tensor, positions: torch.Tensor, seq_lens: t
         raise ValueError(f"meta: expected int32 [2] on {token_ids.device}, got {meta.dtype} "
                          f"{tuple(meta.shape)}")
     _advance_kernel[(1,)](token_ids, positions, seq_lens, slot_mapping, meta, ids,
-                          BLOCK=max(16, triton.next_power_of_2(B)), num_warps=1)
+                          BLOCK=max(16, triton.next_power_of_2(B)), PDL=pdl.enabled(), num_warps=1,
+                          **pdl.launch_kwargs())
 
 
 COMPILE_SPECS: list[dict] = [
     {"name": f"advance_B{b}", "fn": _advance_kernel,
      "signature": {"tok_ptr": "*i32", "pos_ptr": "*i32", "seq_ptr": "*i32", "slot_ptr": "*i64",
-                   "meta_ptr": "*i32", "ids_ptr": "*i64", "BLOCK": "constexpr"},
-     "constexprs": {"BLOCK": b}, "num_warps": w, "num_stages": 1}
+                   "meta_ptr": "*i32", "ids_ptr": "*i64", "BLOCK": "constexpr", "PDL": "constexpr"},
+     "constexprs": {"BLOCK": b, "PDL": False}, "num_warps": w, "num_stages": 1}
     for b, w in ((16, 1), (512, 1))
 ]

@@ -1,0 +1,107 @@
+"""Programmatic Dependent Launch (PDL) for the small decode-path kernels (NVIDIA Hopper and later).
+
+A kernel launched with `launch_pdl=True` (`**launch_kwargs()`) may be scheduled while the kernel
+before it on the stream is still finishing (its last programs running, its stores not yet
+flushed), which hides most of the launch gap between the short kernels of a captured decode
+graph. The ordering is then the kernel's own job, through two PTX instructions (`griddepcontrol`,
+Triton's `tl.extra.cuda.gdc_wait` / `gdc_launch_dependents`), wrapped here as `pdl_wait(PDL)` and
+`pdl_launch(PDL)` so that with PDL=False (the interpreter, AMD, pre-Hopper, FORGE_PDL=0) they are
+never traced and the kernel compiles exactly as without them.
+
+Rules for a kernel launched with launch_pdl=True:
+
+1. Every program MUST execute `pdl_wait(PDL)` unconditionally, before it reads anything an
+   earlier kernel wrote or writes anything an earlier kernel reads, and before any early return.
+   The wait blocks until the previous grid has completed and its memory is visible. A program
+   that skips it (or returns first) races with its predecessor, and, worse, lets its own grid
+   complete before the predecessor has, so the next kernel's wait no longer covers that
+   predecessor: the ordering is transitive only through kernels that wait.
+2. Work that touches only constant data (weights, tables fixed before the graph was captured) may
+   come before the wait. Keep it simple: the kernels here wait first.
+3. `pdl_launch(PDL)` (launch_dependents) may be called anywhere, typically first: it only lets
+   the next kernel be scheduled once every program of this grid has called it or exited; that
+   kernel still waits for this grid's completion and memory flush in its own `pdl_wait`.
+4. Kernels launched without the attribute (torch ops, copies, other Triton kernels) wait for
+   their predecessor as usual, and a PDL kernel after them waits in `pdl_wait`: mixing PDL and
+   non-PDL launches on a stream, inside or outside a CUDA graph, is safe.
+
+`enabled()` decides once per process (`reset()` forgets it, for tests): True only without
+TRITON_INTERPRET, on an NVIDIA GPU (torch.version.hip is None) of compute capability >= 9.0,
+with a Triton that has gdc_wait / gdc_launch_dependents, and unless FORGE_PDL=0.
+"""
+from __future__ import annotations
+
+import os
+
+import triton
+import triton.language as tl
+
+try:  # triton/language/extra/cuda/gdc.py (Triton >= 3.3)
+    from triton.language.extra import cuda as _tl_cuda
+except ImportError:  # pragma: no cover - a Triton without the CUDA extras
+    _tl_cuda = None
+
+_ENABLED: bool | None = None
+
+
+def _truthy(v: str | None) -> bool:
+    return (v or "").strip().lower() in ("1", "true", "on", "yes")
+
+
+def has_gdc() -> bool:
+    """Whether this Triton exposes griddepcontrol (tl.extra.cuda.gdc_wait and friends)."""
+    return (_tl_cuda is not None and hasattr(_tl_cuda, "gdc_wait")
+            and hasattr(_tl_cuda, "gdc_launch_dependents"))
+
+
+def _detect() -> bool:
+    if os.environ.get("FORGE_PDL", "").strip() == "0":
+        return False
+    if _truthy(os.environ.get("TRITON_INTERPRET")):
+        return False
+    if not has_gdc():
+        return False
+    try:
+        import torch
+
+        if not torch.cuda.is_available() or torch.version.hip is not None:
+            return False
+        major, _ = torch.cuda.get_device_capability()
+    except Exception:  # noqa: BLE001 - no usable CUDA: no PDL
+        return False
+    return major >= 9
+
+
+def enabled() -> bool:
+    """Whether the decode-path kernels are launched with PDL (see the module notes); cached."""
+    global _ENABLED
+    if _ENABLED is None:
+        _ENABLED = _detect()
+    return _ENABLED
+
+
+def reset() -> None:
+    """Forget the cached `enabled()` answer (tests that change FORGE_PDL or the environment)."""
+    global _ENABLED
+    _ENABLED = None
+
+
+def launch_kwargs() -> dict:
+    """Extra keyword arguments for a kernel launch: {"launch_pdl": True} when enabled()."""
+    return {"launch_pdl": True} if enabled() else {}
+
+
+@triton.jit
+def pdl_wait(PDL: tl.constexpr):
+    """griddepcontrol.wait when PDL: block until the previous grid has completed and its memory
+    operations are visible. Must run in every program before any dependent access."""
+    if PDL:
+        tl.extra.cuda.gdc_wait()
+
+
+@triton.jit
+def pdl_launch(PDL: tl.constexpr):
+    """griddepcontrol.launch_dependents when PDL: allow the next kernel to be scheduled once every
+    program of this grid has got here (or exited). Safe anywhere; it orders no memory."""
+    if PDL:
+        tl.extra.cuda.gdc_launch_dependents()
