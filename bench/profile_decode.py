@@ -59,7 +59,8 @@ def main() -> None:
                 eng.step()
                 torch.cuda.synchronize()
                 pr.disable()
-                pstats.Stats(pr).sort_stats("tottime").print_stats(18)
+                pstats.Stats(pr).sort_stats("tottime").print_stats(30)
+                pstats.Stats(pr).sort_stats("cumtime").print_stats(30)
             else:
                 eng.step()
                 torch.cuda.synchronize()

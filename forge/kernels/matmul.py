@@ -36,7 +36,7 @@ import torch
 import triton
 import triton.language as tl
 
-from forge.kernels import tuning
+from forge.kernels import pdl, tuning
 from forge.kernels.dequant import (
     BF16,
     F16,
@@ -62,6 +62,7 @@ from forge.kernels.dequant import (
     plane_args,
     plane_signature,
 )
+from forge.kernels.pdl import pdl_launch, pdl_wait
 from forge.runtime.backend import QTensor
 
 ACT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -654,12 +655,88 @@ def _gv_loads(q_ptr, qh_ptr, sc_ptr, d_ptr, s_q, s_qh, s_sc, s_d, r3, c0, c_end,
 
 
 @triton.jit
-def _gv_step(acc0, acc1, w, h, sc, d, x_ptr, t0, t1, K, stride_x, c0, c_end, mg, lm, zu,
+def _gv_xpre(xq_ptr, xs_ptr, t, stride_xq, stride_xs, c0, c_end, V: tl.constexpr,
+             E: tl.constexpr, BB: tl.constexpr, EVEN: tl.constexpr, ASM: tl.constexpr):
+    """Token row t's pre-quantized x (X_PRE, `quantize_x`) for chunks c0 .. c0 + BB - 1, in
+    the form `_gv_xq` returns: (packed words, per-word sums of the codes, chunk scales).
+    The sums come from dp4a against 0x01010101 (exact). Chunks past c_end read as 0."""
+    cb = c0 + tl.arange(0, BB)[None, None, :]
+    v3 = tl.arange(0, V)[:, None, None]
+    row = xq_ptr + t.to(tl.int64) * stride_xq
+    srow = xs_ptr + t.to(tl.int64) * stride_xs
+    if E == 8:      # (even-element word, odd-element word) per x word
+        off = ((cb * V + v3) * 2)[:, :, :, None] + tl.arange(0, 2)[None, None, None, :]
+        if EVEN:
+            u = tl.load(row + off)
+        else:
+            u = tl.load(row + off, mask=(cb < c_end)[:, :, :, None], other=0)
+        ev, od = tl.split(u.to(tl.uint32, bitcast=True))
+        ones = ev * 0 + 0x01010101
+        packed = (ev, od)
+        sums = _dp4a(ones, od, _dp4a(ones, ev, 0, ASM), ASM)
+    else:
+        tl.static_assert(E == 4, "pre-quantized x pairs with 4- and 8-bit codes")
+        if EVEN:
+            u = tl.load(row + cb * V + v3)
+        else:
+            u = tl.load(row + cb * V + v3, mask=cb < c_end, other=0)
+        u = u.to(tl.uint32, bitcast=True)
+        packed = (u,)
+        sums = _dp4a(u * 0 + 0x01010101, u, 0, ASM)
+    if EVEN:
+        scale = tl.load(srow + cb)
+    else:
+        scale = tl.load(srow + cb, mask=cb < c_end, other=0.0)
+    return packed, sums, scale
+
+
+@triton.jit
+def _anchor_q(q, dep, E: tl.constexpr):
+    """Packed int8 x with the dependency anchor (0) ORed into its first word."""
+    if E == 4:
+        r = (q[0] | dep,)
+    else:
+        r = (q[0] | dep, q[1])
+    return r
+
+
+@triton.jit
+def _gv_step(acc0, acc1, w, h, sc, d, x_ptr, xq_ptr, xs_ptr, t0, t1, K, stride_x, stride_xq,
+             stride_xs, c0, c_end, mg, lm, zu,
              TYPE: tl.constexpr, V: tl.constexpr, E: tl.constexpr, BB: tl.constexpr,
              BLOCK_T: tl.constexpr, EVEN: tl.constexpr, X_PAIRS: tl.constexpr,
-             X_INT8: tl.constexpr, ASM: tl.constexpr):
-    """One step of the GEMV: x of chunks c0 .. c0 + BB - 1 read and converted, the step's
-    weight words (w, h, sc, d) decoded against it into the accumulators (token rows t0, t1)."""
+             X_INT8: tl.constexpr, ASM: tl.constexpr, X_PRE: tl.constexpr):
+    """One step of the GEMV: x of chunks c0 .. c0 + BB - 1 read and converted (or, X_PRE, its
+    int8 codes read), the step's weight words (w, h, sc, d) decoded against it into the
+    accumulators (token rows t0, t1)."""
+    if X_PRE:
+        # x quantized once per GEMV by `quantize_x` (the same chunks and rounding as the
+        # in-kernel X_INT8 path below, so the results are identical): no per-program x
+        # conversion, half the x bytes of bf16
+        qa, sa, xsa = _gv_xpre(xq_ptr, xs_ptr, t0, stride_xq, stride_xs, c0, c_end, V, E, BB,
+                               EVEN, ASM)
+        qb, sb, xsb = qa, sa, xsa
+        if BLOCK_T == 2:
+            qb, sb, xsb = _gv_xpre(xq_ptr, xs_ptr, t1, stride_xq, stride_xs, c0, c_end, V, E,
+                                   BB, EVEN, ASM)
+        dep = _gv_dep(w, h, sc, d, zu, TYPE)
+        pa = _gv_ipart(w, h, lm, _anchor_q(qa, dep, E), TYPE, V, ASM)
+        acc0 = _gv_apply_q(acc0, pa, sa, xsa, 0, sc, d, TYPE, E)
+        if BLOCK_T == 2:
+            pb = _gv_ipart(w, h, lm, _anchor_q(qb, dep, E), TYPE, V, ASM)
+            acc1 = _gv_apply_q(acc1, pb, sb, xsb, 0, sc, d, TYPE, E)
+    else:
+        acc0, acc1 = _gv_step_x(acc0, acc1, w, h, sc, d, x_ptr, t0, t1, K, stride_x, c0, c_end,
+                                mg, lm, zu, TYPE, V, E, BB, BLOCK_T, EVEN, X_PAIRS, X_INT8, ASM)
+    return acc0, acc1
+
+
+@triton.jit
+def _gv_step_x(acc0, acc1, w, h, sc, d, x_ptr, t0, t1, K, stride_x, c0, c_end, mg, lm, zu,
+               TYPE: tl.constexpr, V: tl.constexpr, E: tl.constexpr, BB: tl.constexpr,
+               BLOCK_T: tl.constexpr, EVEN: tl.constexpr, X_PAIRS: tl.constexpr,
+               X_INT8: tl.constexpr, ASM: tl.constexpr):
+    """`_gv_step` with x read in its own dtype (converted per program and step)."""
     xa = _gv_x(x_ptr, t0, K, stride_x, c0, c_end, V, E, BB, EVEN, X_PAIRS)
     xb = xa
     if BLOCK_T == 2:
@@ -704,23 +781,30 @@ def _gv_step(acc0, acc1, w, h, sc, d, x_ptr, t0, t1, K, stride_x, c0, c_end, mg,
 @triton.jit
 def _linear_gemv_kernel(
     x_ptr,                          # [T, K] act dtype, row stride stride_x
+    xq_ptr, xs_ptr,                 # X_PRE: x's int8 codes [T, *] int32 words, scales [T, NCH]
     q_ptr,                          # [N, *] the "q" plane as int32 words (F32: float32)
     qh_ptr, sc_ptr, d_ptr,          # the other planes [N, *] (dequant.py; qh as int32 words)
     s_q, s_qh, s_sc, s_d,           # their row strides (elements of the pointer types)
     bias_ptr,                       # [N] (HAS_BIAS)
     out_ptr,                        # [T, N] act dtype (row stride stride_o) | [SPLIT_K, T, N] f32
-    T, N, K, NCH, stride_x, stride_o, CH_PER_SPLIT,
+    T, N, K, NCH, stride_x, stride_xq, stride_xs, stride_o, CH_PER_SPLIT,
     magic, lanes, zero,             # MAGIC, _lanes_mask(TYPE), 0 (see the GEMV notes)
     TYPE: tl.constexpr, V: tl.constexpr, E: tl.constexpr,
     BLOCK_T: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr, EVEN: tl.constexpr, X_PAIRS: tl.constexpr,
-    X_INT8: tl.constexpr, ASM: tl.constexpr, PREFETCH: tl.constexpr,
+    X_INT8: tl.constexpr, ASM: tl.constexpr, PREFETCH: tl.constexpr, X_PRE: tl.constexpr,
+    PDL: tl.constexpr,
 ):
     """BLOCK_K: columns per step = BB chunks of V x E elements (one chunk per thread).
     EVEN: every step whole (no masks). X_PAIRS: see `_gv_xpiece`. X_INT8: int8 activations
     and dp4a (see the notes above `_dp4a`; ASM: real dp4a, else emulated). PREFETCH: 0 = one
     step's loads at a time; 1 = the next step's weight loads issued before each decode, behind
-    a fence; 2 = the same without the fence (ptxas places them) (see the GEMV notes)."""
+    a fence; 2 = the same without the fence (ptxas places them) (see the GEMV notes).
+    X_PRE: x comes quantized (xq_ptr, xs_ptr: `quantize_x`), not from x_ptr (X_INT8 types).
+    PDL: launched with programmatic dependent launch (kernels/pdl.py): the weights are constant,
+    so with PREFETCH the first step's weight loads are issued before the wait for the previous
+    kernel (whose tail they overlap); x and the outputs only after it."""
+    pdl_launch(PDL)
     tl.static_assert(BLOCK_T == 1 or BLOCK_T == 2, "BLOCK_T must be 1 or 2")
     BB: tl.constexpr = BLOCK_K // (V * E)
     pid = tl.program_id(0)
@@ -745,28 +829,62 @@ def _linear_gemv_kernel(
         c_last = c_begin + (tl.cdiv(c_end - c_begin, BB) - 1) * BB
         w, h, sc, d = _gv_loads(q_ptr, qh_ptr, sc_ptr, d_ptr, s_q, s_qh, s_sc, s_d, r3,
                                 c_begin, c_end, TYPE, V, BB, EVEN)
+        pdl_wait(PDL)
         for c0 in range(c_begin, c_last, BB):
             wn, hn, scn, dn = _gv_loads(q_ptr, qh_ptr, sc_ptr, d_ptr, s_q, s_qh, s_sc, s_d,
                                         r3, c0 + BB, c_end, TYPE, V, BB, EVEN)
             if PREFETCH == 1:   # the fence: a store that never runs, before this step's x loads
                 tl.store(out_ptr, zero.to(out_ptr.dtype.element_ty), mask=zero != 0)
-            acc0, acc1 = _gv_step(acc0, acc1, w, h, sc, d, x_ptr, t0, t1, K, stride_x, c0,
-                                  c_end, mg, lm, zu, TYPE, V, E, BB, BLOCK_T, EVEN, X_PAIRS,
-                                  X_INT8, ASM)
+            acc0, acc1 = _gv_step(acc0, acc1, w, h, sc, d, x_ptr, xq_ptr, xs_ptr, t0, t1, K,
+                                  stride_x, stride_xq, stride_xs, c0, c_end, mg, lm, zu, TYPE,
+                                  V, E, BB, BLOCK_T, EVEN, X_PAIRS, X_INT8, ASM, X_PRE)
             w, h, sc, d = wn, hn, scn, dn
-        acc0, acc1 = _gv_step(acc0, acc1, w, h, sc, d, x_ptr, t0, t1, K, stride_x, c_last,
-                              c_end, mg, lm, zu, TYPE, V, E, BB, BLOCK_T, EVEN, X_PAIRS,
-                              X_INT8, ASM)
+        acc0, acc1 = _gv_step(acc0, acc1, w, h, sc, d, x_ptr, xq_ptr, xs_ptr, t0, t1, K,
+                              stride_x, stride_xq, stride_xs, c_last, c_end, mg, lm, zu, TYPE,
+                              V, E, BB, BLOCK_T, EVEN, X_PAIRS, X_INT8, ASM, X_PRE)
     else:
+        pdl_wait(PDL)
         for c0 in range(c_begin, c_end, BB):
             w, h, sc, d = _gv_loads(q_ptr, qh_ptr, sc_ptr, d_ptr, s_q, s_qh, s_sc, s_d, r3,
                                     c0, c_end, TYPE, V, BB, EVEN)
-            acc0, acc1 = _gv_step(acc0, acc1, w, h, sc, d, x_ptr, t0, t1, K, stride_x, c0,
-                                  c_end, mg, lm, zu, TYPE, V, E, BB, BLOCK_T, EVEN, X_PAIRS,
-                                  X_INT8, ASM)
+            acc0, acc1 = _gv_step(acc0, acc1, w, h, sc, d, x_ptr, xq_ptr, xs_ptr, t0, t1, K,
+                                  stride_x, stride_xq, stride_xs, c0, c_end, mg, lm, zu, TYPE,
+                                  V, E, BB, BLOCK_T, EVEN, X_PAIRS, X_INT8, ASM, X_PRE)
     _gv_store(acc0, t0, T, rows, bias_ptr, out_ptr, stride_o, pid_k, N, HAS_BIAS, SPLIT)
     if BLOCK_T == 2:
         _gv_store(acc1, t0 + 1, T, rows, bias_ptr, out_ptr, stride_o, pid_k, N, HAS_BIAS, SPLIT)
+
+
+@triton.jit
+def _xquant_kernel(
+    x_ptr,                          # [T, K] act dtype, row stride stride_x
+    xq_ptr,                         # [T, NCH * V * E / 4] int32 words of int8 codes
+    xs_ptr,                         # [T, NCH] float32 chunk scales
+    K, NCH, stride_x, stride_xq, stride_xs,
+    V: tl.constexpr, E: tl.constexpr, BB: tl.constexpr, EVEN: tl.constexpr,
+    X_PAIRS: tl.constexpr, PDL: tl.constexpr,
+):
+    """x quantized to int8 per GEMV chunk (V x E elements), exactly as the GEMV's in-kernel
+    X_INT8 path does it (`_gv_x` + `_gv_xq`), stored in the byte order its dp4a takes: per x
+    word, E = 8: (elements 0 2 4 6, elements 1 3 5 7), E = 4: (0 1 2 3). Program (t, block of
+    BB chunks); chunks past K read x as 0."""
+    pdl_launch(PDL)
+    pdl_wait(PDL)
+    t = tl.program_id(0)
+    c0 = tl.program_id(1) * BB
+    xs = _gv_x(x_ptr, t, K, stride_x, c0, NCH, V, E, BB, EVEN, X_PAIRS)
+    packed, sums, scale = _gv_xq(xs, E)
+    cb = c0 + tl.arange(0, BB)[None, None, :]
+    v3 = tl.arange(0, V)[:, None, None]
+    row = xq_ptr + t.to(tl.int64) * stride_xq
+    m = cb < NCH
+    if E == 8:
+        off = ((cb * V + v3) * 2)[:, :, :, None] + tl.arange(0, 2)[None, None, None, :]
+        u = tl.join(packed[0], packed[1]).to(tl.int32, bitcast=True)
+        tl.store(row + off, u, mask=m[:, :, :, None])
+    else:
+        tl.store(row + cb * V + v3, packed[0].to(tl.int32, bitcast=True), mask=m)
+    tl.store(xs_ptr + t.to(tl.int64) * stride_xs + cb, scale, mask=m)
 
 
 @triton.jit
@@ -775,8 +893,10 @@ def _linear_splitk_reduce_kernel(
     bias_ptr,    # [N] (HAS_BIAS)
     out_ptr,     # [T, N] act dtype, row stride stride_o
     TN, N, stride_o,
-    SPLIT_K: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK: tl.constexpr,
+    SPLIT_K: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr,
 ):
+    pdl_launch(PDL)
+    pdl_wait(PDL)
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     m = offs < TN
     acc = tl.zeros((BLOCK,), tl.float32)
@@ -888,7 +1008,7 @@ def gemv_default(ggml_type: int, T: int, N: int, K: int, cus: int = 16, warp: in
     bt = 1 if T <= 1 else MAX_BLOCK_T
     if interpreter:
         return {"BLOCK_N": 64, "BLOCK_K": epc * warp, "SPLIT_K": 1, "MAX_T": MAX_BLOCK_T,
-                "X_INT8": 0, "PREFETCH": 0, "num_warps": 1, "num_stages": 1}
+                "X_INT8": 0, "PREFETCH": 0, "X_PRE": 0, "num_warps": 1, "num_stages": 1}
     nw = None
     for cand in (4, 2, 8, 1):
         if nch % (warp * cand) == 0:
@@ -919,7 +1039,7 @@ def gemv_default(ggml_type: int, T: int, N: int, K: int, cus: int = 16, warp: in
     while bn > 1 and warps(bn, split) < target:
         bn //= 2
     return {"BLOCK_N": bn, "BLOCK_K": bb * epc, "SPLIT_K": split, "MAX_T": MAX_BLOCK_T,
-            "X_INT8": x_int8, "PREFETCH": 0, "num_warps": nw, "num_stages": 1}
+            "X_INT8": x_int8, "PREFETCH": 0, "X_PRE": 0, "num_warps": nw, "num_stages": 1}
 
 
 # T at and above which quantized weights take dequantize + torch.matmul on NVIDIA. The fused GEMM
@@ -1129,6 +1249,56 @@ def _gemv_planes(w: QTensor) -> list:
     return ptrs + strides
 
 
+# X_PRE: the last quantized x, reused by the next GEMV on the same tensor (unchanged since: its
+# version counter) and chunking; e.g. the q/k and v projections of a Q4_K_M layer share one.
+# The entry holds x weakly and is dropped when x is freed (a new tensor at the same address
+# must not hit). XQ_REUSE = False quantizes every call (the sweep times it so).
+XQ_REUSE = True
+_xq_last: list = []
+
+
+def _xq_blocks(nch: int) -> int:
+    """Chunks per quantize program: the largest of 128 .. 32 dividing nch (no masked tail),
+    else 32 (or fewer for short rows)."""
+    for bb in (128, 64, 32):
+        if nch % bb == 0:
+            return bb
+    return max(1, min(32, triton.next_power_of_2(nch)))
+
+
+def quantize_x(x: torch.Tensor, V: int, E: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """x [T, K] (bf16/fp16, unit column stride) -> (codes int32 [T, NCH * V * E / 4], scales
+    float32 [T, NCH]) for the GEMV's X_PRE path: chunks of V x E elements, each with scale
+    max|x| / 127 and round-to-nearest int8 codes, bit-identical to the in-kernel X_INT8
+    quantization."""
+    if x.dtype not in (torch.float16, torch.bfloat16) or x.dim() != 2 or x.stride(1) != 1:
+        raise ValueError(f"quantize_x: expected a 2-D float16/bfloat16 x with unit column "
+                         f"stride, got {x.dtype} {tuple(x.shape)}")
+    if XQ_REUSE and _xq_last:
+        ref, ver, ve, xq, xs = _xq_last[0]
+        if ref() is x and ver == x._version and ve == (V, E):
+            return xq, xs
+    T, K = x.shape
+    epc = V * E
+    nch = triton.cdiv(K, epc)
+    xq = torch.empty((T, nch * epc // 4), dtype=torch.int32, device=x.device)
+    xs = torch.empty((T, nch), dtype=torch.float32, device=x.device)
+    bb = _xq_blocks(nch)
+    if T > 0:
+        _xquant_kernel[(T, triton.cdiv(nch, bb))](
+            x, xq, xs, K, nch, x.stride(0), xq.stride(0), xs.stride(0),
+            V=V, E=E, BB=bb, EVEN=nch % bb == 0 and K % epc == 0,
+            X_PAIRS=x.dtype == torch.bfloat16 and x.stride(0) % 2 == 0 and x.data_ptr() % 4 == 0,
+            PDL=pdl.enabled(), num_warps=max(1, min(4, bb // 32)), num_stages=1,
+            **pdl.launch_kwargs())
+    _xq_last.clear()
+    if XQ_REUSE:
+        import weakref
+
+        _xq_last.append((weakref.ref(x, lambda _r: _xq_last.clear()), x._version, (V, E), xq, xs))
+    return xq, xs
+
+
 def _gemv(x: torch.Tensor, w: QTensor, bias, out: torch.Tensor, gv: dict) -> None:
     T = x.shape[0]
     N, K = w.shape
@@ -1146,21 +1316,26 @@ def _gemv(x: torch.Tensor, w: QTensor, bias, out: torch.Tensor, gv: dict) -> Non
     grid = (triton.cdiv(N, bn) * triton.cdiv(T, bt), split)
     dst = out if split == 1 else torch.empty((split, T, N), dtype=torch.float32, device=x.device)
     bias_arg = bias if bias is not None else out
+    x_int8 = bool(gv.get("X_INT8", 0)) and x.dtype != torch.float32 \
+        and TYPES[w.ggml_type].name in INT8_TYPES
+    x_pre = x_int8 and bool(gv.get("X_PRE", 0))
+    xq, xs = quantize_x(x, V, E) if x_pre else (x, x)
     _linear_gemv_kernel[grid](
-        x, *_gemv_planes(w), bias_arg, dst, T, N, K, nch, x.stride(0), out.stride(0), per,
+        x, xq, xs, *_gemv_planes(w), bias_arg, dst, T, N, K, nch, x.stride(0),
+        xq.stride(0) if x_pre else 0, xs.stride(0) if x_pre else 0, out.stride(0), per,
         MAGIC, _lanes_mask(w.ggml_type), 0,
         TYPE=w.ggml_type, V=V, E=E, BLOCK_T=bt, BLOCK_N=bn, BLOCK_K=bb * epc,
         HAS_BIAS=bias is not None, SPLIT=split > 1, EVEN=even,
         X_PAIRS=x.dtype == torch.bfloat16 and x.stride(0) % 2 == 0 and x.data_ptr() % 4 == 0,
-        X_INT8=bool(gv.get("X_INT8", 0)) and x.dtype != torch.float32
-        and TYPES[w.ggml_type].name in INT8_TYPES,
-        ASM=not _INTERPRET and torch.version.hip is None, PREFETCH=int(gv.get("PREFETCH", 0)),
-        num_warps=gv["num_warps"], num_stages=gv["num_stages"])
+        X_INT8=x_int8, ASM=not _INTERPRET and torch.version.hip is None,
+        PREFETCH=int(gv.get("PREFETCH", 0)), X_PRE=x_pre, PDL=pdl.enabled(),
+        num_warps=gv["num_warps"], num_stages=gv["num_stages"], **pdl.launch_kwargs())
     if split > 1:
         blk = 1024
         _linear_splitk_reduce_kernel[(triton.cdiv(T * N, blk),)](
             dst, bias_arg, out, T * N, N, out.stride(0),
-            SPLIT_K=split, HAS_BIAS=bias is not None, BLOCK=blk, num_warps=4)
+            SPLIT_K=split, HAS_BIAS=bias is not None, BLOCK=blk, PDL=pdl.enabled(),
+            num_warps=4, **pdl.launch_kwargs())
 
 
 def linear(x: torch.Tensor, w: QTensor, bias: torch.Tensor | None = None,
@@ -1235,22 +1410,28 @@ SPEC_FULL_TYPES = ("F16", "Q8_0", "Q4_K", "Q6_K")
 SPEC_PREFETCH = (("Q4_K", "nvidia", 32, 132, 1), ("Q8_0", "nvidia", 32, 132, 1),
                  ("Q4_K", "nvidia", 32, 132, 2), ("Q8_0", "nvidia", 32, 132, 2),
                  ("Q4_K", "amd", 64, 304, 1), ("Q4_K", "amd", 32, 96, 1))
+# The GEMV on pre-quantized x (X_PRE, NVIDIA, opt-in through tables): (type, PREFETCH, BLOCK_T).
+SPEC_XPRE = (("Q4_K", 0, 1), ("Q4_K", 2, 1), ("Q8_0", 2, 1), ("Q6_K", 0, 1), ("Q4_K", 0, 2),
+             ("Q5_K", 0, 1), ("Q4_0", 0, 1))
 # Integer arguments the JIT sees divisible by 16 at the specs' shapes (padded plane strides,
 # model-sized rows and strides).
-GEMV_DIVISIBLE = ("s_q", "s_qh", "s_sc", "s_d", "T", "N", "K", "NCH", "stride_x", "stride_o",
-                  "CH_PER_SPLIT", "magic")
+GEMV_DIVISIBLE = ("s_q", "s_qh", "s_sc", "s_d", "T", "N", "K", "NCH", "stride_x", "stride_xq",
+                  "stride_xs", "stride_o", "CH_PER_SPLIT", "magic")
 GEMM_DIVISIBLE = ("s_q", "s_qh", "s_sc", "s_d", "N", "K", "NSUB", "stride_x", "stride_o")
 
 
-def _gemv_signature(tid: int, act: str, split: bool, out: str | None = None) -> dict:
+def _gemv_signature(tid: int, act: str, split: bool, out: str | None = None,
+                    xpre: bool = False) -> dict:
     ps = plane_signature(tid)
     q = "*fp32" if TYPES[tid].name == "F32" else "*i32"
-    sig = {"x_ptr": act, "q_ptr": q, "qh_ptr": ps["qh_ptr"] if "qh" in TYPES[tid].planes else q,
+    sig = {"x_ptr": act, "xq_ptr": "*i32" if xpre else act, "xs_ptr": "*fp32" if xpre else act,
+           "q_ptr": q, "qh_ptr": ps["qh_ptr"] if "qh" in TYPES[tid].planes else q,
            "sc_ptr": ps["sc_ptr"] if "sc" in TYPES[tid].planes else q,
            "d_ptr": ps["d_ptr"] if "d" in TYPES[tid].planes else q}
     sig.update({f"s_{p}": "i32" for p in PLANES})
     sig.update({"bias_ptr": act, "out_ptr": "*fp32" if split else (out or act), "T": "i32", "N": "i32",
-                "K": "i32", "NCH": "i32", "stride_x": "i32", "stride_o": "i32",
+                "K": "i32", "NCH": "i32", "stride_x": "i32", "stride_xq": "i32",
+                "stride_xs": "i32", "stride_o": "i32",
                 "CH_PER_SPLIT": "i32", "magic": "i32", "lanes": "i32", "zero": "i32"})
     return sig
 
@@ -1275,24 +1456,31 @@ def _compile_specs() -> list[dict]:
                               ("*bf16", 2, False, 64, "amd", 304, 0),
                               ("*bf16", 2, False, 32, "amd", 96, 0),
                               ("*fp32", 1, False, 64, "amd", 304, 0)]
-        gemv_variants += [("*bf16", 1, False, warp, vendor, cus, pf)
+        gemv_variants = [v + (False,) for v in gemv_variants]
+        gemv_variants += [("*bf16", 1, False, warp, vendor, cus, pf, False)
                           for t, vendor, warp, cus, pf in SPEC_PREFETCH if t == info.name]
-        for act, bt, split, warp, vendor, cus, pf in gemv_variants:
+        gemv_variants += [("*bf16", bt, False, 32, "nvidia", 132, pf, True)
+                          for t, pf, bt in SPEC_XPRE if t == info.name]
+        for act, bt, split, warp, vendor, cus, pf, xpre in gemv_variants:
+            # NVIDIA's prefetching / pre-quantized forms as they launch on Hopper: with PDL
+            pdl_on = vendor == "nvidia" and (pf > 0 or xpre)
             act, _, out = act.partition(">")   # "*bf16>fp32": bf16 x, float32 out
             gv = gemv_default(tid, bt, 4096, 4096, cus=cus, warp=warp, vendor=vendor,
                               exact=act == "*fp32")
             x_int8 = bool(gv["X_INT8"])
             family = "cdna" if warp == 64 else "rdna" if vendor == "amd" else "nvidia"
-            sig = _gemv_signature(tid, act, split, "*" + out if out else None)
+            sig = _gemv_signature(tid, act, split, "*" + out if out else None, xpre)
             specs.append({
                 "name": (f"_linear_gemv_kernel[{info.name},{act[1:]}{'>' + out if out else ''},T{bt}"
-                         f"{',split' if split else ''}{f',prefetch{pf}' if pf else ''},{family}]"),
+                         f"{',split' if split else ''}{f',prefetch{pf}' if pf else ''}"
+                         f"{',xpre' if xpre else ''}{',pdl' if pdl_on else ''},{family}]"),
                 "fn": _linear_gemv_kernel, "signature": sig,
                 "constexprs": {"TYPE": tid, "V": V, "E": E, "BLOCK_T": bt,
                                "BLOCK_N": gv["BLOCK_N"], "BLOCK_K": gv["BLOCK_K"],
                                "HAS_BIAS": not split, "SPLIT": split, "EVEN": True,
                                "X_PAIRS": act == "*bf16", "X_INT8": x_int8,
-                               "ASM": vendor == "nvidia", "PREFETCH": pf},
+                               "ASM": vendor == "nvidia", "PREFETCH": pf, "X_PRE": xpre,
+                               "PDL": pdl_on},
                 "attrs": jit_attrs(_linear_gemv_kernel, sig, GEMV_DIVISIBLE),
                 "num_warps": gv["num_warps"], "num_stages": gv["num_stages"],
                 # informational: the arch family whose launcher default this is
@@ -1319,13 +1507,24 @@ def _compile_specs() -> list[dict]:
                 # informational: the launcher default picks these tiles on this vendor
                 "vendors": ("nvidia",) if vendor == "nvidia" else ("amd", "nvidia"),
             })
+    for act, (V, E) in (("*bf16", (4, 8)), ("*bf16", (4, 4)), ("*fp16", (4, 8))):
+        sig = {"x_ptr": act, "xq_ptr": "*i32", "xs_ptr": "*fp32", "K": "i32", "NCH": "i32",
+               "stride_x": "i32", "stride_xq": "i32", "stride_xs": "i32"}
+        specs.append({
+            "name": f"_xquant_kernel[{act[1:]},E{E}]", "fn": _xquant_kernel, "signature": sig,
+            "constexprs": {"V": V, "E": E, "BB": 128, "EVEN": True, "X_PAIRS": act == "*bf16",
+                           "PDL": True},
+            "attrs": jit_attrs(_xquant_kernel, sig, ("K", "NCH", "stride_x", "stride_xq",
+                                                     "stride_xs")),
+            "num_warps": 4, "num_stages": 1, "vendors": ("nvidia",),
+        })
     for act in ("*bf16", "*fp16", "*fp32"):
         sig = {"part_ptr": "*fp32", "bias_ptr": act, "out_ptr": act, "TN": "i32", "N": "i32",
                "stride_o": "i32"}
         specs.append({
             "name": f"_linear_splitk_reduce_kernel[{act[1:]}]",
             "fn": _linear_splitk_reduce_kernel, "signature": sig,
-            "constexprs": {"SPLIT_K": 4, "HAS_BIAS": True, "BLOCK": 1024},
+            "constexprs": {"SPLIT_K": 4, "HAS_BIAS": True, "BLOCK": 1024, "PDL": False},
             "attrs": jit_attrs(_linear_splitk_reduce_kernel, sig, ("TN", "N", "stride_o")),
             "num_warps": 4, "num_stages": 1,
         })

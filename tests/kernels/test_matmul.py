@@ -468,3 +468,144 @@ def test_type_entry_yields_to_a_higher_generic_table(monkeypatch, generic, speci
     got = mm._cfg("linear_gemv", dq.TYPE_IDS["Q4_K"], {"T": 1, "N": 64, "K": 256}, {"BLOCK_N": 1})
     want = {"generic": 5, "specific": 3}[wins]
     assert got["BLOCK_N"] == want
+
+
+# --- X_PRE: x quantized to int8 once per GEMV (quantize_x), then read by the GEMV ------------
+
+
+def _xq_reference(x: np.ndarray, V: int, E: int) -> tuple[np.ndarray, np.ndarray]:
+    """NumPy twin of the chunk quantization, in float32 as the kernels do it (scale =
+    max|x| / 127; codes = round-half-even(x * (127 / max|x|))): (codes int8 [T, NCH * V * E],
+    in element order, scales float32 [T, NCH])."""
+    T, K = x.shape
+    epc = V * E
+    nch = -(-K // epc)
+    xp = np.zeros((T, nch * epc), np.float32)
+    xp[:, :K] = x
+    ch = xp.reshape(T, nch, epc)
+    amax = np.abs(ch).max(axis=2)
+    with np.errstate(divide="ignore"):
+        inv = np.where(amax > 0, np.float32(127.0) / np.maximum(amax, np.float32(1e-30)),
+                       np.float32(0)).astype(np.float32)
+    codes = np.rint((ch * inv[:, :, None]).astype(np.float32)).astype(np.int8)
+    return codes.reshape(T, -1), (amax * np.float32(1.0 / 127.0)).astype(np.float32)
+
+
+def _xq_unpack(words: torch.Tensor, V: int, E: int) -> np.ndarray:
+    """quantize_x's int32 words -> int8 codes in element order [T, NCH * V * E]."""
+    b = words.cpu().contiguous().view(torch.int8).numpy()
+    T = b.shape[0]
+    if E == 4:                              # per x word: elements 0 1 2 3
+        return b.copy()
+    g = b.reshape(T, -1, 2, 4)              # per 8 elements: (0 2 4 6), (1 3 5 7)
+    out = np.empty((T, g.shape[1], 8), np.int8)
+    out[:, :, 0::2] = g[:, :, 0]
+    out[:, :, 1::2] = g[:, :, 1]
+    return out.reshape(T, -1)
+
+
+@pytest.mark.parametrize("VE", [(4, 8), (4, 4)])
+def test_quantize_x_matches_reference(VE, rng):
+    """Codes and scales of quantize_x against the float32 NumPy twin: rows that end inside a
+    chunk (the tail reads as 0), a zero chunk (scale 0, codes 0), several programs per row.
+    Exact on the CPU; on a GPU the product may be fused with the rounding (codes within 1)."""
+    V, E = VE
+    epc = V * E
+    for T, K, dtype in ((1, epc * 300 + 5, torch.bfloat16), (3, epc * 64, torch.float16),
+                        (2, epc * 7, torch.bfloat16)):
+        x = torch.from_numpy((rng.standard_normal((T, K)) * 3).astype(np.float32)).to(dtype)
+        x[:, :epc] = 0                      # an all-zero chunk
+        mm._xq_last.clear()
+        words, scales = mm.quantize_x(x.to(DEV), V, E)
+        nch = -(-K // epc)
+        assert tuple(words.shape) == (T, nch * epc // 4) and words.dtype == torch.int32
+        assert tuple(scales.shape) == (T, nch) and scales.dtype == torch.float32
+        codes = _xq_unpack(words, V, E)
+        want_c, want_s = _xq_reference(x.float().numpy(), V, E)
+        np.testing.assert_array_equal(scales.cpu().numpy(), want_s)
+        diff = np.abs(codes.astype(np.int32) - want_c.astype(np.int32))
+        assert diff.max() <= (0 if DEV == "cpu" else 1), f"T={T} K={K}: codes off by {diff.max()}"
+        assert np.all(codes[:, K:] == 0) and np.all(codes[:, :epc] == 0)
+        # the codes are what they claim: |x - code * scale| <= scale / 2 (+ rounding)
+        deq = codes[:, :K].reshape(T, -1).astype(np.float64) \
+            * np.repeat(want_s.astype(np.float64), epc, axis=1)[:, :K]
+        bound = np.repeat(want_s.astype(np.float64), epc, axis=1)[:, :K] * (0.5 + 1e-3)
+        assert np.all(np.abs(deq - x.double().numpy()) <= bound + 1e-12)
+    with pytest.raises(ValueError, match="quantize_x"):
+        mm.quantize_x(torch.zeros((2, 64), dtype=torch.float32, device=DEV), V, E)
+
+
+@pytest.mark.parametrize("name", mm.INT8_TYPES)
+def test_gemv_xpre_equals_in_kernel_int8(name, rng, tuning_table, monkeypatch):
+    """X_PRE (x quantized by quantize_x, read as codes) against the in-kernel X_INT8 path: the
+    same chunks, rounding and integer dots, so the same result (bit-identical on the CPU);
+    and against the float64 reference. Masked tail and whole steps, 1-3 token rows, split-K
+    with an uneven last split, PREFETCH 0 and 2."""
+    tid = int(gguf_type(name))
+    V, E = mm.gemv_shape(tid)
+    spy = KwargSpy(mm._linear_gemv_kernel)
+    monkeypatch.setattr(mm, "_linear_gemv_kernel", spy)
+    legacy = PREFETCH_SHAPES["Q4_0"] if dq.TYPES[tid].block == 32 else (256 * 5, 256 * 3, 16)
+    odd, even, bb = PREFETCH_SHAPES.get(name, legacy)
+    runs = [("odd", 1, torch.bfloat16, 1, 0), ("even", 2, torch.float16, 1, 2),
+            ("odd", 3, torch.bfloat16, 3, 2), ("even", 1, torch.bfloat16, 2, 0)]
+    weights = {"odd": make_weight(name, 37, odd, rng), "even": make_weight(name, 37, even, rng)}
+    for cols, T, dtype, split, pf in runs:
+        qt, w64 = weights[cols]
+        K = w64.shape[1]
+        blk = bb if cols == "odd" or dq.TYPES[tid].block != 256 else 8
+        x = torch.from_numpy(rng.standard_normal((T, K)).astype(np.float32)).to(dtype).to(DEV)
+        got = {}
+        for xpre in (0, 1):
+            tuning_table({"linear_gemv": {"*": {
+                "BLOCK_N": 32, "BLOCK_K": blk * V * E, "SPLIT_K": split, "MAX_T": 4,
+                "X_INT8": 1, "PREFETCH": pf, "X_PRE": xpre, "num_warps": 1}}})
+            got[xpre] = mm.linear(x, qt)
+            kw = spy.calls[-1]
+            assert kw["X_PRE"] == bool(xpre) and kw["X_INT8"]
+            assert kw["EVEN"] == (cols == "even")
+        err = rel_err(got[1], x.double().cpu().numpy() @ w64.T)
+        assert err < 1.5e-2, f"{cols} T={T} split {split} PREFETCH {pf}: {err:.3e}"
+        if DEV == "cpu":
+            assert torch.equal(got[1], got[0]), f"{cols} T={T} split {split} PREFETCH {pf}"
+        else:
+            assert rel_err(got[1], got[0].double().cpu().numpy()) < 1e-2
+    # float32 activations never take it (they stay exact)
+    qt, w64 = weights["odd"]
+    x = torch.from_numpy(rng.standard_normal((1, w64.shape[1])).astype(np.float32))
+    assert rel_err(mm.linear(x.to(DEV), qt), x.double().numpy() @ w64.T) < 1e-4
+    assert not spy.calls[-1]["X_PRE"]
+
+
+def test_quantize_x_reuse(rng, monkeypatch):
+    """Consecutive GEMVs on the same x share one quantization; a write to x, another chunking
+    or a new tensor (even at x's address once x is freed) quantize again."""
+    calls = []
+    kern = mm._xquant_kernel
+
+    class Spy:
+        def __getitem__(self, grid):
+            def launch(*a, **kw):
+                calls.append(grid)
+                return kern[grid](*a, **kw)
+            return launch
+
+    monkeypatch.setattr(mm, "_xquant_kernel", Spy())
+    mm._xq_last.clear()
+    x = torch.from_numpy(rng.standard_normal((1, 512)).astype(np.float32)).to(torch.bfloat16)
+    x = x.to(DEV)
+    a = mm.quantize_x(x, 4, 8)
+    b = mm.quantize_x(x, 4, 8)
+    assert len(calls) == 1 and a[0] is b[0]
+    mm.quantize_x(x, 4, 4)
+    assert len(calls) == 2
+    x.mul_(2)
+    c = mm.quantize_x(x, 4, 4)
+    assert len(calls) == 3
+    del x, a, b, c
+    assert not mm._xq_last                      # dropped with x
+    monkeypatch.setattr(mm, "XQ_REUSE", False)
+    y = torch.ones((1, 512), dtype=torch.bfloat16, device=DEV)
+    mm.quantize_x(y, 4, 8)
+    mm.quantize_x(y, 4, 8)
+    assert len(calls) == 5
