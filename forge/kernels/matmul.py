@@ -1420,11 +1420,12 @@ GEMV_DIVISIBLE = ("s_q", "s_qh", "s_sc", "s_d", "T", "N", "K", "NCH", "stride_x"
 GEMM_DIVISIBLE = ("s_q", "s_qh", "s_sc", "s_d", "N", "K", "NSUB", "stride_x", "stride_o")
 
 
-def _gemv_signature(tid: int, act: str, split: bool, out: str | None = None,
-                    xpre: bool = False) -> dict:
+def _gemv_signature(tid: int, act: str, split: bool, out: str | None = None) -> dict:
     ps = plane_signature(tid)
     q = "*fp32" if TYPES[tid].name == "F32" else "*i32"
-    sig = {"x_ptr": act, "xq_ptr": "*i32" if xpre else act, "xs_ptr": "*fp32" if xpre else act,
+    # (xq_ptr / xs_ptr are x again when X_PRE is off, unused: typed as X_PRE reads them so that
+    # a table entry with X_PRE on compiles against any spec)
+    sig = {"x_ptr": act, "xq_ptr": "*i32", "xs_ptr": "*fp32",
            "q_ptr": q, "qh_ptr": ps["qh_ptr"] if "qh" in TYPES[tid].planes else q,
            "sc_ptr": ps["sc_ptr"] if "sc" in TYPES[tid].planes else q,
            "d_ptr": ps["d_ptr"] if "d" in TYPES[tid].planes else q}
@@ -1469,7 +1470,7 @@ def _compile_specs() -> list[dict]:
                               exact=act == "*fp32")
             x_int8 = bool(gv["X_INT8"])
             family = "cdna" if warp == 64 else "rdna" if vendor == "amd" else "nvidia"
-            sig = _gemv_signature(tid, act, split, "*" + out if out else None, xpre)
+            sig = _gemv_signature(tid, act, split, "*" + out if out else None)
             specs.append({
                 "name": (f"_linear_gemv_kernel[{info.name},{act[1:]}{'>' + out if out else ''},T{bt}"
                          f"{',split' if split else ''}{f',prefetch{pf}' if pf else ''}"
