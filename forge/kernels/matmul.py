@@ -1008,7 +1008,7 @@ def gemv_default(ggml_type: int, T: int, N: int, K: int, cus: int = 16, warp: in
     bt = 1 if T <= 1 else MAX_BLOCK_T
     if interpreter:
         return {"BLOCK_N": 64, "BLOCK_K": epc * warp, "SPLIT_K": 1, "MAX_T": MAX_BLOCK_T,
-                "X_INT8": 0, "PREFETCH": 0, "X_PRE": 0, "num_warps": 1, "num_stages": 1}
+                "X_INT8": 0, "PREFETCH": 0, "X_PRE": 0, "PDL": 1, "num_warps": 1, "num_stages": 1}
     nw = None
     for cand in (4, 2, 8, 1):
         if nch % (warp * cand) == 0:
@@ -1039,7 +1039,7 @@ def gemv_default(ggml_type: int, T: int, N: int, K: int, cus: int = 16, warp: in
     while bn > 1 and warps(bn, split) < target:
         bn //= 2
     return {"BLOCK_N": bn, "BLOCK_K": bb * epc, "SPLIT_K": split, "MAX_T": MAX_BLOCK_T,
-            "X_INT8": x_int8, "PREFETCH": 0, "X_PRE": 0, "num_warps": nw, "num_stages": 1}
+            "X_INT8": x_int8, "PREFETCH": 0, "X_PRE": 0, "PDL": 1, "num_warps": nw, "num_stages": 1}
 
 
 # T at and above which quantized weights take dequantize + torch.matmul on NVIDIA. The fused GEMM
@@ -1320,6 +1320,8 @@ def _gemv(x: torch.Tensor, w: QTensor, bias, out: torch.Tensor, gv: dict) -> Non
         and TYPES[w.ggml_type].name in INT8_TYPES
     x_pre = x_int8 and bool(gv.get("X_PRE", 0))
     xq, xs = quantize_x(x, V, E) if x_pre else (x, x)
+    use_pdl = pdl.enabled() and bool(gv.get("PDL", 1))     # (a table may turn it off)
+    pdl_kw = {"launch_pdl": True} if use_pdl else {}
     _linear_gemv_kernel[grid](
         x, xq, xs, *_gemv_planes(w), bias_arg, dst, T, N, K, nch, x.stride(0),
         xq.stride(0) if x_pre else 0, xs.stride(0) if x_pre else 0, out.stride(0), per,
@@ -1328,8 +1330,8 @@ def _gemv(x: torch.Tensor, w: QTensor, bias, out: torch.Tensor, gv: dict) -> Non
         HAS_BIAS=bias is not None, SPLIT=split > 1, EVEN=even,
         X_PAIRS=x.dtype == torch.bfloat16 and x.stride(0) % 2 == 0 and x.data_ptr() % 4 == 0,
         X_INT8=x_int8, ASM=not _INTERPRET and torch.version.hip is None,
-        PREFETCH=int(gv.get("PREFETCH", 0)), X_PRE=x_pre, PDL=pdl.enabled(),
-        num_warps=gv["num_warps"], num_stages=gv["num_stages"], **pdl.launch_kwargs())
+        PREFETCH=int(gv.get("PREFETCH", 0)), X_PRE=x_pre, PDL=use_pdl,
+        num_warps=gv["num_warps"], num_stages=gv["num_stages"], **pdl_kw)
     if split > 1:
         blk = 1024
         _linear_splitk_reduce_kernel[(triton.cdiv(T * N, blk),)](
