@@ -1020,7 +1020,7 @@ def attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
         else:
             part = out  # unused
         sem = _semaphores(q.device, nseq * ng) if fused else seq_lens  # unused unless fused
-        use_pdl, pdl_kw = pdl.enabled(), pdl.launch_kwargs()
+        use_pdl, pdl_kw = pdl.active(), pdl.launch_kwargs()
         _attn_decode_kernel[(nseq, ng, S)](
             q, k_cache, v_cache, out, part, sem, query_start_loc, seq_lens, block_tables,
             S, min_part, align, q.stride(0), out.stride(0), block_tables.stride(0),

@@ -1289,7 +1289,7 @@ def quantize_x(x: torch.Tensor, V: int, E: int) -> tuple[torch.Tensor, torch.Ten
             x, xq, xs, K, nch, x.stride(0), xq.stride(0), xs.stride(0),
             V=V, E=E, BB=bb, EVEN=nch % bb == 0 and K % epc == 0,
             X_PAIRS=x.dtype == torch.bfloat16 and x.stride(0) % 2 == 0 and x.data_ptr() % 4 == 0,
-            PDL=pdl.enabled(), num_warps=max(1, min(4, bb // 32)), num_stages=1,
+            PDL=pdl.active(), num_warps=max(1, min(4, bb // 32)), num_stages=1,
             **pdl.launch_kwargs())
     _xq_last.clear()
     if XQ_REUSE:
@@ -1320,7 +1320,7 @@ def _gemv(x: torch.Tensor, w: QTensor, bias, out: torch.Tensor, gv: dict) -> Non
         and TYPES[w.ggml_type].name in INT8_TYPES
     x_pre = x_int8 and bool(gv.get("X_PRE", 0))
     xq, xs = quantize_x(x, V, E) if x_pre else (x, x)
-    use_pdl = pdl.enabled() and bool(gv.get("PDL", 1))     # (a table may turn it off)
+    use_pdl = pdl.active() and bool(gv.get("PDL", 1))     # (a table may turn it off)
     pdl_kw = {"launch_pdl": True} if use_pdl else {}
     _linear_gemv_kernel[grid](
         x, xq, xs, *_gemv_planes(w), bias_arg, dst, T, N, K, nch, x.stride(0),
@@ -1336,7 +1336,7 @@ def _gemv(x: torch.Tensor, w: QTensor, bias, out: torch.Tensor, gv: dict) -> Non
         blk = 1024
         _linear_splitk_reduce_kernel[(triton.cdiv(T * N, blk),)](
             dst, bias_arg, out, T * N, N, out.stride(0),
-            SPLIT_K=split, HAS_BIAS=bias is not None, BLOCK=blk, PDL=pdl.enabled(),
+            SPLIT_K=split, HAS_BIAS=bias is not None, BLOCK=blk, PDL=pdl.active(),
             num_warps=4, **pdl.launch_kwargs())
 
 

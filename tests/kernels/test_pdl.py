@@ -68,7 +68,11 @@ def test_enabled_on_supported_hopper(fresh_pdl):
     _fake_hopper(fresh_pdl)
     assert pdl.has_gdc()
     assert pdl.enabled()
-    assert pdl.launch_kwargs() == {"launch_pdl": True}
+    # launches take it only while a CUDA graph is being captured (the decode graphs)
+    fresh_pdl.setattr(pdl, "_capturing", lambda: True)
+    assert pdl.active() and pdl.launch_kwargs() == {"launch_pdl": True}
+    fresh_pdl.setattr(pdl, "_capturing", lambda: False)
+    assert not pdl.active() and pdl.launch_kwargs() == {}
 
 
 @pytest.mark.parametrize("why", ["interpreter", "FORGE_PDL=0", "sm80", "rocm", "no cuda", "no gdc"])
@@ -143,6 +147,7 @@ def test_launchers_pass_pdl(monkeypatch, on):
         m = sys.modules[mod]
         monkeypatch.setattr(m, name, _Recorder(name, calls))
     monkeypatch.setattr(pdl, "_ENABLED", on)
+    monkeypatch.setattr(pdl, "_capturing", lambda: True)   # as inside a decode graph capture
     # decode with a separate reduce launch (split, merge not fused)
     orig = attention._decode_default
     monkeypatch.setattr(attention, "_decode_default", lambda *a: dict(orig(*a), FUSED_REDUCE=0))
