@@ -1274,9 +1274,11 @@ def quantize_x(x: torch.Tensor, V: int, E: int) -> tuple[torch.Tensor, torch.Ten
     if x.dtype not in (torch.float16, torch.bfloat16) or x.dim() != 2 or x.stride(1) != 1:
         raise ValueError(f"quantize_x: expected a 2-D float16/bfloat16 x with unit column "
                          f"stride, got {x.dtype} {tuple(x.shape)}")
+    cap = _capturing(x.device)
     if XQ_REUSE and _xq_last:
-        ref, ver, ve, xq, xs = _xq_last[0]
-        if ref() is x and ver == x._version and ve == (V, E):
+        ref, ver, ve, was_cap, xq, xs = _xq_last[0]
+        # (never across a graph capture's edge: a captured GEMV must capture its quantization)
+        if ref() is x and ver == x._version and ve == (V, E) and was_cap == cap:
             return xq, xs
     T, K = x.shape
     epc = V * E
@@ -1295,7 +1297,8 @@ def quantize_x(x: torch.Tensor, V: int, E: int) -> tuple[torch.Tensor, torch.Ten
     if XQ_REUSE:
         import weakref
 
-        _xq_last.append((weakref.ref(x, lambda _r: _xq_last.clear()), x._version, (V, E), xq, xs))
+        _xq_last.append((weakref.ref(x, lambda _r: _xq_last.clear()), x._version, (V, E), cap,
+                         xq, xs))
     return xq, xs
 
 

@@ -578,8 +578,9 @@ def test_gemv_xpre_equals_in_kernel_int8(name, rng, tuning_table, monkeypatch):
 
 
 def test_quantize_x_reuse(rng, monkeypatch):
-    """Consecutive GEMVs on the same x share one quantization; a write to x, another chunking
-    or a new tensor (even at x's address once x is freed) quantize again."""
+    """Consecutive GEMVs on the same x share one quantization; a write to x, another chunking,
+    the start of a graph capture or a new tensor (even at x's address once x is freed)
+    quantize again."""
     calls = []
     kern = mm._xquant_kernel
 
@@ -602,10 +603,15 @@ def test_quantize_x_reuse(rng, monkeypatch):
     x.mul_(2)
     c = mm.quantize_x(x, 4, 4)
     assert len(calls) == 3
+    monkeypatch.setattr(mm, "_capturing", lambda dev: True)   # a graph capture began
+    mm.quantize_x(x, 4, 4)
+    assert len(calls) == 4
+    monkeypatch.undo()
+    monkeypatch.setattr(mm, "_xquant_kernel", Spy())
     del x, a, b, c
     assert not mm._xq_last                      # dropped with x
     monkeypatch.setattr(mm, "XQ_REUSE", False)
     y = torch.ones((1, 512), dtype=torch.bfloat16, device=DEV)
     mm.quantize_x(y, 4, 8)
     mm.quantize_x(y, 4, 8)
-    assert len(calls) == 5
+    assert len(calls) == 6
