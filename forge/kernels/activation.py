@@ -68,9 +68,9 @@ def _launch(gate: torch.Tensor, up: torch.Tensor, kind: str) -> torch.Tensor:
     cfg = tuning.get_config("act_mul", tuning.bucket(F=f), default)
     grid = (t, triton.cdiv(f, cfg["BLOCK_F"]))
     _act_mul_kernel[grid](gate, up, out, f, gate.stride(0), up.stride(0),
-                          GELU=kind == "gelu_tanh", BLOCK_F=cfg["BLOCK_F"], PDL=pdl.active(),
+                          GELU=kind == "gelu_tanh", BLOCK_F=cfg["BLOCK_F"],
                           num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
-                          **pdl.launch_kwargs())
+                          **pdl.launch_args())
     return out
 
 

@@ -1020,7 +1020,7 @@ def attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
         else:
             part = out  # unused
         sem = _semaphores(q.device, nseq * ng) if fused else seq_lens  # unused unless fused
-        use_pdl, pdl_kw = pdl.active(), pdl.launch_kwargs()
+        pk = pdl.launch_args()  # one decision for both kernels
         _attn_decode_kernel[(nseq, ng, S)](
             q, k_cache, v_cache, out, part, sem, query_start_loc, seq_lens, block_tables,
             S, min_part, align, q.stride(0), out.stride(0), block_tables.stride(0),
@@ -1029,14 +1029,14 @@ def attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
             BLOCK_HT=plan["BLOCK_HT"], BLOCK_N=plan["BLOCK_N"], BLOCK_DK=plan["BLOCK_DK"],
             BLOCK_DV=plan["BLOCK_DV"], BLOCK_SIZE=bs, SPLIT=split, FUSED_REDUCE=fused,
             SPLIT_CHUNK=plan["SPLIT_CHUNK"], QK_CHUNK=plan["QK_CHUNK"], V_EARLY=plan["V_EARLY"],
-            PDL=use_pdl, **common, **plan["opts"], **pdl_kw)
+            **common, **plan["opts"], **pk)
         if split and not fused:
             rplan = _reduce_plan(kind, dv, plan["HT"], S)
             _attn_reduce_kernel[(nseq, ng)](
                 out, part, query_start_loc, seq_lens, S, min_part, align, out.stride(0), window,
                 G=G, HT=plan["HT"], NHC=plan["NHC"], Dv=dv, BLOCK_HT=plan["BLOCK_HT"],
                 BLOCK_DV=plan["BLOCK_DV"], BLOCK_N=plan["BLOCK_N"], WINDOW=window > 0,
-                SPLIT_CHUNK=rplan["SPLIT_CHUNK"], PDL=use_pdl, **rplan["opts"], **pdl_kw)
+                SPLIT_CHUNK=rplan["SPLIT_CHUNK"], **rplan["opts"], **pk)
         return out
 
     # ---- prefill / mixed -------------------------------------------------------------------------

@@ -625,9 +625,9 @@ def dequantize(qt: QTensor, rows: torch.Tensor | None = None,
     _dequant_kernel[grid](
         *plane_args(qt), rows if rows is not None else q, out, n, cols, nsub, out.stride(0),
         TYPE=qt.ggml_type, SUB=info.sub, GATHER=rows is not None, BLOCK_N=bn, BLOCK_S=bs,
-        PDL=pdl.active(), num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
         enable_fp_fusion=False,  # w = q*s + b rounded twice, exactly like gguf-py
-        **pdl.launch_kwargs(),
+        **pdl.launch_args(),
     )
     return out
 

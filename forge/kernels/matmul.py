@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import functools
 import os
+import weakref
 
 import torch
 import triton
@@ -1291,12 +1292,9 @@ def quantize_x(x: torch.Tensor, V: int, E: int) -> tuple[torch.Tensor, torch.Ten
             x, xq, xs, K, nch, x.stride(0), xq.stride(0), xs.stride(0),
             V=V, E=E, BB=bb, EVEN=nch % bb == 0 and K % epc == 0,
             X_PAIRS=x.dtype == torch.bfloat16 and x.stride(0) % 2 == 0 and x.data_ptr() % 4 == 0,
-            PDL=pdl.active(), num_warps=max(1, min(4, bb // 32)), num_stages=1,
-            **pdl.launch_kwargs())
+            num_warps=max(1, min(4, bb // 32)), num_stages=1, **pdl.launch_args())
     _xq_last.clear()
     if XQ_REUSE:
-        import weakref
-
         _xq_last.append((weakref.ref(x, lambda _r: _xq_last.clear()), x._version, (V, E), cap,
                          xq, xs))
     return xq, xs
@@ -1323,8 +1321,6 @@ def _gemv(x: torch.Tensor, w: QTensor, bias, out: torch.Tensor, gv: dict) -> Non
         and TYPES[w.ggml_type].name in INT8_TYPES
     x_pre = x_int8 and bool(gv.get("X_PRE", 0))
     xq, xs = quantize_x(x, V, E) if x_pre else (x, x)
-    use_pdl = pdl.active() and bool(gv.get("PDL", 1))     # (a table may turn it off)
-    pdl_kw = {"launch_pdl": True} if use_pdl else {}
     _linear_gemv_kernel[grid](
         x, xq, xs, *_gemv_planes(w), bias_arg, dst, T, N, K, nch, x.stride(0),
         xq.stride(0) if x_pre else 0, xs.stride(0) if x_pre else 0, out.stride(0), per,
@@ -1333,14 +1329,15 @@ def _gemv(x: torch.Tensor, w: QTensor, bias, out: torch.Tensor, gv: dict) -> Non
         HAS_BIAS=bias is not None, SPLIT=split > 1, EVEN=even,
         X_PAIRS=x.dtype == torch.bfloat16 and x.stride(0) % 2 == 0 and x.data_ptr() % 4 == 0,
         X_INT8=x_int8, ASM=not _INTERPRET and torch.version.hip is None,
-        PREFETCH=int(gv.get("PREFETCH", 0)), X_PRE=x_pre, PDL=use_pdl,
-        num_warps=gv["num_warps"], num_stages=gv["num_stages"], **pdl_kw)
+        PREFETCH=int(gv.get("PREFETCH", 0)), X_PRE=x_pre,
+        num_warps=gv["num_warps"], num_stages=gv["num_stages"],
+        **pdl.launch_args(bool(gv.get("PDL", 1))))   # (a table may turn it off)
     if split > 1:
         blk = 1024
         _linear_splitk_reduce_kernel[(triton.cdiv(T * N, blk),)](
             dst, bias_arg, out, T * N, N, out.stride(0),
-            SPLIT_K=split, HAS_BIAS=bias is not None, BLOCK=blk, PDL=pdl.active(),
-            num_warps=4, **pdl.launch_kwargs())
+            SPLIT_K=split, HAS_BIAS=bias is not None, BLOCK=blk, num_warps=4,
+            **pdl.launch_args())
 
 
 def linear(x: torch.Tensor, w: QTensor, bias: torch.Tensor | None = None,

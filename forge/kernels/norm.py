@@ -151,8 +151,7 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.
         x, residual if residual is not None else x, weight, y, h,
         n, d, b, sxa, sxb, sra, srb, eps,
         HAS_RES=residual is not None, BLOCK_N=cfg["BLOCK_N"], BLOCK_D=block_d, SINGLE=single,
-        PDL=pdl.active(), num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
-        **pdl.launch_kwargs(),
+        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], **pdl.launch_args(),
     )
     return y if residual is None else (y, h)
 

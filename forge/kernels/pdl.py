@@ -25,8 +25,8 @@ Rules for a kernel launched with launch_pdl=True:
    their predecessor as usual, and a PDL kernel after them waits in `pdl_wait`: mixing PDL and
    non-PDL launches on a stream, inside or outside a CUDA graph, is safe.
 
-Launchers pass `PDL=active()` and `**launch_kwargs()`: PDL only while a CUDA graph is being
-captured (decode), see `active()`.
+Launchers pass `**launch_args()` (the PDL constexpr and the launch option together): PDL only
+while a CUDA graph is being captured (decode), see `active()`.
 
 `enabled()` decides once per process (`reset()` forgets it, for tests): True only without
 TRITON_INTERPRET, on an NVIDIA GPU (torch.version.hip is None) of compute capability >= 9.0,
@@ -103,9 +103,16 @@ def active() -> bool:
     return enabled() and _capturing()
 
 
+def launch_args(allow: bool = True) -> dict:
+    """Keyword arguments for one launch of a kernel with a `PDL` constexpr, from one active()
+    query: {"PDL": True, "launch_pdl": True} when `allow` (e.g. a table's "PDL" key) and
+    active(), else {"PDL": False}. The flag and the launch option always agree."""
+    return {"PDL": True, "launch_pdl": True} if allow and active() else {"PDL": False}
+
+
 def launch_kwargs() -> dict:
-    """Extra keyword arguments for a kernel launch: {"launch_pdl": True} when active()."""
-    return {"launch_pdl": True} if active() else {}
+    """The launch option alone: {"launch_pdl": True} when active(), else {}."""
+    return {k: v for k, v in launch_args().items() if k != "PDL"}
 
 
 @triton.jit

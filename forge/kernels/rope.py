@@ -263,8 +263,8 @@ def rope(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Ten
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
         ROT=rot, NEOX=spec.style == "neox", BLOCK_H=block_h,
         BLOCK_R=triton.next_power_of_2(rot // 2), BLOCK_P=_pass_block(dh - rot),
-        BLOCK_DV=triton.next_power_of_2(dv), PDL=pdl.active(),
-        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], **pdl.launch_kwargs(),
+        BLOCK_DV=triton.next_power_of_2(dv),
+        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], **pdl.launch_args(),
     )
     return q_out
 

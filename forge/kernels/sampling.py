@@ -637,11 +637,11 @@ def argmax(logits: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tenso
     nb = triton.cdiv(v, block)
     pv = torch.empty((s, nb), dtype=torch.float32, device=logits.device)
     pi = torch.empty((s, nb), dtype=torch.int32, device=logits.device)
-    use_pdl, kw = pdl.active(), pdl.launch_kwargs()
-    _argmax_part_kernel[(s, nb)](logits, pv, pi, v, logits.stride(0), nb, BLOCK=block, PDL=use_pdl,
-                                 num_warps=4 if block >= 2048 else 1, **kw)
-    _argmax_merge_kernel[(s,)](pv, pi, out, nb, v, NBP=triton.next_power_of_2(nb), PDL=use_pdl,
-                               num_warps=1, **kw)
+    pk = pdl.launch_args()  # one decision for both kernels
+    _argmax_part_kernel[(s, nb)](logits, pv, pi, v, logits.stride(0), nb, BLOCK=block,
+                                 num_warps=4 if block >= 2048 else 1, **pk)
+    _argmax_merge_kernel[(s,)](pv, pi, out, nb, v, NBP=triton.next_power_of_2(nb), num_warps=1,
+                               **pk)
     return out
 
 

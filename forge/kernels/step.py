@@ -52,8 +52,8 @@ def advance_inputs(token_ids: torch.Tensor, positions: torch.Tensor, seq_lens: t
         raise ValueError(f"meta: expected int32 [2] on {token_ids.device}, got {meta.dtype} "
                          f"{tuple(meta.shape)}")
     _advance_kernel[(1,)](token_ids, positions, seq_lens, slot_mapping, meta, ids,
-                          BLOCK=max(16, triton.next_power_of_2(B)), PDL=pdl.active(), num_warps=1,
-                          **pdl.launch_kwargs())
+                          BLOCK=max(16, triton.next_power_of_2(B)), num_warps=1,
+                          **pdl.launch_args())
 
 
 COMPILE_SPECS: list[dict] = [

@@ -1,7 +1,7 @@
 """Programmatic Dependent Launch (forge/kernels/pdl.py) for the decode-path kernels.
 
 - CPU: when `pdl.enabled()` says yes (env, interpreter, vendor, capability, Triton), that every
-  launcher passes PDL=pdl.enabled() and **pdl.launch_kwargs(), and that no spec compiled for AMD
+  launcher passes **pdl.launch_args() (PDL and launch_pdl together), and that no spec compiled for AMD
   has PDL on.
 - CPU, compiled for sm90 in a subprocess (no GPU): with PDL=True each kernel's PTX has
   griddepcontrol.launch_dependents and griddepcontrol.wait, the wait ahead of every global memory
@@ -71,8 +71,11 @@ def test_enabled_on_supported_hopper(fresh_pdl):
     # launches take it only while a CUDA graph is being captured (the decode graphs)
     fresh_pdl.setattr(pdl, "_capturing", lambda: True)
     assert pdl.active() and pdl.launch_kwargs() == {"launch_pdl": True}
+    assert pdl.launch_args() == {"PDL": True, "launch_pdl": True}
+    assert pdl.launch_args(False) == {"PDL": False}          # a table entry turned it off
     fresh_pdl.setattr(pdl, "_capturing", lambda: False)
     assert not pdl.active() and pdl.launch_kwargs() == {}
+    assert pdl.launch_args() == {"PDL": False}
 
 
 @pytest.mark.parametrize("why", ["interpreter", "FORGE_PDL=0", "sm80", "rocm", "no cuda", "no gdc"])
@@ -259,7 +262,7 @@ for mod, name in kernels:
         ce, opts = report._apply(spec, {}, "sm90")
         ce["PDL"] = on
         if on and "launch_pdl" in PDL_OPTION:
-            opts["launch_pdl"] = True  # as the launcher's **pdl.launch_kwargs() compiles it
+            opts["launch_pdl"] = True  # as the launcher's **pdl.launch_args() compiles it
         src = triton.compiler.ASTSource(fn=fn, signature=dict(spec["signature"]), constexprs=ce,
                                         attrs=report.spec_attrs(spec))
         ptx = triton.compile(src, target=GPUTarget(backend, arch, warp), options=opts).asm["ptx"]
