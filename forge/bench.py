@@ -11,6 +11,8 @@ JIT compiles, new CUDA allocator segments in that repetition go to the JSON ("hi
 line after the table names the repetitions that had a slow GC pass, a compile or a new segment.
 After the warm-up the heap is frozen (`gc.collect(); gc.freeze()`) so that a generation-2 pass
 does not walk the loaded model's objects inside a timed repetition; `--no-gc-freeze` skips that.
+On a GPU, prefill steps replay CUDA graphs (runtime/graphs.py PrefillGraphs; the warm-up
+captures the pp size's graph); `--no-prefill-graphs` runs them eagerly.
 """
 from __future__ import annotations
 
@@ -82,7 +84,8 @@ def run_bench(a) -> int:
     if a.n_prompt < 1 or a.n_gen < 2 or a.batch < 1 or a.repetitions < 1:
         raise ForgeError("bench needs -p >= 1, -n >= 2, -b >= 1 and -r >= 1")
     path = _model_path(a)
-    llm = LLM(path, device=a.device, max_model_len=max(a.n_prompt + 8, a.n_gen + 8, 1024),
+    extra = {"prefill_graphs": False} if getattr(a, "no_prefill_graphs", False) else {}
+    llm = LLM(path, device=a.device, **extra, max_model_len=max(a.n_prompt + 8, a.n_gen + 8, 1024),
               max_num_batched_tokens=max(a.n_prompt, 512), max_num_seqs=max(a.batch, 1),
               kv_cache_tokens=a.kv_tokens or max(a.n_prompt + a.n_gen + 64, a.batch * (a.n_gen + 32)) * 2,
               enable_prefix_caching=False, run_ahead=not a.no_run_ahead, gc_freeze=False)
@@ -154,6 +157,14 @@ def run_bench(a) -> int:
     hits, misses = eng.num_ahead_hits, eng.num_ahead_misses
     if eng.graphs is not None:
         print(f"decode run-ahead: {'off' if not eng.run_ahead else f'{hits} steps launched ahead and used, {misses} discarded'}")
+    pg = eng.prefill_graphs
+    pgi = None
+    if pg is not None:
+        pgi = {"graphs": sorted(pg.by_size), "replays": pg.num_replays, "eager": pg.num_eager,
+               "pdl": pg.pdl}
+        print(f"prefill graphs: {len(pg.by_size)} captured (tokens, seqs): "
+              f"{', '.join(f'{t}x{b}' for t, b in sorted(pg.by_size))}; {pg.num_replays} steps "
+              f"replayed, {pg.num_eager} eager past the graph limit")
     peak = None
     if eng.backend.name == "gpu":
         import torch
@@ -169,7 +180,8 @@ def run_bench(a) -> int:
                "run_ahead_hits": hits, "run_ahead_misses": misses,
                "gc_freeze": gc_freeze, "gc_frozen_objects": frozen, "gc_freeze_ms": freeze_ms,
                "gc_tracked_objects": gc_tracked,
-               "gc_threshold": list(gc.get_threshold()), "hiccups": hic}
+               "gc_threshold": list(gc.get_threshold()), "hiccups": hic,
+               "prefill_graphs": pgi}
         Path(a.json).write_text(json.dumps(res, indent=2))
         print(f"wrote {a.json}", file=sys.stderr)
     return 0

@@ -162,6 +162,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--json", default=None, metavar="PATH", help="also write results as JSON")
     b.add_argument("--no-run-ahead", action="store_true",
                    help="decode without launching step k+1 before step k's tokens reach the host")
+    b.add_argument("--no-prefill-graphs", action="store_true",
+                   help="run prefill steps eagerly instead of replaying CUDA graphs (to compare)")
     b.add_argument("--no-gc-freeze", action="store_true",
                    help="do not gc.collect() + gc.freeze() after the warm-up (to compare GC hiccups)")
     b.set_defaults(fn=cmd_bench)

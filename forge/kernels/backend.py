@@ -27,12 +27,14 @@ class TritonBackend:
     """act_dtype: "bf16" (default), "f16" or "f32" for activations and the KV cache.
     gpu_memory_utilization: fraction of the device memory forge may use in all (weights,
     activations, KV cache); the KV cache gets what remains after the weights and an activation
-    reserve. cuda_graphs: capture decode as CUDA/HIP graphs (default True)."""
+    reserve. cuda_graphs: capture decode as CUDA/HIP graphs (default True). prefill_graphs:
+    also replay prefill and mixed steps from graphs, one per padded size, captured on first use
+    (default True; needs cuda_graphs; see runtime/graphs.py PrefillGraphs)."""
 
     name = "gpu"
 
     def __init__(self, info, act_dtype: str = "bf16", gpu_memory_utilization: float = 0.9,
-                 cuda_graphs: bool = True, device_index: int = 0):
+                 cuda_graphs: bool = True, prefill_graphs: bool = True, device_index: int = 0):
         if act_dtype not in _ACT:
             raise ValueError(f"act_dtype: expected one of {tuple(_ACT)}, got {act_dtype!r}")
         if not 0.05 <= gpu_memory_utilization <= 0.99:
@@ -44,6 +46,7 @@ class TritonBackend:
         self.kv_bytes_per_elem = torch.empty((), dtype=self.act_dtype).element_size()
         self.gpu_memory_utilization = gpu_memory_utilization
         self.cuda_graphs = cuda_graphs
+        self.prefill_graphs = bool(cuda_graphs and prefill_graphs)
         self.weight_bytes = 0
         self.converted_types: dict[int, int] = {}  # GGML type -> tensors dequantized to F32 at load
 

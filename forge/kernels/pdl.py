@@ -34,6 +34,7 @@ with a Triton that has gdc_wait / gdc_launch_dependents, and unless FORGE_PDL=0.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 
 import triton
@@ -45,6 +46,7 @@ except ImportError:  # pragma: no cover - a Triton without the CUDA extras
     _tl_cuda = None
 
 _ENABLED: bool | None = None
+_SUSPENDED = 0   # > 0 inside `suspended()`
 
 
 def _truthy(v: str | None) -> bool:
@@ -100,7 +102,19 @@ def active() -> bool:
     CUDA graph (the decode graphs, where it was measured: 8B Q4_K_M tg128 290.9 -> 315.2 on an
     H100). Eager launches (prefill, which is host-bound) go without it: 8B F16 pp512 measured
     16.9k tok/s without PDL, 11.4-14.2k with it (H100, session 4, noisy)."""
-    return enabled() and _capturing()
+    return enabled() and not _SUSPENDED and _capturing()
+
+
+@contextlib.contextmanager
+def suspended():
+    """Launches inside take no PDL even while a graph is captured (e.g. a prefill graph whose
+    capture should not get PDL; FORGE_PDL_PREFILL, runtime/graphs.py)."""
+    global _SUSPENDED
+    _SUSPENDED += 1
+    try:
+        yield
+    finally:
+        _SUSPENDED -= 1
 
 
 def launch_args(allow: bool = True) -> dict:

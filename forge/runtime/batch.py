@@ -82,3 +82,48 @@ def make_forward_batch(out: SchedulerOutput, block_size: int, backend: Any,
     host = build_batch_arrays(out, block_size, num_block_cols)
     dev = {k: backend.asarray(v) if isinstance(v, np.ndarray) else v for k, v in host.items()}
     return ForwardBatch(**dev, host=host)
+
+
+def pad_batch_arrays(host: dict[str, Any], num_tokens: int, num_seqs: int,
+                     num_block_cols: int) -> dict[str, Any]:
+    """`host` (from `build_batch_arrays`) padded to exactly `num_tokens` tokens, `num_seqs`
+    sequences and `num_block_cols` block-table columns, for a graph captured at that size.
+
+    The padding computes nothing that reaches a real row and writes nothing a real sequence
+    reads: the extra tokens form one padding sequence (token 0 at positions 0, 1, ..; its
+    context is just those tokens) whose block table is all block 0 (the null block, never
+    handed out) and whose K/V go to slot 0; the sequences past it have no tokens (and no
+    context). `logits_indices` is padded with row 0; the caller keeps its first S rows.
+    Needs num_seqs >= B + 1 when num_tokens > T (room for the padding sequence)."""
+    T, B = host["num_tokens"], host["num_seqs"]
+    S = len(host["logits_indices"])
+    bt = host["block_tables"]
+    pad = num_tokens - T
+    if pad < 0 or num_seqs < B + (pad > 0) or num_block_cols < bt.shape[1]:
+        raise ValueError(f"cannot pad a step of {T} tokens, {B} sequences, {bt.shape[1]} block "
+                         f"columns to {num_tokens}, {num_seqs}, {num_block_cols}")
+    token_ids = np.zeros(num_tokens, np.int32)
+    token_ids[:T] = host["token_ids"]
+    positions = np.zeros(num_tokens, np.int32)
+    positions[:T] = host["positions"]
+    positions[T:] = np.arange(pad, dtype=np.int32)
+    qsl = np.full(num_seqs + 1, num_tokens, np.int32)
+    qsl[:B + 1] = host["query_start_loc"]
+    seq_lens = np.zeros(num_seqs, np.int32)
+    seq_lens[:B] = host["seq_lens"]
+    if pad:
+        seq_lens[B] = pad
+    block_tables = np.zeros((num_seqs, num_block_cols), np.int32)
+    block_tables[:B, : bt.shape[1]] = bt
+    slot_mapping = np.zeros(num_tokens, np.int64)
+    slot_mapping[:T] = host["slot_mapping"]
+    logits_indices = np.zeros(num_seqs, np.int64)
+    logits_indices[:S] = host["logits_indices"]
+    return {
+        "token_ids": token_ids, "positions": positions, "query_start_loc": qsl,
+        "seq_lens": seq_lens, "block_tables": block_tables, "slot_mapping": slot_mapping,
+        "logits_indices": logits_indices,
+        "max_query_len": max(host["max_query_len"], pad),
+        "max_seq_len": max(host["max_seq_len"], pad),
+        "num_seqs": num_seqs, "num_tokens": num_tokens,
+    }

@@ -81,6 +81,7 @@ class Engine:
         self._ids = itertools.count()
         self._tracks: dict[str, _Track] = {}
         self.graphs = None
+        self.prefill_graphs = None
         # run-ahead decode (see _forward_and_sample): the step launched before the host saw the
         # tokens it depends on, and the schedule it assumed
         self.run_ahead = bool(run_ahead)
@@ -188,9 +189,12 @@ class Engine:
                 self.num_ahead_misses += 1
             host = build_batch_arrays(out, self.block_size)
             graphed = self.graphs is not None and self.graphs.can_run(host)
+            logits = None
             if graphed:
                 logits = self.graphs.run(host)
-            else:
+            elif self.prefill_graphs is not None:
+                logits = self.prefill_graphs.run(host)
+            if logits is None:
                 dev = {k: be.asarray(v) if isinstance(v, np.ndarray) else v for k, v in host.items()}
                 logits = self.model.forward(ForwardBatch(**dev, host=host), self.kv.layers)
         if not reqs:
@@ -306,6 +310,11 @@ class Engine:
 
             self.graphs = DecodeGraphs(self)
             self.graphs.capture(progress)
+            if getattr(self.backend, "prefill_graphs", False):
+                from forge.runtime.graphs import PrefillGraphs
+
+                self.prefill_graphs = PrefillGraphs(self)
+                self.prefill_graphs.warm([(s, 1) for s in sizes if s > 1], progress)
 
     # ---- tools --------------------------------------------------------------------------
     def model_logits(self, token_ids: Sequence[int], trace=None) -> np.ndarray:

@@ -24,12 +24,14 @@ memory before that launch, so reading them does not wait for step k+1.
 """
 from __future__ import annotations
 
+import contextlib
 import sys
 from typing import Any
 
 import numpy as np
 
 from forge.runtime.backend import ForwardBatch
+from forge.runtime.batch import pad_batch_arrays
 
 
 def ladder(max_bs: int) -> list[int]:
@@ -104,6 +106,23 @@ class _Rung:
                        self.next_ids)
 
 
+def _capture_graph(torch, device, pool, fn, warm=None, warm_runs: int = 2):
+    """Run `warm` (default `fn`) `warm_runs` times on a side stream (every kernel compiled and
+    loaded outside the capture), then capture `fn` into a new CUDAGraph on `pool` (None: a new
+    pool). Returns (graph, fn's result in the graph's memory)."""
+    stream = torch.cuda.Stream(device)
+    stream.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(stream):
+        for _ in range(warm_runs):
+            (warm or fn)()
+    torch.cuda.current_stream(device).wait_stream(stream)
+    torch.cuda.synchronize(device)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g, pool=pool):
+        out = fn()
+    return g, out
+
+
 class DecodeGraphs:
     def __init__(self, engine, max_batch: int | None = None):
         import torch
@@ -129,25 +148,24 @@ class DecodeGraphs:
 
             bar = tqdm(total=len(self.rungs), desc="capturing decode graphs", unit="graph",
                        file=sys.stderr, leave=False)
-        stream = torch.cuda.Stream(self.device)
+        be = self.engine.backend
         for bs in sorted(self.rungs, reverse=True):
             rung = self.by_size[bs]
             rung.dev.copy_(rung.host_t)
             batch = rung.batch(self.max_len)
-            stream.wait_stream(torch.cuda.current_stream(self.device))
-            be = self.engine.backend
-            with torch.cuda.stream(stream):
-                for _ in range(2):  # compile and warm every kernel outside the capture
-                    rung.advance_inputs()   # flag 0 (zeroed buffer): changes nothing
-                    be.argmax(model.forward(batch, kv), out=rung.next_ids)
-                    rung.views["meta"].zero_()
-            torch.cuda.current_stream(self.device).wait_stream(stream)
-            torch.cuda.synchronize(self.device)
-            g = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(g, pool=self.pool):
+
+            def warm(rung=rung, batch=batch):
+                rung.advance_inputs()   # flag 0 (zeroed buffer): changes nothing
+                be.argmax(model.forward(batch, kv), out=rung.next_ids)
+                rung.views["meta"].zero_()
+
+            def step(rung=rung, batch=batch):
                 rung.advance_inputs()
                 out = model.forward(batch, kv)
                 be.argmax(out, out=rung.next_ids)
+                return out
+
+            g, out = _capture_graph(torch, self.device, self.pool, step, warm)
             if self.pool is None:
                 self.pool = g.pool()
             rung.graph, rung.logits = g, out
@@ -207,3 +225,206 @@ class _Fetch:
     def wait(self) -> tuple[list[int], list[float] | None]:
         self.event.synchronize()
         return self.ids.tolist(), (self.lps.tolist() if self.lps is not None else None)
+
+
+# ------------------------------------------------------------------------------------------------
+# prefill
+
+
+def prefill_token_ladder(max_tokens: int) -> list[int]:
+    """Token counts prefill graphs exist for: 16, 32, 64, 128, then four rungs per doubling
+    (160, 192, 224, 256, 320, ...), so a step pads by less than a quarter of its size; the
+    last rung is `max_tokens` itself."""
+    rungs, t = [16, 32, 64, 128], 128
+    while t < max_tokens:
+        rungs += [t + t // 4 * i for i in range(1, 5)]
+        t *= 2
+    return [r for r in rungs if r < max_tokens] + [max_tokens]
+
+
+def prefill_seq_ladder(max_seqs: int) -> list[int]:
+    """Sequence counts (padding sequence included) of prefill graphs: 1, 2, 4, .., max_seqs."""
+    rungs, b = [], 1
+    while b < max_seqs:
+        rungs.append(b)
+        b *= 2
+    return rungs + [max_seqs]
+
+
+def prefill_size(host: dict, t_rungs: list[int], b_rungs: list[int],
+                 max_block_cols: int) -> tuple[int, int] | None:
+    """The padded (tokens, sequences) of a step (`build_batch_arrays`'s dict) on these ladders,
+    or None: a decode-only step (max_query_len 1), or one too large for the ladders."""
+    T, B = host["num_tokens"], host["num_seqs"]
+    if host["max_query_len"] <= 1 or T > t_rungs[-1] or host["block_tables"].shape[1] > max_block_cols:
+        return None
+    t = next(r for r in t_rungs if r >= T)
+    need = B + (t > T)
+    if need > b_rungs[-1]:
+        return None
+    return t, next(r for r in b_rungs if r >= need)
+
+
+class _PrefillRung:
+    """The static inputs of one (tokens, sequences) size: one int32 device buffer (the
+    `ForwardBatch` arrays as views), its pinned host twin, and an event marking when the last
+    upload from that twin was done (a step that samples nothing does not wait for the GPU, so
+    the next fill must not overwrite a copy still queued)."""
+
+    def __init__(self, torch, T: int, B: int, W: int, device):
+        self.T, self.B, self.W = T, B, W
+        # int32 words: slots (int64) | logits rows (int64) | tokens | positions | qsl | seq_lens
+        # | block tables
+        o_li = 2 * T
+        o_tok = o_li + 2 * B
+        o_pos = o_tok + T
+        o_qsl = o_pos + T
+        o_sl = o_qsl + B + 1
+        o_bt = o_sl + B
+        n = o_bt + B * W
+        self.dev = torch.zeros(n, dtype=torch.int32, device=device)
+        self.host_t = torch.zeros(n, dtype=torch.int32, pin_memory=True)
+        h = self.host_t.numpy()
+        d = self.dev
+        spans = {"slot_mapping": (0, o_li), "logits_indices": (o_li, o_tok),
+                 "token_ids": (o_tok, o_pos), "positions": (o_pos, o_qsl),
+                 "query_start_loc": (o_qsl, o_sl), "seq_lens": (o_sl, o_bt),
+                 "block_tables": (o_bt, n)}
+        self.host, self.views = {}, {}
+        for name, (a, b) in spans.items():
+            hv, dv = h[a:b], d[a:b]
+            if name in ("slot_mapping", "logits_indices"):
+                hv, dv = hv.view(np.int64), dv.view(torch.int64)
+            elif name == "block_tables":
+                hv, dv = hv.reshape(B, W), dv.view(B, W)
+            self.host[name], self.views[name] = hv, dv
+        self.uploaded = torch.cuda.Event()
+        self.uploaded.record()
+        self.graph = None
+
+    def batch(self, max_len: int) -> ForwardBatch:
+        return ForwardBatch(**self.views, max_query_len=self.T, max_seq_len=max_len,
+                            num_seqs=self.B, num_tokens=self.T)
+
+    def fill(self, host: dict) -> None:
+        padded = pad_batch_arrays(host, self.T, self.B, self.W)
+        self.uploaded.synchronize()
+        for name, hv in self.host.items():
+            hv[...] = padded[name]
+        self.dev.copy_(self.host_t, non_blocking=True)
+        self.uploaded.record()
+
+
+def _empty_step() -> dict:
+    """A step with no tokens: filled into a rung, it is all padding (for warming and capture)."""
+    return {"token_ids": np.zeros(0, np.int32), "positions": np.zeros(0, np.int32),
+            "query_start_loc": np.zeros(1, np.int32), "seq_lens": np.zeros(0, np.int32),
+            "block_tables": np.zeros((0, 1), np.int32), "slot_mapping": np.zeros(0, np.int64),
+            "logits_indices": np.zeros(0, np.int64), "max_query_len": 0, "max_seq_len": 0,
+            "num_seqs": 0, "num_tokens": 0}
+
+
+class PrefillGraphs:
+    """Prefill and mixed steps (some sequence computes more than one token) replayed from CUDA
+    graphs, one per padded (tokens, sequences) size.
+
+    An eager prefill step is bound by the host: Triton's per-launch dispatch is ~0.1 ms and a
+    step makes ~5 launches per layer (H100, Llama-3.2-1B at 512 tokens: 22-27 ms of host time
+    for ~9 ms of kernels). A step of T tokens over B sequences pads to the smallest rung
+    T' >= T of `prefill_token_ladder` and B' >= B (+1 when T' > T, for the padding sequence) of
+    `prefill_seq_ladder` (see `pad_batch_arrays`), fills that graph's input buffer with one
+    host-to-device copy and replays it. The logits of the sampled rows land in one buffer shared
+    by every graph. Graphs are captured on first use (an eager warm-up run on the padding
+    inputs, which touch only the null block, then the capture: ~3 eager steps of time) and at
+    load for the warm-up sizes; past `max_graphs` of them, new sizes run eagerly.
+
+    Inside a capture the quantized linears of T >= DEQUANT_T take dequantize + cuBLAS (see
+    kernels/matmul.py): with no per-launch host cost, the path with less GPU time wins.
+    `pdl`: capture the kernels with programmatic dependent launch where the decode graphs do
+    (default: on unless FORGE_PDL_PREFILL=0; kernels/pdl.py)."""
+
+    def __init__(self, engine, max_graphs: int = 64, max_seqs: int = 64, pdl: bool | None = None):
+        import os
+
+        import torch
+
+        self.torch = torch
+        self.engine = engine
+        self.device = engine.backend.device
+        self.max_len = engine.max_model_len
+        self.W = -(-self.max_len // engine.block_size)
+        self.t_rungs = prefill_token_ladder(engine.max_num_batched_tokens)
+        self.b_rungs = prefill_seq_ladder(min(engine.max_num_seqs, max_seqs) + 1)
+        self.max_graphs = int(max_graphs)
+        self.by_size: dict[tuple[int, int], _PrefillRung] = {}
+        self.pool = getattr(engine.graphs, "pool", None)
+        vocab = engine.cfg.vocab_size
+        self.logits = torch.empty((self.b_rungs[-1], vocab), dtype=torch.float32, device=self.device)
+        self.num_replays = 0
+        self.num_eager = 0    # eligible steps that ran eagerly (graph limit reached)
+        if pdl is None:
+            pdl = os.environ.get("FORGE_PDL_PREFILL", "").strip() != "0"
+        self.pdl = bool(pdl)
+
+    def size_for(self, host: dict) -> tuple[int, int] | None:
+        """The (tokens, sequences) graph a step would replay, or None if it runs eagerly."""
+        return prefill_size(host, self.t_rungs, self.b_rungs, self.W)
+
+    def capture(self, T: int, B: int) -> _PrefillRung:
+        torch = self.torch
+        model, kv = self.engine.model, self.engine.kv.layers
+        rung = _PrefillRung(torch, T, B, self.W, self.device)
+        rung.fill(_empty_step())
+        batch = rung.batch(self.max_len)
+
+        def step():
+            out = model.forward(batch, kv)
+            self.logits[:B].copy_(out)
+
+        from forge.kernels import pdl
+
+        with contextlib.nullcontext() if self.pdl else pdl.suspended():
+            rung.graph, _ = _capture_graph(torch, self.device, self.pool, step, warm_runs=1)
+        if self.pool is None:
+            self.pool = rung.graph.pool()
+        self.by_size[(T, B)] = rung
+        return rung
+
+    def warm(self, sizes: list[tuple[int, int]], progress: bool = False) -> None:
+        """Capture the graphs of steps of (tokens, sequences) in `sizes` ahead of their use."""
+        keys = []
+        for T, B in sizes:
+            bt = np.zeros((B, 1), np.int32)
+            k = self.size_for({"num_tokens": T, "num_seqs": B, "max_query_len": 2,
+                               "block_tables": bt})
+            if k is not None and k not in keys and k not in self.by_size:
+                keys.append(k)
+        bar = None
+        if progress and keys:
+            from tqdm import tqdm
+
+            bar = tqdm(total=len(keys), desc="capturing prefill graphs", unit="graph",
+                       file=sys.stderr, leave=False)
+        for k in keys[: max(0, self.max_graphs - len(self.by_size))]:
+            self.capture(*k)
+            if bar:
+                bar.update(1)
+        if bar:
+            bar.close()
+
+    def run(self, host: dict) -> Any | None:
+        """Replay the step's graph (capturing it first if new); its logits [S, vocab] (a view of
+        the shared buffer, valid until the next replay), or None: run it eagerly."""
+        key = self.size_for(host)
+        if key is None:
+            return None
+        rung = self.by_size.get(key)
+        if rung is None:
+            if len(self.by_size) >= self.max_graphs:
+                self.num_eager += 1
+                return None
+            rung = self.capture(*key)
+        rung.fill(host)
+        rung.graph.replay()
+        self.num_replays += 1
+        return self.logits[: len(host["logits_indices"])]

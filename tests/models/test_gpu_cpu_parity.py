@@ -128,3 +128,48 @@ def test_run_ahead_matches_plain_decode(models, arch):
     assert eng.num_ahead_misses > 0, "the arrival did not discard the step launched ahead"
     assert eng._ahead is None
     assert plain.engine.num_ahead_hits == 0
+
+
+@pytest.mark.parametrize("arch", ["tiny-llama", "tiny-gemma3"])
+def test_prefill_graphs_match_eager(models, arch):
+    """Prefill and mixed steps replayed from graphs (runtime/graphs.py PrefillGraphs, padded
+    sizes, captured on first use) give the tokens of eager prefill: float32 activations (both
+    paths dequantize + matmul in float32), 8 requests of different lengths, whole and chunked
+    (a 24-token budget: long prompts split, steps mixing prefill chunks and decodes), a
+    prefix-cache hit, and a graph limit reached (new sizes run eagerly past it)."""
+    from forge import SamplingParams
+
+    path = models(arch, "Q4_K_M")
+    greedy = SamplingParams(temperature=0, max_tokens=20, ignore_eos=True, logprobs=True)
+    prompts = PROMPTS + [PROMPTS[5] + " and then", PROMPTS[7] * 3]
+    for budget in (None, 24):
+        kw = dict(act_dtype="f32", **({"max_num_batched_tokens": budget} if budget else {}))
+        eager = _llm(path, "gpu", prefill_graphs=False, **kw)
+        graphs = _llm(path, "gpu", **kw)
+        assert eager.engine.prefill_graphs is None
+        pg = graphs.engine.prefill_graphs
+        for ps in (prompts[:1], prompts):
+            a = eager.generate(ps, greedy)
+            b = graphs.generate(ps, greedy)
+            for x, y in zip(a, b):
+                assert x.token_ids == y.token_ids, f"{arch} budget {budget}: graphs changed tokens"
+                np.testing.assert_allclose(x.logprobs, y.logprobs, rtol=2e-3, atol=2e-3)
+        assert pg.num_replays > 0 and len(pg.by_size) >= 2
+        # past the graph limit, new sizes run eagerly with the same results
+        pg.by_size.clear()
+        pg.max_graphs = 0
+        odd = ["z " * 41, "w " * 29]
+        a = eager.generate(odd, greedy)
+        b = graphs.generate(odd, greedy)
+        assert [x.token_ids for x in a] == [y.token_ids for y in b]
+        assert pg.num_eager > 0
+        del eager, graphs
+    # bf16 (the default): the graphs' quantized linears take dequantize + cuBLAS past
+    # DEQUANT_T, eager ones the fused GEMM: logprobs agree to bf16 rounding
+    eager = _llm(path, "gpu", prefill_graphs=False)
+    graphs = _llm(path, "gpu")
+    long = [" ".join(str(i) for i in range(300))]
+    sp = SamplingParams(temperature=0, max_tokens=4, ignore_eos=True, logprobs=True)
+    a, b = eager.generate(long, sp)[0], graphs.generate(long, sp)[0]
+    assert a.token_ids[0] == b.token_ids[0]
+    assert abs(a.logprobs[0] - b.logprobs[0]) < 5e-2
