@@ -919,11 +919,13 @@ def _linear_gemm_kernel(
     q_ptr, qh_ptr, sc_ptr, d_ptr,   # weight planes [N, *] (dequant.py)
     s_q, s_qh, s_sc, s_d,           # their row strides (elements)
     bias_ptr,                       # [N] (HAS_BIAS)
-    out_ptr,                        # [T, N] act dtype, row stride stride_o
+    out_ptr,                        # [T, N] act dtype, row stride stride_o; SPLIT: [splits, T, N] f32
     T, N, K, NSUB, stride_x, stride_o,
+    S_PER_SPLIT,                    # sub-blocks per split (a multiple of BLOCK_S; SPLIT only)
     TYPE: tl.constexpr, SUB: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr,
     GROUP_M: tl.constexpr, HAS_BIAS: tl.constexpr, DOT_UPCAST: tl.constexpr,
+    SPLIT: tl.constexpr,            # program_id(1) takes sub-blocks [S_PER_SPLIT * id, ..)
 ):
     BLOCK_K: tl.constexpr = BLOCK_S * SUB
     pid = tl.program_id(0)
@@ -946,9 +948,16 @@ def _linear_gemm_kernel(
     x_rows = x_ptr + offs_m.to(tl.int64)[:, None] * stride_x
     act = x_ptr.dtype.element_ty
     acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
-    for s0 in range(0, NSUB, BLOCK_S):
+    if SPLIT:
+        s_lo = tl.program_id(1) * S_PER_SPLIT
+        s_hi = tl.minimum(s_lo + S_PER_SPLIT, NSUB)
+    else:
+        s_lo = 0
+        s_hi = NSUB
+    for s0 in range(s_lo, s_hi, BLOCK_S):
+        # (sub-blocks >= s_hi decode to zero weights: scales and codes load as 0)
         q, s, m = _decode_tile(q_ptr, qh_ptr, sc_ptr, d_ptr, s_q, s_qh, s_sc, s_d,
-                               r64, rmask, s0, NSUB, K, TYPE, SUB, SUB, BLOCK_S)
+                               r64, rmask, s0, s_hi, K, TYPE, SUB, SUB, BLOCK_S)
         w = tl.reshape(_apply_scale(q, s, m, TYPE).to(act), (BLOCK_N, BLOCK_K))
         k = s0 * SUB + kk
         x = tl.load(x_rows + k[None, :], mask=mmask[:, None] & (k < K)[None, :], other=0.0)
@@ -957,7 +966,9 @@ def _linear_gemm_kernel(
                          input_precision="ieee")
         else:
             acc = tl.dot(x, tl.trans(w), acc)
-    if HAS_BIAS:
+    if SPLIT:  # float32 partial sums; _linear_splitk_reduce_kernel adds them and the bias
+        out_ptr += tl.program_id(1).to(tl.int64) * T * N
+    elif HAS_BIAS:
         acc += tl.load(bias_ptr + rows, mask=rmask, other=0.0).to(tl.float32)[None, :]
     optr = out_ptr + offs_m.to(tl.int64)[:, None] * stride_o + rows[None, :]
     tl.store(optr, acc.to(out_ptr.dtype.element_ty), mask=mmask[:, None] & rmask[None, :])
@@ -1060,7 +1071,8 @@ DEQUANT_T_NVIDIA = {"Q8_0": 384, "Q4_0": 384, "Q4_1": 384, "Q4_K": 192, "Q6_K": 
 DEQUANT_T_NVIDIA_DEFAULT = 256
 
 
-def gemm_default(ggml_type: int, T: int, N: int, K: int, vendor: str = "amd") -> dict:
+def gemm_default(ggml_type: int, T: int, N: int, K: int, vendor: str = "amd",
+                 cus: int = 0) -> dict:
     """Launcher default for "linear_gemm".
 
     BLOCK_M follows T up to 64 (128 on NVIDIA, whose shared memory holds 128 x 128 x 64 tiles
@@ -1068,6 +1080,12 @@ def gemm_default(ggml_type: int, T: int, N: int, K: int, vendor: str = "amd") ->
     decode tokens streams the weights once. Up to 64 rows the tile is 64 weight rows x 128
     columns per step (twice the bytes of the large tiles: the weight loads are not pipelined, so
     each step is a memory round trip); above, 128 x 64 x 64 (NVIDIA) / 64 x 64 x 64.
+    SPLIT_K (T <= 64, `cus` compute units known): a batch-decode grid has one program per 64
+    weight rows, 64 programs for a 4096-row weight, under one per SM on an H100; each walks
+    all of K one memory round trip per step (8B Q4_K_M at T = 32: 29 us for 4096 x 4096, ~100
+    us for 4096 x 14336). The K range is split until the grid has ~2 programs per CU, at most
+    8 ways and no fewer than 4 steps per split; the float32 partials are summed by the split-K
+    reduce kernel.
     DEQUANT_T: see DEQUANT_T_NVIDIA (AMD keeps the fused GEMM: 0).
     """
     info = TYPES[int(ggml_type)]
@@ -1080,7 +1098,13 @@ def gemm_default(ggml_type: int, T: int, N: int, K: int, vendor: str = "amd") ->
         bn, bk = (128 if bm == 128 else 64), 64
     warps = 8 if bm * bn >= 128 * 128 else 4
     dq = DEQUANT_T_NVIDIA.get(info.name, DEQUANT_T_NVIDIA_DEFAULT) if big else 0
-    return {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_S": max(1, bk // sub), "GROUP_M": 8,
+    bs = max(1, bk // sub)
+    split = 1
+    if T <= 64 and cus > 0:
+        programs = -(-T // bm) * -(-N // bn)
+        steps = -(-(-(-K // sub)) // bs)
+        split = max(1, min(8, -(-2 * cus // programs), steps // 4))
+    return {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_S": bs, "GROUP_M": 8, "SPLIT_K": split,
             "DEQUANT_T": dq, "DEQUANT_EAGER": 0 if big else 1,
             "num_warps": warps, "num_stages": 3 if big else 2}
 
@@ -1108,7 +1132,7 @@ def _configs(ggml_type: int, T: int, N: int, K: int, exact: bool = False) -> tup
     vendor, cus, warp = _device()
     gv = gemv_default(ggml_type, T, N, K, cus, warp, vendor, interpreter=_INTERPRET, exact=exact)
     return (_cfg("linear_gemv", ggml_type, dims, gv),
-            _cfg("linear_gemm", ggml_type, dims, gemm_default(ggml_type, T, N, K, vendor)))
+            _cfg("linear_gemm", ggml_type, dims, gemm_default(ggml_type, T, N, K, vendor, cus)))
 
 
 def clear_config_cache() -> None:
@@ -1384,15 +1408,28 @@ def linear(x: torch.Tensor, w: QTensor, bias: torch.Tensor | None = None,
     else:
         planes = plane_args(w)
         bm, bn, bs = gm["BLOCK_M"], gm["BLOCK_N"], gm["BLOCK_S"]
-        grid = (triton.cdiv(T, bm) * triton.cdiv(N, bn),)
+        nsub = triton.cdiv(K, info.sub)
+        steps = triton.cdiv(nsub, bs)
+        split = max(1, min(int(gm.get("SPLIT_K", 1)), steps))
+        per = triton.cdiv(steps, split) * bs               # sub-blocks per split: whole steps
+        split = triton.cdiv(nsub, per)
+        grid = (triton.cdiv(T, bm) * triton.cdiv(N, bn), split)
+        dst = out if split == 1 else torch.empty((split, T, N), dtype=torch.float32, device=x.device)
+        bias_arg = bias if bias is not None else out
         _linear_gemm_kernel[grid](
-            x, *planes, bias if bias is not None else out, out, T, N, K,
-            triton.cdiv(K, info.sub), x.stride(0), out.stride(0),
+            x, *planes, bias_arg, dst, T, N, K, nsub, x.stride(0),
+            out.stride(0) if split == 1 else N, per,
             TYPE=w.ggml_type, SUB=info.sub, BLOCK_M=bm, BLOCK_N=bn, BLOCK_S=bs,
             GROUP_M=gm["GROUP_M"], HAS_BIAS=bias is not None,
-            DOT_UPCAST=_INTERPRET and x.dtype == torch.bfloat16,
+            DOT_UPCAST=_INTERPRET and x.dtype == torch.bfloat16, SPLIT=split > 1,
             num_warps=gm["num_warps"], num_stages=gm["num_stages"],
             **{k: gm[k] for k in ("waves_per_eu", "matrix_instr_nonkdim", "kpack") if k in gm})
+        if split > 1:
+            blk = 1024
+            _linear_splitk_reduce_kernel[(triton.cdiv(T * N, blk),)](
+                dst, bias_arg, out, T * N, N, out.stride(0),
+                SPLIT_K=split, HAS_BIAS=bias is not None, BLOCK=blk, num_warps=4,
+                **pdl.launch_args())
         return out
     if bias is not None:
         out += bias.to(out.dtype)
@@ -1419,7 +1456,8 @@ SPEC_XPRE = (("Q4_K", 0, 1), ("Q4_K", 2, 1), ("Q8_0", 2, 1), ("Q6_K", 0, 1), ("Q
 # model-sized rows and strides).
 GEMV_DIVISIBLE = ("s_q", "s_qh", "s_sc", "s_d", "T", "N", "K", "NCH", "stride_x", "stride_xq",
                   "stride_xs", "stride_o", "CH_PER_SPLIT", "magic")
-GEMM_DIVISIBLE = ("s_q", "s_qh", "s_sc", "s_d", "N", "K", "NSUB", "stride_x", "stride_o")
+GEMM_DIVISIBLE = ("s_q", "s_qh", "s_sc", "s_d", "N", "K", "NSUB", "stride_x", "stride_o",
+                  "S_PER_SPLIT")
 
 
 def _gemv_signature(tid: int, act: str, split: bool, out: str | None = None) -> dict:
@@ -1496,15 +1534,17 @@ def _compile_specs() -> list[dict]:
                               ("*bf16", 512, "nvidia"), ("*bf16", 64, "nvidia")]
         for act, T, vendor in gemm_variants:
             gm = gemm_default(tid, T, 4096, 4096, vendor)
+            split = T <= 32   # batch decode: the split-K form (float32 partials, no bias)
             sig = {"x_ptr": act, **plane_signature(tid), **strides, "bias_ptr": act,
-                   "out_ptr": act, "T": "i32", "N": "i32", "K": "i32", "NSUB": "i32",
-                   "stride_x": "i32", "stride_o": "i32"}
+                   "out_ptr": "*fp32" if split else act, "T": "i32", "N": "i32", "K": "i32",
+                   "NSUB": "i32", "stride_x": "i32", "stride_o": "i32", "S_PER_SPLIT": "i32"}
             specs.append({
-                "name": f"_linear_gemm_kernel[{info.name},{act[1:]},T{T},{vendor}]",
+                "name": f"_linear_gemm_kernel[{info.name},{act[1:]},T{T}{',split' if split else ''},{vendor}]",
                 "fn": _linear_gemm_kernel, "signature": sig,
                 "constexprs": {"TYPE": tid, "SUB": info.sub, "BLOCK_M": gm["BLOCK_M"],
                                "BLOCK_N": gm["BLOCK_N"], "BLOCK_S": gm["BLOCK_S"],
-                               "GROUP_M": gm["GROUP_M"], "HAS_BIAS": True, "DOT_UPCAST": False},
+                               "GROUP_M": gm["GROUP_M"], "HAS_BIAS": not split,
+                               "DOT_UPCAST": False, "SPLIT": split},
                 "attrs": jit_attrs(_linear_gemm_kernel, sig, GEMM_DIVISIBLE),
                 "num_warps": gm["num_warps"], "num_stages": gm["num_stages"],
                 # informational: the launcher default picks these tiles on this vendor

@@ -303,6 +303,46 @@ def test_linear_split_k_small_tiles_and_dequant_path(name, rng, tuning_table, mo
     assert spies["_linear_gemm_kernel"].launches == 1 and len(dequant_calls) == 1
 
 
+@pytest.mark.parametrize("name", ["Q4_K", "Q8_0", "Q6_K", "Q5_0", "Q2_K"])
+def test_gemm_split_k(name, rng, tuning_table, monkeypatch):
+    """The batch-decode GEMM with its K range split over programs (float32 partials, then the
+    split-K reduce with the bias): uneven splits (the last one shorter, a step past its end
+    masked), with and without bias, T = 5 and 33, against float64."""
+    cols = {"Q4_K": 256 * 5, "Q8_0": 32 * 21, "Q6_K": 256 * 3, "Q5_0": 32 * 13, "Q2_K": 256 * 4}[name]
+    qt, w64 = make_weight(name, 70, cols, rng)
+    grids = []
+
+    class GridSpy(LaunchSpy):
+        def __getitem__(self, grid):
+            grids.append(grid)
+            return super().__getitem__(grid)
+
+    spies = {"_linear_gemm_kernel": GridSpy(mm._linear_gemm_kernel),
+             "_linear_splitk_reduce_kernel": LaunchSpy(mm._linear_splitk_reduce_kernel)}
+    for k, spy in spies.items():
+        monkeypatch.setattr(mm, k, spy)
+    tuning_table({"linear_gemm": {"*": {"BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_S": 2,
+                                        "SPLIT_K": 3, "DEQUANT_T": 0}}})
+    for T, bias in ((5, True), (33, False)):
+        check_linear(qt, w64, T, torch.bfloat16, rng, with_bias=bias)
+    assert len(grids) == 2 and all(g[1] == 3 for g in grids), grids
+    assert spies["_linear_splitk_reduce_kernel"].launches == 2
+
+
+def test_gemm_default_split_k():
+    """The launcher default splits K for batch-decode grids under ~2 programs per SM (H100:
+    132) and leaves large grids and prefill alone."""
+    q4k = int(gguf_type("Q4_K"))
+    g = lambda T, N, K: mm.gemm_default(q4k, T, N, K, "nvidia", 132)["SPLIT_K"]  # noqa: E731
+    assert g(32, 4096, 4096) == 5        # 64 programs, 32 steps
+    assert g(32, 4096, 14336) == 5
+    assert g(32, 6144, 4096) == 3        # 96 programs
+    assert g(32, 28672, 4096) == 1       # 448 programs
+    assert g(512, 4096, 4096) == 1       # prefill
+    assert g(32, 4096, 256) == 1         # 2 steps: nothing to split
+    assert mm.gemm_default(q4k, 32, 4096, 4096, "nvidia")["SPLIT_K"] == 1   # CUs unknown
+
+
 def test_linear_strided_x_and_out(rng):
     qt, w64 = make_weight("Q4_K", 40, 512, rng)
     # bf16 rows of odd stride: the GEMV reads x elementwise (no uint32 pairs)
