@@ -293,7 +293,9 @@ class Engine:
         capture the decode graphs, so that the first request is not slow."""
         import sys
 
-        sizes = sorted({min(s, self.max_num_batched_tokens, self.max_model_len - 1) for s in (1, 7, 64, 512)})
+        # (no larger than the KV cache holds: model_logits needs blocks for every token)
+        top = min(self.max_num_batched_tokens, self.max_model_len - 1, self.pool.capacity_tokens)
+        sizes = sorted({max(1, min(s, top)) for s in (1, 7, 64, 512)})
         bar = None
         if progress:
             from tqdm import tqdm

@@ -176,3 +176,15 @@ def test_failed_forward_loses_nothing(tiny, monkeypatch):
                 done[out.request_id] = out
     assert [done[r].token_ids for r in rids] == want
     assert eng.pool.num_free == eng.pool.num_usable
+
+
+def test_warmup_fits_a_small_kv_cache(tiny):
+    """The load-time warm-up (GPU only; called here directly) runs prompts of up to 512
+    tokens, but never more than the KV cache holds (a 200-token cache with a 512-token batch
+    budget failed to load: `forge bench -p 16`)."""
+    from forge.runtime.engine import Engine
+
+    eng = Engine(tiny, device="cpu", kv_cache_tokens=200, max_num_batched_tokens=512)
+    assert eng.pool.capacity_tokens < 512
+    eng._warmup(progress=False)
+    assert eng.pool.num_free == eng.pool.num_usable   # every warm-up block given back
