@@ -1071,8 +1071,7 @@ DEQUANT_T_NVIDIA = {"Q8_0": 384, "Q4_0": 384, "Q4_1": 384, "Q4_K": 192, "Q6_K": 
 DEQUANT_T_NVIDIA_DEFAULT = 256
 
 
-def gemm_default(ggml_type: int, T: int, N: int, K: int, vendor: str = "amd",
-                 cus: int = 0) -> dict:
+def gemm_default(ggml_type: int, T: int, N: int, K: int, vendor: str = "amd") -> dict:
     """Launcher default for "linear_gemm".
 
     BLOCK_M follows T up to 64 (128 on NVIDIA, whose shared memory holds 128 x 128 x 64 tiles
@@ -1080,13 +1079,14 @@ def gemm_default(ggml_type: int, T: int, N: int, K: int, vendor: str = "amd",
     decode tokens streams the weights once. Up to 64 rows the tile is 64 weight rows x 128
     columns per step (twice the bytes of the large tiles: the weight loads are not pipelined, so
     each step is a memory round trip); above, 128 x 64 x 64 (NVIDIA) / 64 x 64 x 64.
-    SPLIT_K (T <= 64, `cus` compute units known, K <= 8192): a batch-decode grid has one
-    program per 64 weight rows, e.g. 96 for Llama-3-8B's 6144-row qkv weight, under one per SM
-    on an H100. The K range is then split until the grid has ~2 programs per CU (at most 8
-    ways, no fewer than 4 steps per split); the float32 partials are summed by the split-K
-    reduce kernel. Measured at T = 32 on an H100 (8B Q4_K_M, graph replay, session 5): qkv
-    6144 x 4096 29.4 -> 20.3 us (+1.8 us reduce), o 4096 x 4096 29.5 -> 27.4 (+1.8), but the
-    whole step 10.45 -> 10.57 ms with the 14336-deep down projection split too, hence K <= 8192.
+    SPLIT_K (default 1; tables may set it): program_id(1) takes a share of K and the split-K
+    reduce kernel sums the float32 partials. A batch-decode grid has one program per 64
+    weight rows (96 for Llama-3-8B's 6144-row qkv weight, under one per SM on an H100), so
+    splitting looked attractive, but at T = 32 (8B Q4_K_M, H100, session 5) it made the
+    kernels faster and the step slower: qkv 6144 x 4096 29.4 -> 20.3 us (3 ways, +1.8 us
+    reduce), o 4096 x 4096 29.5 -> 27.4 (+1.8); b32 tg 3,136 tok/s unsplit vs 3,085-3,097 with
+    qkv and o split and 3,106 (another machine: 3,158 unsplit) with every weight split ~2
+    programs per SM. `split_k_for(...)` is that rule, for tables and sweeps.
     DEQUANT_T: see DEQUANT_T_NVIDIA (AMD keeps the fused GEMM: 0).
     """
     info = TYPES[int(ggml_type)]
@@ -1100,14 +1100,17 @@ def gemm_default(ggml_type: int, T: int, N: int, K: int, vendor: str = "amd",
     warps = 8 if bm * bn >= 128 * 128 else 4
     dq = DEQUANT_T_NVIDIA.get(info.name, DEQUANT_T_NVIDIA_DEFAULT) if big else 0
     bs = max(1, bk // sub)
-    split = 1
-    if T <= 64 and cus > 0 and K <= 8192:
-        programs = -(-T // bm) * -(-N // bn)
-        steps = -(-(-(-K // sub)) // bs)
-        split = max(1, min(8, -(-2 * cus // programs), steps // 4))
-    return {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_S": bs, "GROUP_M": 8, "SPLIT_K": split,
+    return {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_S": bs, "GROUP_M": 8, "SPLIT_K": 1,
             "DEQUANT_T": dq, "DEQUANT_EAGER": 0 if big else 1,
             "num_warps": warps, "num_stages": 3 if big else 2}
+
+
+def split_k_for(T: int, N: int, K: int, sub: int, bm: int, bn: int, bs: int, cus: int) -> int:
+    """A K split that gives a grid of T x N tiles ~2 programs per CU: at most 8 ways, at least
+    4 steps of `bs` sub-blocks per split (1 when the grid is large enough or K short)."""
+    programs = -(-T // bm) * -(-N // bn)
+    steps = -(-(-(-K // sub)) // bs)
+    return max(1, min(8, -(-2 * cus // programs), steps // 4))
 
 
 _LEVELS = ("override", "user", "arch", "family", "vendor", "default", "builtin")
@@ -1133,7 +1136,7 @@ def _configs(ggml_type: int, T: int, N: int, K: int, exact: bool = False) -> tup
     vendor, cus, warp = _device()
     gv = gemv_default(ggml_type, T, N, K, cus, warp, vendor, interpreter=_INTERPRET, exact=exact)
     return (_cfg("linear_gemv", ggml_type, dims, gv),
-            _cfg("linear_gemm", ggml_type, dims, gemm_default(ggml_type, T, N, K, vendor, cus)))
+            _cfg("linear_gemm", ggml_type, dims, gemm_default(ggml_type, T, N, K, vendor)))
 
 
 def clear_config_cache() -> None:
