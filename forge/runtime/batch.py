@@ -94,7 +94,9 @@ def pad_batch_arrays(host: dict[str, Any], num_tokens: int, num_seqs: int,
     context is just those tokens) whose block table is all block 0 (the null block, never
     handed out) and whose K/V go to slot 0; the sequences past it have no tokens (and no
     context). `logits_indices` is padded with row 0; the caller keeps its first S rows.
-    Needs num_seqs >= B + 1 when num_tokens > T (room for the padding sequence)."""
+    Needs num_seqs >= B + 1 when num_tokens > T (room for the padding sequence), and
+    num_block_cols * block_size >= num_tokens - T (attention reads the padding sequence's
+    block-table row up to its context length; runtime/graphs.py prefill_block_cols)."""
     T, B = host["num_tokens"], host["num_seqs"]
     S = len(host["logits_indices"])
     bt = host["block_tables"]

@@ -251,6 +251,13 @@ def prefill_seq_ladder(max_seqs: int) -> list[int]:
     return rungs + [max_seqs]
 
 
+def prefill_block_cols(max_len: int, block_size: int, max_tokens: int) -> int:
+    """Block-table width of the prefill graphs: a real sequence's blocks (max_len tokens), and
+    at least as many as the padding sequence's context (up to max_tokens - 1 tokens, all in
+    block 0) makes the attention kernel read: a narrower table would be read past its rows."""
+    return max(-(-max_len // block_size), -(-max_tokens // block_size))
+
+
 def prefill_size(host: dict, t_rungs: list[int], b_rungs: list[int],
                  max_block_cols: int) -> tuple[int, int] | None:
     """The padded (tokens, sequences) of a step (`build_batch_arrays`'s dict) on these ladders,
@@ -353,8 +360,8 @@ class PrefillGraphs:
         self.engine = engine
         self.device = engine.backend.device
         self.max_len = engine.max_model_len
-        self.W = -(-self.max_len // engine.block_size)
         self.t_rungs = prefill_token_ladder(engine.max_num_batched_tokens)
+        self.W = prefill_block_cols(self.max_len, engine.block_size, self.t_rungs[-1])
         self.b_rungs = prefill_seq_ladder(min(engine.max_num_seqs, max_seqs) + 1)
         self.max_graphs = int(max_graphs)
         self.by_size: dict[tuple[int, int], _PrefillRung] = {}

@@ -13,7 +13,8 @@ import pytest
 from forge import LLM, SamplingParams
 from forge.runtime.backend import ForwardBatch
 from forge.runtime.batch import pad_batch_arrays
-from forge.runtime.graphs import prefill_seq_ladder, prefill_size, prefill_token_ladder
+from forge.runtime.graphs import (prefill_block_cols, prefill_seq_ladder, prefill_size,
+                                  prefill_token_ladder)
 from forge.testing.synthetic import write_synthetic
 
 
@@ -50,6 +51,14 @@ def test_prefill_size():
     assert prefill_size(_host(64, 1, W=9), t, b, 8) is None      # wider block table
 
 
+def test_block_cols_cover_the_padding_sequence():
+    # the padding sequence of a step padded to 8192 tokens has up to 8191 tokens of context,
+    # all read through its block-table row: the table is that wide even for short models
+    assert prefill_block_cols(256, 16, 8192) == 512
+    assert prefill_block_cols(131072, 16, 8192) == 8192
+    assert prefill_block_cols(100, 16, 16) == 7
+
+
 def test_pad_rejects_too_small():
     h = {"num_tokens": 5, "num_seqs": 1, "logits_indices": np.array([4]),
          "block_tables": np.zeros((1, 2), np.int32)}
@@ -66,7 +75,7 @@ class PaddedEager:
         self.engine = engine
         self.t_rungs = prefill_token_ladder(max_tokens or engine.max_num_batched_tokens)
         self.b_rungs = prefill_seq_ladder(max_seqs + 1)
-        self.W = -(-engine.max_model_len // engine.block_size)
+        self.W = prefill_block_cols(engine.max_model_len, engine.block_size, self.t_rungs[-1])
         self.sizes = []
 
     def run(self, host):
@@ -135,3 +144,19 @@ def test_padding_writes_only_null_block(tiny):
         slots = {int(b) * bs + int(o) for b, o in changed}
         real = [s for s in slots if s >= bs]
         assert len(real) == T and all(s < bs for s in slots - set(real))
+
+
+def test_padding_longer_than_the_context_limit(tiny):
+    """Many short prompts in one step padded past max_model_len (a 64-token padding sequence
+    in a model limited to 40): the block tables are wide enough for it, results unchanged."""
+    kw = dict(kv_cache_tokens=4096, max_num_seqs=8, max_model_len=40, max_num_batched_tokens=128)
+    plain = LLM(tiny, device="cpu", **kw)
+    padded = LLM(tiny, device="cpu", **kw)
+    padded.engine.prefill_graphs = pg = PaddedEager(padded.engine)
+    prompts = [list(range(3 + i, 12 + i)) for i in range(8)]    # 8 x 9 tokens: 72 -> 128
+    params = SamplingParams(temperature=0, max_tokens=4, ignore_eos=True)
+    a = plain.generate(prompts, params)
+    b = padded.generate(prompts, params)
+    assert [x.token_ids for x in a] == [y.token_ids for y in b]
+    T, B, key = pg.sizes[0]
+    assert key[0] - T > 40, pg.sizes
