@@ -1085,8 +1085,8 @@ def gemm_default(ggml_type: int, T: int, N: int, K: int, vendor: str = "amd") ->
     splitting looked attractive, but at T = 32 (8B Q4_K_M, H100, session 5) it made the
     kernels faster and the step slower: qkv 6144 x 4096 29.4 -> 20.3 us (3 ways, +1.8 us
     reduce), o 4096 x 4096 29.5 -> 27.4 (+1.8); b32 tg 3,136 tok/s unsplit vs 3,085-3,097 with
-    qkv and o split and 3,106 (another machine: 3,158 unsplit) with every weight split ~2
-    programs per SM. `split_k_for(...)` is that rule, for tables and sweeps.
+    qkv and o split and 3,106 (another machine: 3,158 unsplit) with every weight split to ~2
+    programs per SM (at most 8 ways, >= 4 steps each).
     DEQUANT_T: see DEQUANT_T_NVIDIA (AMD keeps the fused GEMM: 0).
     """
     info = TYPES[int(ggml_type)]
@@ -1099,18 +1099,9 @@ def gemm_default(ggml_type: int, T: int, N: int, K: int, vendor: str = "amd") ->
         bn, bk = (128 if bm == 128 else 64), 64
     warps = 8 if bm * bn >= 128 * 128 else 4
     dq = DEQUANT_T_NVIDIA.get(info.name, DEQUANT_T_NVIDIA_DEFAULT) if big else 0
-    bs = max(1, bk // sub)
-    return {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_S": bs, "GROUP_M": 8, "SPLIT_K": 1,
+    return {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_S": max(1, bk // sub), "GROUP_M": 8, "SPLIT_K": 1,
             "DEQUANT_T": dq, "DEQUANT_EAGER": 0 if big else 1,
             "num_warps": warps, "num_stages": 3 if big else 2}
-
-
-def split_k_for(T: int, N: int, K: int, sub: int, bm: int, bn: int, bs: int, cus: int) -> int:
-    """A K split that gives a grid of T x N tiles ~2 programs per CU: at most 8 ways, at least
-    4 steps of `bs` sub-blocks per split (1 when the grid is large enough or K short)."""
-    programs = -(-T // bm) * -(-N // bn)
-    steps = -(-(-(-K // sub)) // bs)
-    return max(1, min(8, -(-2 * cus // programs), steps // 4))
 
 
 _LEVELS = ("override", "user", "arch", "family", "vendor", "default", "builtin")
@@ -1337,10 +1328,7 @@ def _gemv(x: torch.Tensor, w: QTensor, bias, out: torch.Tensor, gv: dict) -> Non
     bn = gv["BLOCK_N"]
     bb = max(1, gv["BLOCK_K"] // epc)
     nch = triton.cdiv(K, epc)
-    steps = triton.cdiv(nch, bb)
-    split = max(1, min(int(gv["SPLIT_K"]), steps))
-    per = triton.cdiv(steps, split) * bb               # chunks per split: whole steps
-    split = triton.cdiv(nch, per)
+    split, per = _split_k(nch, bb, gv["SPLIT_K"])      # chunks per split: whole steps
     even = nch % bb == 0 and per % bb == 0 and K % epc == 0
     grid = (triton.cdiv(N, bn) * triton.cdiv(T, bt), split)
     dst = out if split == 1 else torch.empty((split, T, N), dtype=torch.float32, device=x.device)
@@ -1361,11 +1349,25 @@ def _gemv(x: torch.Tensor, w: QTensor, bias, out: torch.Tensor, gv: dict) -> Non
         num_warps=gv["num_warps"], num_stages=gv["num_stages"],
         **pdl.launch_args(bool(gv.get("PDL", 1))))   # (a table may turn it off)
     if split > 1:
-        blk = 1024
-        _linear_splitk_reduce_kernel[(triton.cdiv(T * N, blk),)](
-            dst, bias_arg, out, T * N, N, out.stride(0),
-            SPLIT_K=split, HAS_BIAS=bias is not None, BLOCK=blk, num_warps=4,
-            **pdl.launch_args())
+        _reduce_splits(dst, bias, out, split)
+
+
+def _split_k(units: int, step: int, want) -> tuple[int, int]:
+    """(splits, units per split) for a K loop over `units` (chunks or sub-blocks) taken `step`
+    at a time, split at most `want` ways: whole steps per split, no empty split."""
+    steps = triton.cdiv(units, step)
+    split = max(1, min(int(want), steps))
+    per = triton.cdiv(steps, split) * step
+    return triton.cdiv(units, per), per
+
+
+def _reduce_splits(part: torch.Tensor, bias, out: torch.Tensor, split: int) -> None:
+    """out = the sum of the float32 partials part [split, T, N] (+ bias), in out's dtype."""
+    T, N = out.shape
+    blk = 1024
+    _linear_splitk_reduce_kernel[(triton.cdiv(T * N, blk),)](
+        part, bias if bias is not None else out, out, T * N, N, out.stride(0),
+        SPLIT_K=split, HAS_BIAS=bias is not None, BLOCK=blk, num_warps=4, **pdl.launch_args())
 
 
 def linear(x: torch.Tensor, w: QTensor, bias: torch.Tensor | None = None,
@@ -1413,10 +1415,7 @@ def linear(x: torch.Tensor, w: QTensor, bias: torch.Tensor | None = None,
         planes = plane_args(w)
         bm, bn, bs = gm["BLOCK_M"], gm["BLOCK_N"], gm["BLOCK_S"]
         nsub = triton.cdiv(K, info.sub)
-        steps = triton.cdiv(nsub, bs)
-        split = max(1, min(int(gm.get("SPLIT_K", 1)), steps))
-        per = triton.cdiv(steps, split) * bs               # sub-blocks per split: whole steps
-        split = triton.cdiv(nsub, per)
+        split, per = _split_k(nsub, bs, gm.get("SPLIT_K", 1))   # sub-blocks per split
         grid = (triton.cdiv(T, bm) * triton.cdiv(N, bn), split)
         dst = out if split == 1 else torch.empty((split, T, N), dtype=torch.float32, device=x.device)
         bias_arg = bias if bias is not None else out
@@ -1429,11 +1428,7 @@ def linear(x: torch.Tensor, w: QTensor, bias: torch.Tensor | None = None,
             num_warps=gm["num_warps"], num_stages=gm["num_stages"],
             **{k: gm[k] for k in ("waves_per_eu", "matrix_instr_nonkdim", "kpack") if k in gm})
         if split > 1:
-            blk = 1024
-            _linear_splitk_reduce_kernel[(triton.cdiv(T * N, blk),)](
-                dst, bias_arg, out, T * N, N, out.stride(0),
-                SPLIT_K=split, HAS_BIAS=bias is not None, BLOCK=blk, num_warps=4,
-                **pdl.launch_args())
+            _reduce_splits(dst, bias, out, split)
         return out
     if bias is not None:
         out += bias.to(out.dtype)
@@ -1543,7 +1538,8 @@ def _compile_specs() -> list[dict]:
                    "out_ptr": "*fp32" if split else act, "T": "i32", "N": "i32", "K": "i32",
                    "NSUB": "i32", "stride_x": "i32", "stride_o": "i32", "S_PER_SPLIT": "i32"}
             specs.append({
-                "name": f"_linear_gemm_kernel[{info.name},{act[1:]},T{T}{',split' if split else ''},{vendor}]",
+                "name": (f"_linear_gemm_kernel[{info.name},{act[1:]},T{T}"
+                         f"{',split' if split else ''},{vendor}]"),
                 "fn": _linear_gemm_kernel, "signature": sig,
                 "constexprs": {"TYPE": tid, "SUB": info.sub, "BLOCK_M": gm["BLOCK_M"],
                                "BLOCK_N": gm["BLOCK_N"], "BLOCK_S": gm["BLOCK_S"],
