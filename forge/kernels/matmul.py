@@ -655,6 +655,23 @@ def _gv_loads(q_ptr, qh_ptr, sc_ptr, d_ptr, s_q, s_qh, s_sc, s_d, r3, c0, c_end,
     return w, h, sc, d
 
 
+# X_PRE with E = 8 (4/5/6-bit codes): a chunk's x is 8 words (its V even-element words, its V
+# odd-element words), 32 bytes. Stored chunk after chunk, a thread's load of one of them would
+# hit a new 32-byte sector per lane (the warp's 32 chunks span 1 KB per load). Instead the words
+# of XQ_LANES consecutive chunks (one warp's chunks of a step) are interleaved: the even words of
+# the group (V per chunk, chunk after chunk), then its odd words, so that each of the two
+# loads of a step is one 16-byte vector per thread and 512 contiguous bytes per warp, as the
+# weight rows are. Rows are padded to whole groups.
+XQ_LANES = tl.constexpr(32)
+
+
+@triton.jit
+def _xq_word(c, v, V: tl.constexpr):
+    """Word index (in a row of pre-quantized x, E = 8) of chunk c's even-element word v; its
+    odd-element word is XQ_LANES * V further."""
+    return (c // XQ_LANES) * (2 * XQ_LANES * V) + (c % XQ_LANES) * V + v
+
+
 @triton.jit
 def _gv_xpre(xq_ptr, xs_ptr, t, stride_xq, stride_xs, c0, c_end, V: tl.constexpr,
              E: tl.constexpr, BB: tl.constexpr, EVEN: tl.constexpr, ASM: tl.constexpr):
@@ -665,13 +682,16 @@ def _gv_xpre(xq_ptr, xs_ptr, t, stride_xq, stride_xs, c0, c_end, V: tl.constexpr
     v3 = tl.arange(0, V)[:, None, None]
     row = xq_ptr + t.to(tl.int64) * stride_xq
     srow = xs_ptr + t.to(tl.int64) * stride_xs
-    if E == 8:      # (even-element word, odd-element word) per x word
-        off = ((cb * V + v3) * 2)[:, :, :, None] + tl.arange(0, 2)[None, None, None, :]
+    if E == 8:      # (even-element word, odd-element word) per x word: `_xq_word`
+        off = _xq_word(cb, v3, V)
         if EVEN:
-            u = tl.load(row + off)
+            ev = tl.load(row + off)
+            od = tl.load(row + off + XQ_LANES * V)
         else:
-            u = tl.load(row + off, mask=(cb < c_end)[:, :, :, None], other=0)
-        ev, od = tl.split(u.to(tl.uint32, bitcast=True))
+            ev = tl.load(row + off, mask=cb < c_end, other=0)
+            od = tl.load(row + off + XQ_LANES * V, mask=cb < c_end, other=0)
+        ev = ev.to(tl.uint32, bitcast=True)
+        od = od.to(tl.uint32, bitcast=True)
         ones = ev * 0 + 0x01010101
         packed = (ev, od)
         sums = _dp4a(ones, od, _dp4a(ones, ev, 0, ASM), ASM)
@@ -867,8 +887,8 @@ def _xquant_kernel(
 ):
     """x quantized to int8 per GEMV chunk (V x E elements), exactly as the GEMV's in-kernel
     X_INT8 path does it (`_gv_x` + `_gv_xq`), stored in the byte order its dp4a takes: per x
-    word, E = 8: (elements 0 2 4 6, elements 1 3 5 7), E = 4: (0 1 2 3). Program (t, block of
-    BB chunks); chunks past K read x as 0."""
+    word, E = 8: (elements 0 2 4 6, elements 1 3 5 7), E = 4: (0 1 2 3), and in the word order
+    `_xq_word` gives (E = 8). Program (t, block of BB chunks); chunks past K read x as 0."""
     pdl_launch(PDL)
     pdl_wait(PDL)
     t = tl.program_id(0)
@@ -880,9 +900,9 @@ def _xquant_kernel(
     row = xq_ptr + t.to(tl.int64) * stride_xq
     m = cb < NCH
     if E == 8:
-        off = ((cb * V + v3) * 2)[:, :, :, None] + tl.arange(0, 2)[None, None, None, :]
-        u = tl.join(packed[0], packed[1]).to(tl.int32, bitcast=True)
-        tl.store(row + off, u, mask=m[:, :, :, None])
+        off = _xq_word(cb, v3, V)
+        tl.store(row + off, packed[0].to(tl.int32, bitcast=True), mask=m)
+        tl.store(row + off + XQ_LANES * V, packed[1].to(tl.int32, bitcast=True), mask=m)
     else:
         tl.store(row + cb * V + v3, packed[0].to(tl.int32, bitcast=True), mask=m)
     tl.store(xs_ptr + t.to(tl.int64) * stride_xs + cb, scale, mask=m)
@@ -1286,8 +1306,15 @@ def _xq_blocks(nch: int) -> int:
     return max(1, min(32, triton.next_power_of_2(nch)))
 
 
+def xq_words(nch: int, V: int, E: int) -> int:
+    """int32 words per row of pre-quantized x for nch chunks (E = 8: whole `_xq_word` groups)."""
+    if E == 8:
+        nch = triton.cdiv(nch, int(XQ_LANES)) * int(XQ_LANES)
+    return nch * V * E // 4
+
+
 def quantize_x(x: torch.Tensor, V: int, E: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """x [T, K] (bf16/fp16, unit column stride) -> (codes int32 [T, NCH * V * E / 4], scales
+    """x [T, K] (bf16/fp16, unit column stride) -> (codes int32 [T, xq_words(NCH, V, E)], scales
     float32 [T, NCH]) for the GEMV's X_PRE path: chunks of V x E elements, each with scale
     max|x| / 127 and round-to-nearest int8 codes, bit-identical to the in-kernel X_INT8
     quantization."""
@@ -1303,7 +1330,7 @@ def quantize_x(x: torch.Tensor, V: int, E: int) -> tuple[torch.Tensor, torch.Ten
     T, K = x.shape
     epc = V * E
     nch = triton.cdiv(K, epc)
-    xq = torch.empty((T, nch * epc // 4), dtype=torch.int32, device=x.device)
+    xq = torch.empty((T, xq_words(nch, V, E)), dtype=torch.int32, device=x.device)
     xs = torch.empty((T, nch), dtype=torch.float32, device=x.device)
     bb = _xq_blocks(nch)
     if T > 0:

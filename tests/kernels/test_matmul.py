@@ -531,10 +531,13 @@ def _xq_unpack(words: torch.Tensor, V: int, E: int) -> np.ndarray:
     T = b.shape[0]
     if E == 4:                              # per x word: elements 0 1 2 3
         return b.copy()
-    g = b.reshape(T, -1, 2, 4)              # per 8 elements: (0 2 4 6), (1 3 5 7)
-    out = np.empty((T, g.shape[1], 8), np.int8)
-    out[:, :, 0::2] = g[:, :, 0]
-    out[:, :, 1::2] = g[:, :, 1]
+    # groups of 32 chunks: [even/odd word][chunk][word v][4 bytes]; per 8 elements of word v:
+    # (0 2 4 6) in the even word, (1 3 5 7) in the odd one
+    L = 32
+    g = b.reshape(T, -1, 2, L, V, 4)
+    out = np.empty((T, g.shape[1], L, V, 8), np.int8)
+    out[..., 0::2] = g[:, :, 0]
+    out[..., 1::2] = g[:, :, 1]
     return out.reshape(T, -1)
 
 
@@ -552,9 +555,10 @@ def test_quantize_x_matches_reference(VE, rng):
         mm._xq_last.clear()
         words, scales = mm.quantize_x(x.to(DEV), V, E)
         nch = -(-K // epc)
-        assert tuple(words.shape) == (T, nch * epc // 4) and words.dtype == torch.int32
+        rows_ch = -(-nch // 32) * 32 if E == 8 else nch      # E = 8: whole groups of 32
+        assert tuple(words.shape) == (T, rows_ch * epc // 4) and words.dtype == torch.int32
         assert tuple(scales.shape) == (T, nch) and scales.dtype == torch.float32
-        codes = _xq_unpack(words, V, E)
+        codes = _xq_unpack(words, V, E)[:, :nch * epc]
         want_c, want_s = _xq_reference(x.float().numpy(), V, E)
         np.testing.assert_array_equal(scales.cpu().numpy(), want_s)
         diff = np.abs(codes.astype(np.int32) - want_c.astype(np.int32))
