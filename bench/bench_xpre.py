@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from autotune.spaces import ROTATE_BYTES, _qweight  # noqa: E402
 from autotune.timing import graph_ms  # noqa: E402
 from forge.kernels import matmul as mm  # noqa: E402
-from forge.kernels import tuning  # noqa: E402
+from forge.kernels import tuning, xquant  # noqa: E402
 from forge.kernels.dequant import TYPE_IDS  # noqa: E402
 
 SHAPES = ["4096x4096", "6144x4096", "28672x4096", "4096x14336", "1024x4096", "128256x4096",
@@ -45,7 +45,7 @@ def main(argv=None) -> int:
     ap.add_argument("--table")
     a = ap.parse_args(argv)
     dev = torch.device("cuda")
-    mm.XQ_REUSE = False                     # every timed call quantizes its x
+    xquant.XQ_REUSE = False                     # every timed call quantizes its x
     rows, table = [], {"arch": "sm90", "family": "hopper", "source": "bench_xpre", "kernels": {}}
     print(f"{'type':5} {'N x K':>12} {'X_PRE 0 us':>10} {'X_PRE 1 us':>9} {'quant us':>8} "
           f"{'GEMV us':>8} {'best us':>8} {'GB/s':>6}  best config")
@@ -84,9 +84,9 @@ def main(argv=None) -> int:
             xp = dict(base, X_PRE=1)
             t_xpre = run_cfg(xp)
             t_q = _time([lambda: mm.quantize_x(x, V, E)])
-            mm.XQ_REUSE = True                  # one quantization shared by every copy's call
+            xquant.XQ_REUSE = True                  # one quantization shared by every copy's call
             t_reuse = run_cfg(xp)
-            mm.XQ_REUSE = False
+            xquant.XQ_REUSE = False
             best, best_t = xp, t_xpre
             if a.search:
                 for bn, nw, pf in itertools.product((2, 4, 8), (1, 2, 4), (0, 2)):

@@ -13,8 +13,9 @@ import torch
 import triton
 import triton.language as tl
 
-from forge.kernels import pdl, tuning
+from forge.kernels import pdl, tuning, xquant
 from forge.kernels.pdl import pdl_launch, pdl_wait
+from forge.kernels.xquant import _xq_store
 
 KINDS = ("silu", "gelu_tanh")
 _FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -25,10 +26,14 @@ def _act_mul_kernel(
     g_ptr,    # [T, F] gate rows strided by stride_g, features contiguous
     u_ptr,    # [T, F] up rows strided by stride_u, features contiguous
     o_ptr,    # [T, F] contiguous output
-    F, stride_g, stride_u,
+    xq_ptr,   # uint8: the output's int8 codes for the GEMV's X_PRE path (XQ_E > 0; xquant.py)
+    xs_ptr,   # float32 [T, NCH]: their chunk scales
+    F, stride_g, stride_u, stride_xq, NCH,    # (bytes per row of codes, chunks per row)
     GELU: tl.constexpr,
     BLOCK_F: tl.constexpr,
     PDL: tl.constexpr,   # launched with programmatic dependent launch (forge/kernels/pdl.py)
+    XQ_V: tl.constexpr = 0,  # XQ_E > 0: also quantize the output in chunks of XQ_V x XQ_E
+    XQ_E: tl.constexpr = 0,
 ):
     pdl_launch(PDL)
     pdl_wait(PDL)        # before the gate/up loads (the previous kernel's output)
@@ -42,8 +47,13 @@ def _act_mul_kernel(
         e = tl.exp(-2.0 * 0.7978845608028654 * (g + 0.044715 * g * g * g))
     else:
         e = tl.exp(-g)
-    y = g / (1.0 + e) * u
-    tl.store(o_ptr + row * F + cols, y.to(o_ptr.dtype.element_ty), mask=m)
+    y = (g / (1.0 + e) * u).to(o_ptr.dtype.element_ty)
+    tl.store(o_ptr + row * F + cols, y, mask=m)
+    if XQ_E > 0:   # the codes of the output as stored (masked columns are 0)
+        r1 = tl.zeros((1,), tl.int64) + row
+        _xq_store(tl.reshape(y.to(tl.float32), (1, BLOCK_F)), r1 >= 0,
+                  tl.program_id(1) * (BLOCK_F // (XQ_V * XQ_E)), NCH, xq_ptr, xs_ptr,
+                  r1 * stride_xq, r1 * NCH, XQ_V, XQ_E)
 
 
 def _check(name: str, x: torch.Tensor) -> None:
@@ -55,7 +65,7 @@ def _check(name: str, x: torch.Tensor) -> None:
         raise ValueError(f"{name}: features must be contiguous (stride 1), got strides {x.stride()}")
 
 
-def _launch(gate: torch.Tensor, up: torch.Tensor, kind: str) -> torch.Tensor:
+def _launch(gate: torch.Tensor, up: torch.Tensor, kind: str, xq=None) -> torch.Tensor:
     if kind not in KINDS:
         raise ValueError(f"kind: expected one of {KINDS}, got {kind!r}")
     t, f = gate.shape
@@ -66,43 +76,53 @@ def _launch(gate: torch.Tensor, up: torch.Tensor, kind: str) -> torch.Tensor:
     if default["BLOCK_F"] <= 256:
         default["num_warps"] = 1
     cfg = tuning.get_config("act_mul", tuning.bucket(F=f), default)
+    codes, scales, qv, qe = xquant.producer_args(out, xq, cfg["BLOCK_F"])
     grid = (t, triton.cdiv(f, cfg["BLOCK_F"]))
-    _act_mul_kernel[grid](gate, up, out, f, gate.stride(0), up.stride(0),
-                          GELU=kind == "gelu_tanh", BLOCK_F=cfg["BLOCK_F"],
+    _act_mul_kernel[grid](gate, up, out, codes.view(torch.uint8), scales, f, gate.stride(0),
+                          up.stride(0), codes.stride(0) * 4, scales.shape[-1],
+                          GELU=kind == "gelu_tanh", BLOCK_F=cfg["BLOCK_F"], XQ_V=qv, XQ_E=qe,
                           num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
                           **pdl.launch_args())
+    if qe:
+        xquant.remember(out, qv, qe, codes, scales)
     return out
 
 
-def act_mul(gate: torch.Tensor, up: torch.Tensor, kind: str) -> torch.Tensor:
+def act_mul(gate: torch.Tensor, up: torch.Tensor, kind: str, xq=None) -> torch.Tensor:
     """kind "silu": silu(gate) * up; "gelu_tanh": gelu_tanh(gate) * up. [T, F] each -> new [T, F]
-    in gate's dtype."""
+    in gate's dtype. xq = (V, E): also quantize the output for the GEMV's X_PRE path when it
+    is in the GEMV's range (see norm.rms_norm; xquant.producer_args)."""
     _check("gate", gate)
     _check("up", up)
     if tuple(up.shape) != tuple(gate.shape):
         raise ValueError(f"up: expected shape {tuple(gate.shape)} (as gate), got {tuple(up.shape)}")
     if up.device != gate.device:
         raise ValueError(f"up: must be on gate's device ({gate.device}), got {up.device}")
-    return _launch(gate, up, kind)
+    return _launch(gate, up, kind, xq)
 
 
-def act_mul_fused(gu: torch.Tensor, kind: str = "silu") -> torch.Tensor:
+def act_mul_fused(gu: torch.Tensor, kind: str = "silu", xq=None) -> torch.Tensor:
     """gu [T, 2F] = [gate | up] (the output of concatenated gate/up weights) -> act(gate) * up [T, F]."""
     _check("gu", gu)
     if gu.shape[1] % 2:
         raise ValueError(f"gu: expected an even number of features [T, 2F], got {tuple(gu.shape)}")
     f = gu.shape[1] // 2
-    return _launch(gu[:, :f], gu[:, f:], kind)
+    return _launch(gu[:, :f], gu[:, f:], kind, xq)
 
 
-def _spec(dtype: str, gelu: bool, block_f: int, num_warps: int, f: int) -> dict:
+def _spec(dtype: str, gelu: bool, block_f: int, num_warps: int, f: int,
+          xq: tuple[int, int] = (0, 0)) -> dict:
     return {
-        "name": f"act_mul_{'gelu_tanh' if gelu else 'silu'}_{dtype}_{block_f}",
+        "name": f"act_mul_{'gelu_tanh' if gelu else 'silu'}_{dtype}_{block_f}"
+                f"{f'_xq{xq[0]}x{xq[1]}' if xq[1] else ''}",
         "fn": _act_mul_kernel,
         "signature": {"g_ptr": f"*{dtype}", "u_ptr": f"*{dtype}", "o_ptr": f"*{dtype}",
-                      "F": "i32", "stride_g": "i32", "stride_u": "i32",
-                      "GELU": "constexpr", "BLOCK_F": "constexpr", "PDL": "constexpr"},
-        "constexprs": {"GELU": gelu, "BLOCK_F": block_f, "PDL": False},
+                      "xq_ptr": "*u8", "xs_ptr": "*fp32",
+                      "F": "i32", "stride_g": "i32", "stride_u": "i32", "stride_xq": "i32",
+                      "NCH": "i32", "GELU": "constexpr", "BLOCK_F": "constexpr", "PDL": "constexpr",
+                      "XQ_V": "constexpr", "XQ_E": "constexpr"},
+        "constexprs": {"GELU": gelu, "BLOCK_F": block_f, "PDL": False, "XQ_V": xq[0],
+                       "XQ_E": xq[1]},
         "num_warps": num_warps,
         "num_stages": 1,
         "bucket": tuning.bucket(F=f),
@@ -115,4 +135,7 @@ COMPILE_SPECS: list[dict] = [
     _spec("fp32", False, 1024, 2, 1024),
     _spec("bf16", True, 2048, 4, 2048),     # Gemma 3 270M FFN
     _spec("fp32", True, 256, 1, 256),
+    # with the output quantized for the GEMV's X_PRE path (NVIDIA decode)
+    {**_spec("bf16", False, 2048, 4, 14336, (4, 8)), "vendors": ["nvidia"]},
+    {**_spec("bf16", False, 2048, 4, 8192, (4, 4)), "vendors": ["nvidia"]},
 ]

@@ -7,6 +7,7 @@ from the memory left after the weights (`kv_cache_budget_bytes`).
 """
 from __future__ import annotations
 
+import os
 import sys
 import time
 from typing import Any
@@ -49,6 +50,9 @@ class TritonBackend:
         self.prefill_graphs = bool(cuda_graphs and prefill_graphs)
         self.weight_bytes = 0
         self.converted_types: dict[int, int] = {}  # GGML type -> tensors dequantized to F32 at load
+        # bytes of int8-path weights per GEMV chunking (V, E): see `xq_chunking`
+        self._chunk_bytes: dict[tuple[int, int], int] = {}
+        self._xq: tuple[int, int] | None | bool = False     # False: not decided yet
 
     # ---- arrays -------------------------------------------------------------------------
     def asarray(self, x, dtype=None) -> torch.Tensor:
@@ -93,8 +97,28 @@ class TritonBackend:
             ggml_type, raw = dequant.TYPE_IDS["F32"], f32.view(np.uint8)
         host = torch.from_numpy(np.array(raw, copy=True).view(np.uint8).reshape(rows, -1))
         qt = dequant.repack(int(ggml_type), (rows, cols), host.to(self.device))
-        self.weight_bytes += sum(t.numel() * t.element_size() for t in qt.data.values())
+        nbytes = sum(t.numel() * t.element_size() for t in qt.data.values())
+        self.weight_bytes += nbytes
+        if dequant.TYPES[int(ggml_type)].name in matmul.INT8_TYPES:
+            key = matmul.gemv_shape(int(ggml_type))
+            self._chunk_bytes[key] = self._chunk_bytes.get(key, 0) + nbytes
+            self._xq = False
         return qt
+
+    @property
+    def xq_chunking(self) -> tuple[int, int] | None:
+        """The chunking (V, E) in which rms_norm and act_mul quantize their decode outputs for
+        the GEMVs' X_PRE path (xquant.py), saving those GEMVs a quantize launch each: that of
+        the int8-path weight types holding the most bytes (Q4_K_M: Q4_K and Q6_K, both 4 x 8).
+        None where nothing reads it: no such weights, float32 activations, AMD (no X_INT8),
+        or FORGE_XQ_FUSE=0. A GEMV whose config has X_PRE off or whose chunking differs just
+        quantizes for itself, as before."""
+        if self._xq is False:
+            on = os.environ.get("FORGE_XQ_FUSE", "1") not in ("0", "")
+            ok = on and self._chunk_bytes and torch.version.hip is None \
+                and self.act_dtype != torch.float32
+            self._xq = max(self._chunk_bytes, key=self._chunk_bytes.get) if ok else None
+        return self._xq
 
     def fuse_rows(self, mats: list[QTensor]) -> QTensor | None:
         """One weight with the rows of `mats` stacked; the inputs become views into it."""
@@ -137,7 +161,7 @@ class TritonBackend:
         return embedding.embed(table, ids, scale, dtype=self.act_dtype)
 
     def rms_norm(self, x, weight, eps: float, residual=None):
-        return norm.rms_norm(x, weight, eps, residual)
+        return norm.rms_norm(x, weight, eps, residual, xq=self.xq_chunking)
 
     def linear(self, x, w: QTensor, bias=None) -> torch.Tensor:
         return matmul.linear(x, w, bias)
@@ -164,7 +188,7 @@ class TritonBackend:
         return matmul.linear(x, w, out=out)
 
     def act_mul(self, gate, up, kind: str) -> torch.Tensor:
-        return activation.act_mul(gate, up, kind)
+        return activation.act_mul(gate, up, kind, xq=self.xq_chunking)
 
     def add(self, x, y) -> torch.Tensor:
         return x + y

@@ -31,13 +31,12 @@ from __future__ import annotations
 
 import functools
 import os
-import weakref
 
 import torch
 import triton
 import triton.language as tl
 
-from forge.kernels import pdl, tuning
+from forge.kernels import pdl, tuning, xquant
 from forge.kernels.dequant import (
     BF16,
     F16,
@@ -64,6 +63,7 @@ from forge.kernels.dequant import (
     plane_signature,
 )
 from forge.kernels.pdl import pdl_launch, pdl_wait
+from forge.kernels.xquant import XQ_LANES, _xq_byte, _xq_inv_scale, _xq_word
 from forge.runtime.backend import QTensor
 
 ACT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -538,13 +538,6 @@ def _anchor(xs, depf, E: tl.constexpr):
 
 
 @triton.jit
-def _xq_byte(x, inv):
-    """round(x * inv) (|x * inv| <= 127) as the low byte of a uint32 (two's complement): the
-    float 1.5 * 2^23 + n has n in its low mantissa bits."""
-    return (x * inv + 12582912.0).to(tl.uint32, bitcast=True)
-
-
-@triton.jit
 def _gv_xq(xs, E: tl.constexpr):
     """Quantize the chunk of x (E float32 tensors [V, 1, BB]) to int8 with one scale per chunk.
     Returns (packed: a tuple of uint32 words [V, 1, BB] of 4 signed bytes each, matching the
@@ -553,9 +546,7 @@ def _gv_xq(xs, E: tl.constexpr):
     amax = tl.abs(xs[0])
     for j in tl.static_range(1, E):
         amax = tl.maximum(amax, tl.abs(xs[j]))
-    amax = tl.max(amax, axis=0, keep_dims=True)
-    inv = tl.where(amax > 0.0, 127.0 / tl.maximum(amax, 1e-30), 0.0)
-    scale = amax * (1.0 / 127.0)
+    inv, scale = _xq_inv_scale(tl.max(amax, axis=0, keep_dims=True))
     t0 = _xq_byte(xs[0], inv)
     t1 = _xq_byte(xs[1], inv)
     t2 = _xq_byte(xs[2], inv)
@@ -655,27 +646,10 @@ def _gv_loads(q_ptr, qh_ptr, sc_ptr, d_ptr, s_q, s_qh, s_sc, s_d, r3, c0, c_end,
     return w, h, sc, d
 
 
-# X_PRE with E = 8 (4/5/6-bit codes): a chunk's x is 8 words (its V even-element words, its V
-# odd-element words), 32 bytes. Stored chunk after chunk, a thread's load of one of them would
-# hit a new 32-byte sector per lane (the warp's 32 chunks span 1 KB per load). Instead the words
-# of XQ_LANES consecutive chunks (one warp's chunks of a step) are interleaved: the even words of
-# the group (V per chunk, chunk after chunk), then its odd words, so that each of the two
-# loads of a step is one 16-byte vector per thread and 512 contiguous bytes per warp, as the
-# weight rows are. Rows are padded to whole groups.
-XQ_LANES = tl.constexpr(32)
-
-
-@triton.jit
-def _xq_word(c, v, V: tl.constexpr):
-    """Word index (in a row of pre-quantized x, E = 8) of chunk c's even-element word v; its
-    odd-element word is XQ_LANES * V further."""
-    return (c // XQ_LANES) * (2 * XQ_LANES * V) + (c % XQ_LANES) * V + v
-
-
 @triton.jit
 def _gv_xpre(xq_ptr, xs_ptr, t, stride_xq, stride_xs, c0, c_end, V: tl.constexpr,
              E: tl.constexpr, BB: tl.constexpr, EVEN: tl.constexpr, ASM: tl.constexpr):
-    """Token row t's pre-quantized x (X_PRE, `quantize_x`) for chunks c0 .. c0 + BB - 1, in
+    """Token row t's pre-quantized x (X_PRE: xquant.py's layout) for chunks c0 .. c0 + BB - 1, in
     the form `_gv_xq` returns: (packed words, per-word sums of the codes, chunk scales).
     The sums come from dp4a against 0x01010101 (exact). Chunks past c_end read as 0."""
     cb = c0 + tl.arange(0, BB)[None, None, :]
@@ -888,7 +862,7 @@ def _xquant_kernel(
     """x quantized to int8 per GEMV chunk (V x E elements), exactly as the GEMV's in-kernel
     X_INT8 path does it (`_gv_x` + `_gv_xq`), stored in the byte order its dp4a takes: per x
     word, E = 8: (elements 0 2 4 6, elements 1 3 5 7), E = 4: (0 1 2 3), and in the word order
-    `_xq_word` gives (E = 8). Program (t, block of BB chunks); chunks past K read x as 0."""
+    xquant.py's layout. Program (t, block of BB chunks); chunks past K read x as 0."""
     pdl_launch(PDL)
     pdl_wait(PDL)
     t = tl.program_id(0)
@@ -1289,14 +1263,6 @@ def _gemv_planes(w: QTensor) -> list:
     return ptrs + strides
 
 
-# X_PRE: the last quantized x, reused by the next GEMV on the same tensor (unchanged since: its
-# version counter) and chunking; e.g. the q/k and v projections of a Q4_K_M layer share one.
-# The entry holds x weakly and is dropped when x is freed (a new tensor at the same address
-# must not hit). XQ_REUSE = False quantizes every call (the sweep times it so).
-XQ_REUSE = True
-_xq_last: list = []
-
-
 def _xq_blocks(nch: int) -> int:
     """Chunks per quantize program: the largest of 128 .. 32 dividing nch (no masked tail),
     else 32 (or fewer for short rows)."""
@@ -1306,32 +1272,21 @@ def _xq_blocks(nch: int) -> int:
     return max(1, min(32, triton.next_power_of_2(nch)))
 
 
-def xq_words(nch: int, V: int, E: int) -> int:
-    """int32 words per row of pre-quantized x for nch chunks (E = 8: whole `_xq_word` groups)."""
-    if E == 8:
-        nch = triton.cdiv(nch, int(XQ_LANES)) * int(XQ_LANES)
-    return nch * V * E // 4
-
-
 def quantize_x(x: torch.Tensor, V: int, E: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """x [T, K] (bf16/fp16, unit column stride) -> (codes int32 [T, xq_words(NCH, V, E)], scales
+    """x [T, K] (bf16/fp16, unit column stride) -> (codes int32 [T, xquant.xq_words(NCH, V, E)], scales
     float32 [T, NCH]) for the GEMV's X_PRE path: chunks of V x E elements, each with scale
     max|x| / 127 and round-to-nearest int8 codes, bit-identical to the in-kernel X_INT8
     quantization."""
     if x.dtype not in (torch.float16, torch.bfloat16) or x.dim() != 2 or x.stride(1) != 1:
         raise ValueError(f"quantize_x: expected a 2-D float16/bfloat16 x with unit column "
                          f"stride, got {x.dtype} {tuple(x.shape)}")
-    cap = _capturing(x.device)
-    if XQ_REUSE and _xq_last:
-        ref, ver, ve, was_cap, xq, xs = _xq_last[0]
-        # (never across a graph capture's edge: a captured GEMV must capture its quantization)
-        if ref() is x and ver == x._version and ve == (V, E) and was_cap == cap:
-            return xq, xs
+    hit = xquant.lookup(x, V, E)
+    if hit is not None:
+        return hit
     T, K = x.shape
     epc = V * E
     nch = triton.cdiv(K, epc)
-    xq = torch.empty((T, xq_words(nch, V, E)), dtype=torch.int32, device=x.device)
-    xs = torch.empty((T, nch), dtype=torch.float32, device=x.device)
+    xq, xs = xquant.alloc(T, K, V, E, x.device)
     bb = _xq_blocks(nch)
     if T > 0:
         _xquant_kernel[(T, triton.cdiv(nch, bb))](
@@ -1339,10 +1294,7 @@ def quantize_x(x: torch.Tensor, V: int, E: int) -> tuple[torch.Tensor, torch.Ten
             V=V, E=E, BB=bb, EVEN=nch % bb == 0 and K % epc == 0,
             X_PAIRS=x.dtype == torch.bfloat16 and x.stride(0) % 2 == 0 and x.data_ptr() % 4 == 0,
             num_warps=max(1, min(4, bb // 32)), num_stages=1, **pdl.launch_args())
-    _xq_last.clear()
-    if XQ_REUSE:
-        _xq_last.append((weakref.ref(x, lambda _r: _xq_last.clear()), x._version, (V, E), cap,
-                         xq, xs))
+    xquant.remember(x, V, E, xq, xs)
     return xq, xs
 
 

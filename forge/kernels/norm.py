@@ -15,8 +15,9 @@ import torch
 import triton
 import triton.language as tl
 
-from forge.kernels import pdl, tuning
+from forge.kernels import pdl, tuning, xquant
 from forge.kernels.pdl import pdl_launch, pdl_wait
+from forge.kernels.xquant import _xq_store
 
 _FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 MAX_SINGLE_BLOCK = 8192  # widest row held in registers at once; wider rows loop over chunks
@@ -29,14 +30,19 @@ def _rms_norm_kernel(
     w_ptr,    # [D] contiguous, any float dtype
     y_ptr,    # [N, D] contiguous output, x's dtype
     h_ptr,    # [N, D] contiguous x + residual output (unused without HAS_RES)
+    xq_ptr,   # uint8: y's int8 codes for the GEMV's X_PRE path (XQ_E > 0; xquant.py's layout)
+    xs_ptr,   # float32 [N, NCH]: their chunk scales
     N, D, B,
     stride_xa, stride_xb, stride_ra, stride_rb,
+    stride_xq, NCH,           # bytes per row of codes, chunks per row
     eps,
     HAS_RES: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_D: tl.constexpr,
     SINGLE: tl.constexpr,   # True: the whole row fits in BLOCK_D (one load, kept in registers)
     PDL: tl.constexpr,      # launched with programmatic dependent launch (forge/kernels/pdl.py)
+    XQ_V: tl.constexpr = 0,  # XQ_E > 0 (SINGLE only): also quantize y in chunks of XQ_V x XQ_E
+    XQ_E: tl.constexpr = 0,
 ):
     pdl_launch(PDL)
     pdl_wait(PDL)           # before any load: x / residual come from the previous kernel
@@ -61,8 +67,11 @@ def _rms_norm_kernel(
         ss = tl.sum(h * h, axis=1)
         rstd = 1.0 / tl.sqrt(ss / D + eps)
         w = tl.load(w_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
-        y = h * rstd[:, None] * w[None, :]
-        tl.store(y_ptr + o_row[:, None] + cols[None, :], y.to(y_ptr.dtype.element_ty), mask=m)
+        y = (h * rstd[:, None] * w[None, :]).to(y_ptr.dtype.element_ty)
+        tl.store(y_ptr + o_row[:, None] + cols[None, :], y, mask=m)
+        if XQ_E > 0:   # the codes of y as stored (masked columns are 0)
+            _xq_store(y.to(tl.float32), row_ok, 0, NCH, xq_ptr, xs_ptr, rows.to(tl.int64) * stride_xq,
+                      rows.to(tl.int64) * NCH, XQ_V, XQ_E)
     else:
         acc = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
         for c0 in range(0, D, BLOCK_D):
@@ -112,11 +121,15 @@ def _default_config(d: int) -> dict:
     return {"BLOCK_N": block_n, "BLOCK_D": block_d, "num_warps": num_warps, "num_stages": 1}
 
 
-def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.Tensor | None = None):
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.Tensor | None = None,
+             xq: tuple[int, int] | None = None):
     """y = x / sqrt(mean(x^2) + eps) * weight over the last dim; x [N, D] (or [A, B, D]), weight [D].
 
     With `residual` (same shape as x): h = x + residual; returns (rms_norm(h) * weight, h).
     Outputs are new contiguous tensors in x's dtype, shaped like x.
+    xq = (V, E): when y is [N, D] bf16/fp16 with N in the GEMV's range (xquant.MAX_ROWS) and
+    its row fits one block, the kernel also quantizes y for the GEMV's X_PRE path with that
+    chunking and records it (xquant.remember): a GEMV on y then launches no quantize kernel.
     """
     a, b, sxa, sxb = _rows_view("x", x)
     d = x.shape[-1]
@@ -146,33 +159,37 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.
     cfg = tuning.get_config("rms_norm", tuning.bucket(D=d), _default_config(d))
     block_d = cfg["BLOCK_D"]
     single = block_d >= d
+    codes, scales, qv, qe = xquant.producer_args(y, xq if single else None, block_d)
     grid = (triton.cdiv(n, cfg["BLOCK_N"]),)
     _rms_norm_kernel[grid](
-        x, residual if residual is not None else x, weight, y, h,
-        n, d, b, sxa, sxb, sra, srb, eps,
+        x, residual if residual is not None else x, weight, y, h, codes.view(torch.uint8), scales,
+        n, d, b, sxa, sxb, sra, srb, codes.stride(0) * 4, scales.shape[-1], eps,
         HAS_RES=residual is not None, BLOCK_N=cfg["BLOCK_N"], BLOCK_D=block_d, SINGLE=single,
+        XQ_V=qv, XQ_E=qe,
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], **pdl.launch_args(),
     )
+    if qe:
+        xquant.remember(y, qv, qe, codes, scales)
     return y if residual is None else (y, h)
 
 
 def _spec(dtype: str, wdtype: str, has_res: bool, block_n: int, block_d: int, single: bool,
-          num_warps: int, d: int) -> dict:
+          num_warps: int, d: int, xq: tuple[int, int] = (0, 0)) -> dict:
     name = f"rms_norm_{dtype}_w{wdtype}_{'res' if has_res else 'nores'}_{block_n}x{block_d}" \
-           f"{'' if single else '_loop'}"
+           f"{'' if single else '_loop'}{f'_xq{xq[0]}x{xq[1]}' if xq[1] else ''}"
     return {
         "name": name,
         "fn": _rms_norm_kernel,
         "signature": {
             "x_ptr": f"*{dtype}", "r_ptr": f"*{dtype}", "w_ptr": f"*{wdtype}", "y_ptr": f"*{dtype}",
-            "h_ptr": f"*{dtype}", "N": "i32", "D": "i32", "B": "i32",
+            "h_ptr": f"*{dtype}", "xq_ptr": "*u8", "xs_ptr": "*fp32", "N": "i32", "D": "i32", "B": "i32",
             "stride_xa": "i64", "stride_xb": "i64", "stride_ra": "i64", "stride_rb": "i64",
-            "eps": "fp32",
+            "stride_xq": "i32", "NCH": "i32", "eps": "fp32",
             "HAS_RES": "constexpr", "BLOCK_N": "constexpr", "BLOCK_D": "constexpr", "SINGLE": "constexpr",
-            "PDL": "constexpr",
+            "PDL": "constexpr", "XQ_V": "constexpr", "XQ_E": "constexpr",
         },
         "constexprs": {"HAS_RES": has_res, "BLOCK_N": block_n, "BLOCK_D": block_d, "SINGLE": single,
-                       "PDL": False},
+                       "PDL": False, "XQ_V": xq[0], "XQ_E": xq[1]},
         "num_warps": num_warps,
         "num_stages": 1,
         "bucket": tuning.bucket(D=d),  # what the launcher asks the tables for at this shape
@@ -196,3 +213,6 @@ def _pdl_spec(spec: dict) -> dict:
 
 
 COMPILE_SPECS.append(_pdl_spec(COMPILE_SPECS[0]))
+# with the output quantized for the GEMV's X_PRE path (NVIDIA decode: Q4_K/Q6_K and Q8_0 chunks)
+COMPILE_SPECS.append(_pdl_spec(_spec("bf16", "fp32", True, 1, 4096, True, 8, 4096, (4, 8))))
+COMPILE_SPECS.append(_pdl_spec(_spec("bf16", "fp32", False, 1, 2048, True, 4, 2048, (4, 4))))

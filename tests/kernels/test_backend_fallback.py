@@ -22,6 +22,8 @@ def _backend() -> TritonBackend:
     be.device = torch.device(DEV)
     be.weight_bytes = 0
     be.converted_types = {}
+    be._chunk_bytes, be._xq = {}, False
+    be.act_dtype = torch.bfloat16
     return be
 
 
@@ -45,3 +47,36 @@ def test_iq4_nl_held_as_f32(rng, rows, cols):
 def test_unknown_type_is_a_clear_error():
     with pytest.raises(ValueError, match="not supported"):
         _backend().load_qtensor(9999, (1, 32), np.zeros(18, np.uint8))
+
+
+def test_xq_chunking_follows_the_int8_weights(rng, monkeypatch):
+    """rms_norm / act_mul quantize their decode outputs in the chunking of the int8-path types
+    holding the most bytes (Q4_K and Q6_K: 4 x 8; Q8_0: 4 x 4); none with only float weights,
+    float32 activations, on ROCm, or with FORGE_XQ_FUSE=0."""
+    from gguf import GGML_QUANT_SIZES
+    from gguf import GGMLQuantizationType as G
+
+    def load(be, t, rows, cols):
+        block, nbytes = GGML_QUANT_SIZES[t]
+        raw = rng.integers(0, 256, (rows, cols // block * nbytes), dtype=np.uint8)
+        be.load_qtensor(int(t), (rows, cols), raw)
+
+    monkeypatch.delenv("FORGE_XQ_FUSE", raising=False)
+    be = _backend()
+    load(be, G.F16, 4, 256)
+    assert be.xq_chunking is None
+    load(be, G.Q8_0, 2, 256)
+    assert be.xq_chunking == (4, 4)
+    load(be, G.Q4_K, 4, 512)                  # more bytes than the Q8_0 weight
+    assert be.xq_chunking == (4, 8)
+    be.act_dtype = torch.float32
+    be._xq = False
+    assert be.xq_chunking is None
+    be.act_dtype = torch.bfloat16
+    be._xq = False
+    monkeypatch.setenv("FORGE_XQ_FUSE", "0")
+    assert be.xq_chunking is None
+    monkeypatch.delenv("FORGE_XQ_FUSE")
+    be._xq = False
+    monkeypatch.setattr(torch.version, "hip", "6.0")
+    assert be.xq_chunking is None

@@ -28,7 +28,7 @@ from test_dequant import ALL_TYPES, QUANT_TYPES, gguf_type, random_rows, referen
 
 from forge.kernels import dequant as dq  # noqa: E402
 from forge.kernels import matmul as mm  # noqa: E402
-from forge.kernels import tuning  # noqa: E402
+from forge.kernels import tuning, xquant  # noqa: E402
 from forge.runtime.backend import QTensor  # noqa: E402
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
@@ -525,22 +525,6 @@ def _xq_reference(x: np.ndarray, V: int, E: int) -> tuple[np.ndarray, np.ndarray
     return codes.reshape(T, -1), (amax * np.float32(1.0 / 127.0)).astype(np.float32)
 
 
-def _xq_unpack(words: torch.Tensor, V: int, E: int) -> np.ndarray:
-    """quantize_x's int32 words -> int8 codes in element order [T, NCH * V * E]."""
-    b = words.cpu().contiguous().view(torch.int8).numpy()
-    T = b.shape[0]
-    if E == 4:                              # per x word: elements 0 1 2 3
-        return b.copy()
-    # groups of 32 chunks: [even/odd word][chunk][word v][4 bytes]; per 8 elements of word v:
-    # (0 2 4 6) in the even word, (1 3 5 7) in the odd one
-    L = 32
-    g = b.reshape(T, -1, 2, L, V, 4)
-    out = np.empty((T, g.shape[1], L, V, 8), np.int8)
-    out[..., 0::2] = g[:, :, 0]
-    out[..., 1::2] = g[:, :, 1]
-    return out.reshape(T, -1)
-
-
 @pytest.mark.parametrize("VE", [(4, 8), (4, 4)])
 def test_quantize_x_matches_reference(VE, rng):
     """Codes and scales of quantize_x against the float32 NumPy twin: rows that end inside a
@@ -552,13 +536,13 @@ def test_quantize_x_matches_reference(VE, rng):
                         (2, epc * 7, torch.bfloat16)):
         x = torch.from_numpy((rng.standard_normal((T, K)) * 3).astype(np.float32)).to(dtype)
         x[:, :epc] = 0                      # an all-zero chunk
-        mm._xq_last.clear()
+        xquant.forget()
         words, scales = mm.quantize_x(x.to(DEV), V, E)
         nch = -(-K // epc)
         rows_ch = -(-nch // 32) * 32 if E == 8 else nch      # E = 8: whole groups of 32
         assert tuple(words.shape) == (T, rows_ch * epc // 4) and words.dtype == torch.int32
         assert tuple(scales.shape) == (T, nch) and scales.dtype == torch.float32
-        codes = _xq_unpack(words, V, E)[:, :nch * epc]
+        codes = xquant.unpack(words, V, E, nch)
         want_c, want_s = _xq_reference(x.float().numpy(), V, E)
         np.testing.assert_array_equal(scales.cpu().numpy(), want_s)
         diff = np.abs(codes.astype(np.int32) - want_c.astype(np.int32))
@@ -632,7 +616,7 @@ def test_quantize_x_reuse(rng, monkeypatch):
             return launch
 
     monkeypatch.setattr(mm, "_xquant_kernel", Spy())
-    mm._xq_last.clear()
+    xquant.forget()
     x = torch.from_numpy(rng.standard_normal((1, 512)).astype(np.float32)).to(torch.bfloat16)
     x = x.to(DEV)
     a = mm.quantize_x(x, 4, 8)
@@ -643,15 +627,50 @@ def test_quantize_x_reuse(rng, monkeypatch):
     x.mul_(2)
     c = mm.quantize_x(x, 4, 4)
     assert len(calls) == 3
-    monkeypatch.setattr(mm, "_capturing", lambda dev: True)   # a graph capture began
+    monkeypatch.setattr(xquant, "capturing", lambda dev: True)   # a graph capture began
     mm.quantize_x(x, 4, 4)
     assert len(calls) == 4
     monkeypatch.undo()
     monkeypatch.setattr(mm, "_xquant_kernel", Spy())
     del x, a, b, c
-    assert not mm._xq_last                      # dropped with x
-    monkeypatch.setattr(mm, "XQ_REUSE", False)
+    assert not xquant._xq_last                  # dropped with x
+    monkeypatch.setattr(xquant, "XQ_REUSE", False)
     y = torch.ones((1, 512), dtype=torch.bfloat16, device=DEV)
     mm.quantize_x(y, 4, 8)
     mm.quantize_x(y, 4, 8)
     assert len(calls) == 6
+
+
+@pytest.mark.parametrize("name", ["Q4_K", "Q8_0"])
+def test_gemv_reads_the_producers_quantization(name, rng, tuning_table, monkeypatch):
+    """A GEMV with X_PRE on an rms_norm / act_mul output quantized on the way out (xq=(V, E))
+    launches no quantize kernel and gives exactly what it gives when it quantizes x itself; a
+    producer asked for another chunking leaves the GEMV to quantize."""
+    from forge.kernels import activation, norm
+
+    tid = int(gguf_type(name))
+    V, E = mm.gemv_shape(tid)
+    qt, w64 = make_weight(name, 19, 256 * 3, rng)
+    K = w64.shape[1]
+    tuning_table({"linear_gemv": {"*": {"BLOCK_N": 8, "BLOCK_K": 32 * V * E, "SPLIT_K": 1,
+                                        "MAX_T": 2, "X_INT8": 1, "X_PRE": 1, "num_warps": 1}}})
+    spy = LaunchSpy(mm._xquant_kernel)
+    monkeypatch.setattr(mm, "_xquant_kernel", spy)
+    x = torch.from_numpy(rng.standard_normal((2, K)).astype(np.float32)).to(torch.bfloat16).to(DEV)
+    w = torch.ones(K, dtype=torch.float32, device=DEV)
+    for make in (lambda ve: norm.rms_norm(x, w, 1e-5, xq=ve),
+                 lambda ve: activation.act_mul(x, x, "silu", xq=ve)):
+        y = make((V, E))
+        got = mm.linear(y, qt)
+        assert spy.launches == 0
+        xquant.forget()
+        want = mm.linear(y, qt)                   # quantizes y itself
+        assert spy.launches == 1
+        if DEV == "cpu":
+            assert torch.equal(got, want)
+        else:
+            assert rel_err(got, want.double().cpu().numpy()) < 1e-2
+        y = make((V, 8 if E == 4 else 4))         # another chunking: not used
+        mm.linear(y, qt)
+        assert spy.launches == 2
+        spy.launches = 0

@@ -173,3 +173,43 @@ def test_prefill_graphs_match_eager(models, arch):
     a, b = eager.generate(long, sp)[0], graphs.generate(long, sp)[0]
     assert a.token_ids[0] == b.token_ids[0]
     assert abs(a.logprobs[0] - b.logprobs[0]) < 5e-2
+
+
+@pytest.mark.parametrize("arch,quant", [("tiny-llama", "Q4_K_M"), ("tiny-gemma3", "Q8_0")])
+def test_fused_x_quantization_matches_the_quantize_kernel(models, arch, quant, monkeypatch):
+    """bf16 decode with every GEMV on pre-quantized x (X_PRE on for all shapes): the rms_norm /
+    act_mul outputs quantized on the way out (TritonBackend.xq_chunking) give the tokens and
+    logprobs of the same decode with FORGE_XQ_FUSE=0 (every GEMV's own quantize kernel), at
+    batch 1 and 8, and launch fewer quantize kernels."""
+    from forge import SamplingParams
+    from forge.kernels import matmul as mm
+    from forge.kernels import tuning
+
+    launches = []
+    kern = mm._xquant_kernel
+
+    class Count:
+        def __getitem__(self, grid):
+            launches.append(grid)
+            return kern[grid]
+
+    monkeypatch.setattr(mm, "_xquant_kernel", Count())
+    path = models(arch, quant)
+    sp = SamplingParams(temperature=0, max_tokens=24, ignore_eos=True, logprobs=True)
+    outs, counts = {}, {}
+    with tuning.override({"linear_gemv": {"*": {"X_INT8": 1, "X_PRE": 1}}}):
+        mm.clear_config_cache()
+        for fuse in ("1", "0"):
+            monkeypatch.setenv("FORGE_XQ_FUSE", fuse)
+            llm = _llm(path, "gpu", cuda_graphs=False)   # eager: every launch goes through Count
+            assert (llm.engine.backend.xq_chunking is not None) == (fuse == "1")
+            launches.clear()
+            outs[fuse] = [llm.generate(ps, sp) for ps in (PROMPTS[:1], PROMPTS)]
+            counts[fuse] = len(launches)
+            del llm
+    mm.clear_config_cache()
+    for a, b in zip(outs["1"], outs["0"]):
+        for x, y in zip(a, b):
+            assert x.token_ids == y.token_ids, f"{arch} {quant}: fused quantization changed tokens"
+            np.testing.assert_allclose(x.logprobs, y.logprobs, rtol=1e-3, atol=1e-3)
+    assert counts["1"] < counts["0"] / 2, counts
