@@ -74,8 +74,9 @@ import torch
 import triton
 import triton.language as tl
 
-from forge.kernels import pdl, tuning
+from forge.kernels import pdl, tuning, xquant
 from forge.kernels.pdl import pdl_launch, pdl_wait
+from forge.kernels.xquant import _xq_store
 from forge.kernels.specs import divisibility_attrs
 
 LOG2E = 1.4426950408889634
@@ -408,15 +409,23 @@ def _combine(acc_ptr, ml_ptr, row0, n_parts, HT: tl.constexpr, Dv: tl.constexpr,
 
 
 @triton.jit
-def _store_group(out_ptr, t_idx, stride_ot, o, kvh, hc, G: tl.constexpr, HT: tl.constexpr,
-                 Dv: tl.constexpr, ROWS: tl.constexpr, BLOCK_DV: tl.constexpr):
-    """Store o [ROWS, BLOCK_DV] as heads kvh*G + hc*HT + r (r < HT, head < G) of token t_idx."""
+def _store_group(out_ptr, t_idx, stride_ot, o, kvh, hc, xq_ptr, xs_ptr, stride_xq, NCH,
+                 G: tl.constexpr, HT: tl.constexpr, Dv: tl.constexpr, ROWS: tl.constexpr,
+                 BLOCK_DV: tl.constexpr, XQ_V: tl.constexpr, XQ_E: tl.constexpr):
+    """Store o [ROWS, BLOCK_DV] as heads kvh*G + hc*HT + r (r < HT, head < G) of token t_idx.
+    XQ_E > 0 (Dv == BLOCK_DV, a multiple of XQ_V * XQ_E): also the int8 codes of those heads
+    as stored, for the GEMV's X_PRE path (xquant.py; a head's chunks are whole)."""
     offs_r = tl.arange(0, ROWS)
     offs_d = tl.arange(0, BLOCK_DV)
     hg = hc * HT + offs_r
     ok = (offs_r < HT) & (hg < G)
     ptrs = out_ptr + t_idx * stride_ot + ((kvh * G + hg) * Dv)[:, None] + offs_d[None, :]
-    tl.store(ptrs, o.to(out_ptr.dtype.element_ty), mask=ok[:, None] & (offs_d[None, :] < Dv))
+    o = o.to(out_ptr.dtype.element_ty)
+    tl.store(ptrs, o, mask=ok[:, None] & (offs_d[None, :] < Dv))
+    if XQ_E > 0:
+        r0 = offs_r.to(tl.int64) * 0 + t_idx
+        _xq_store(o.to(tl.float32), ok, (kvh * G + hg) * (Dv // (XQ_V * XQ_E)), NCH, xq_ptr,
+                  xs_ptr, r0 * stride_xq, r0 * NCH, XQ_V, XQ_E)
 
 
 @triton.jit
@@ -431,8 +440,9 @@ def _attn_decode_kernel(
     qsl_ptr,           # [B+1] i32
     seq_lens_ptr,      # [B] i32
     block_tables_ptr,  # [B, W] i32  row stride stride_bt
+    xq_ptr, xs_ptr,    # XQ_E > 0: the output's int8 codes (uint8) and chunk scales (xquant.py)
     num_splits, min_part, part_align,
-    stride_qt, stride_ot, stride_bt,
+    stride_qt, stride_ot, stride_bt, stride_xq, NCH,
     qk_scale, cap_scale, window,
     G: tl.constexpr, HT: tl.constexpr, NHC: tl.constexpr,
     Dk: tl.constexpr, Dv: tl.constexpr,
@@ -450,6 +460,8 @@ def _attn_decode_kernel(
     QK_CHUNK: tl.constexpr,      # head-dim chunk of Q K^T (BLOCK_DK: Q stays in registers)
     V_EARLY: tl.constexpr,       # load V with K (needs QK_CHUNK == BLOCK_DK), else after softmax
     PDL: tl.constexpr,           # launched with programmatic dependent launch (pdl.py)
+    XQ_V: tl.constexpr = 0,      # XQ_E > 0: also quantize the output (see _store_group)
+    XQ_E: tl.constexpr = 0,
 ):
     pdl_launch(PDL)
     # Every program, before the metadata loads and the early exit below: q, the lengths, the
@@ -545,17 +557,17 @@ def _attn_decode_kernel(
                 if arrived == n_parts - 1:
                     o = _combine(part_ptr, ml_ptr, grp.to(tl.int64) * num_splits, n_parts, HT,
                                  Dv, BLOCK_HT, BLOCK_DV, SPLIT_CHUNK)
-                    _store_group(out_ptr, t_idx, stride_ot, o, kvh, hc, G, HT, Dv, BLOCK_HT,
-                                 BLOCK_DV)
+                    _store_group(out_ptr, t_idx, stride_ot, o, kvh, hc, xq_ptr, xs_ptr,
+                                 stride_xq, NCH, G, HT, Dv, BLOCK_HT, BLOCK_DV, XQ_V, XQ_E)
                     tl.atomic_xchg(sem_ptr + grp, 0, sem="relaxed", scope="gpu")
         else:
             l_i = tl.where(l_i > 0.0, l_i, 1.0)
-            _store_group(out_ptr, t_idx, stride_ot, acc / l_i[:, None], kvh, hc, G, HT, Dv,
-                         BLOCK_G, BLOCK_DV)
+            _store_group(out_ptr, t_idx, stride_ot, acc / l_i[:, None], kvh, hc, xq_ptr, xs_ptr,
+                         stride_xq, NCH, G, HT, Dv, BLOCK_G, BLOCK_DV, XQ_V, XQ_E)
     else:
         l_i = tl.where(l_i > 0.0, l_i, 1.0)
-        _store_group(out_ptr, t_idx, stride_ot, acc / l_i[:, None], kvh, hc, G, HT, Dv, BLOCK_G,
-                     BLOCK_DV)
+        _store_group(out_ptr, t_idx, stride_ot, acc / l_i[:, None], kvh, hc, xq_ptr, xs_ptr,
+                     stride_xq, NCH, G, HT, Dv, BLOCK_G, BLOCK_DV, XQ_V, XQ_E)
 
 
 @triton.jit
@@ -564,11 +576,14 @@ def _attn_reduce_kernel(
     part_ptr,          # f32 partials, laid out as in _attn_decode_kernel
     qsl_ptr,           # [B+1] i32
     seq_lens_ptr,      # [B] i32
-    num_splits, min_part, part_align, stride_ot, window,
+    xq_ptr, xs_ptr,    # XQ_E > 0: the output's int8 codes and scales (see _store_group)
+    num_splits, min_part, part_align, stride_ot, window, stride_xq, NCH,
     G: tl.constexpr, HT: tl.constexpr, NHC: tl.constexpr, Dv: tl.constexpr,
     BLOCK_HT: tl.constexpr, BLOCK_DV: tl.constexpr, BLOCK_N: tl.constexpr,
     WINDOW: tl.constexpr, SPLIT_CHUNK: tl.constexpr,
     PDL: tl.constexpr,           # launched with programmatic dependent launch (pdl.py)
+    XQ_V: tl.constexpr = 0,
+    XQ_E: tl.constexpr = 0,
 ):
     """One program per (sequence, group) of the decode grid: merge its n_parts partials (groups
     with one split were written by the decode kernel itself)."""
@@ -588,8 +603,8 @@ def _attn_reduce_kernel(
     n_rows = (tl.num_programs(0) * ng).to(tl.int64) * num_splits
     o = _combine(part_ptr, part_ptr + n_rows * (BLOCK_HT * Dv), grp.to(tl.int64) * num_splits,
                  n_parts, HT, Dv, BLOCK_HT, BLOCK_DV, SPLIT_CHUNK)
-    _store_group(out_ptr, q_start.to(tl.int64), stride_ot, o, gid // NHC, gid % NHC, G, HT, Dv,
-                 BLOCK_HT, BLOCK_DV)
+    _store_group(out_ptr, q_start.to(tl.int64), stride_ot, o, gid // NHC, gid % NHC, xq_ptr,
+                 xs_ptr, stride_xq, NCH, G, HT, Dv, BLOCK_HT, BLOCK_DV, XQ_V, XQ_E)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -936,7 +951,7 @@ def attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
               num_heads: int, num_kv_heads: int, scale: float, sliding_window: int | None = None,
               softcap: float | None = None, max_query_len: int | None = None,
               max_seq_len: int | None = None, out: torch.Tensor | None = None, *,
-              partition_size: int | None = None) -> torch.Tensor:
+              partition_size: int | None = None, xq: tuple[int, int] | None = None) -> torch.Tensor:
     """Paged causal attention with GQA. q [T, H*Dk] -> out [T, H*Dv] (q's dtype).
 
     k_cache [NB, BS, Hkv, Dk], v_cache [NB, BS, Hkv, Dv]; query_start_loc [B+1], seq_lens [B],
@@ -948,6 +963,9 @@ def attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
     each sequence splits its own length on the device. No host sync.
     partition_size (keyword only, for tests and tuning): decode splits of exactly this many keys
     (fewer, longer ones past MAX_SPLITS of them).
+    xq = (V, E) (keyword only): at decode with out in the GEMV's range (xquant.MAX_ROWS rows) and
+    heads of whole chunks, also quantize out for the GEMV's X_PRE path and record it
+    (xquant.remember), as norm.rms_norm does.
     """
     # ---- validate (cached by the tensors' dtype/shape/strides/device) ------------------------
     num_heads, num_kv_heads = int(num_heads), int(num_kv_heads)
@@ -1020,23 +1038,29 @@ def attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
         else:
             part = out  # unused
         sem = _semaphores(q.device, nseq * ng) if fused else seq_lens  # unused unless fused
+        whole = dv == plan["BLOCK_DV"] and out.is_contiguous()
+        codes, scales, qv, qe = xquant.producer_args(out, xq if whole else None, dv)
+        xqa = (codes.view(torch.uint8), scales)
         pk = pdl.launch_args()  # one decision for both kernels
         _attn_decode_kernel[(nseq, ng, S)](
-            q, k_cache, v_cache, out, part, sem, query_start_loc, seq_lens, block_tables,
+            q, k_cache, v_cache, out, part, sem, query_start_loc, seq_lens, block_tables, *xqa,
             S, min_part, align, q.stride(0), out.stride(0), block_tables.stride(0),
-            qk_scale, cap_scale, window,
+            codes.stride(0) * 4, scales.shape[-1], qk_scale, cap_scale, window,
             G=G, HT=plan["HT"], NHC=plan["NHC"], Dk=dk, Dv=dv, BLOCK_G=plan["BLOCK_G"],
             BLOCK_HT=plan["BLOCK_HT"], BLOCK_N=plan["BLOCK_N"], BLOCK_DK=plan["BLOCK_DK"],
             BLOCK_DV=plan["BLOCK_DV"], BLOCK_SIZE=bs, SPLIT=split, FUSED_REDUCE=fused,
             SPLIT_CHUNK=plan["SPLIT_CHUNK"], QK_CHUNK=plan["QK_CHUNK"], V_EARLY=plan["V_EARLY"],
-            **common, **plan["opts"], **pk)
+            XQ_V=qv, XQ_E=qe, **common, **plan["opts"], **pk)
         if split and not fused:
             rplan = _reduce_plan(kind, dv, plan["HT"], S)
             _attn_reduce_kernel[(nseq, ng)](
-                out, part, query_start_loc, seq_lens, S, min_part, align, out.stride(0), window,
+                out, part, query_start_loc, seq_lens, *xqa, S, min_part, align, out.stride(0),
+                window, codes.stride(0) * 4, scales.shape[-1],
                 G=G, HT=plan["HT"], NHC=plan["NHC"], Dv=dv, BLOCK_HT=plan["BLOCK_HT"],
                 BLOCK_DV=plan["BLOCK_DV"], BLOCK_N=plan["BLOCK_N"], WINDOW=window > 0,
-                SPLIT_CHUNK=rplan["SPLIT_CHUNK"], **rplan["opts"], **pk)
+                SPLIT_CHUNK=rplan["SPLIT_CHUNK"], XQ_V=qv, XQ_E=qe, **rplan["opts"], **pk)
+        if qe:
+            xquant.remember(out, qv, qe, codes, scales)
         return out
 
     # ---- prefill / mixed -------------------------------------------------------------------------
@@ -1134,10 +1158,15 @@ def compile_specs(kind: str = "rdna", dtypes: tuple = ("fp16", "bf16", "fp32"),
                       SOFTCAP=softcap_on, WINDOW=window_on, SPLIT=split, FUSED_REDUCE=fused,
                       SPLIT_CHUNK=_split_chunk(cfg["SPLIT_CHUNK"], G, d, cfg["num_warps"]),
                       DOT_F32=False, QK_CHUNK=_qk_chunk(cfg, d),
-                      V_EARLY=bool(cfg["V_EARLY"]) and _qk_chunk(cfg, d) == d, PDL=False)
+                      V_EARLY=bool(cfg["V_EARLY"]) and _qk_chunk(cfg, d) == d, PDL=False,
+                      XQ_V=0, XQ_E=0)
+            # NVIDIA bf16 decode quantizes its output for the o projection's X_PRE GEMV
+            if kind == "nvidia" and dt == "bf16":
+                ce.update(XQ_V=4, XQ_E=8)
             types = {"q_ptr": ptr, "k_cache_ptr": ptr, "v_cache_ptr": ptr, "out_ptr": ptr,
                      "part_ptr": "*fp32", "sem_ptr": "*i32", "qsl_ptr": "*i32",
                      "seq_lens_ptr": "*i32", "block_tables_ptr": "*i32",
+                     "xq_ptr": "*u8", "xs_ptr": "*fp32",
                      "qk_scale": "fp32", "cap_scale": "fp32"}
             sig = _sig(_attn_decode_kernel, types, ce)
             specs.append({"name": f"attn_decode_d{d}_{dt}{suffix}", "fn": _attn_decode_kernel,
@@ -1150,9 +1179,9 @@ def compile_specs(kind: str = "rdna", dtypes: tuple = ("fp16", "bf16", "fp32"),
             ce = dict(G=G, HT=G, NHC=1, Dv=d, BLOCK_HT=G, BLOCK_DV=d, BLOCK_N=32,
                       WINDOW=window_on,
                       SPLIT_CHUNK=_split_chunk(cfg["SPLIT_CHUNK"], G, d, cfg["num_warps"]),
-                      PDL=False)
+                      PDL=False, XQ_V=0, XQ_E=0)
             types = {"out_ptr": ptr, "part_ptr": "*fp32", "qsl_ptr": "*i32",
-                     "seq_lens_ptr": "*i32"}
+                     "seq_lens_ptr": "*i32", "xq_ptr": "*u8", "xs_ptr": "*fp32"}
             sig = _sig(_attn_reduce_kernel, types, ce)
             specs.append({"name": f"attn_reduce_d{d}_{dt}{suffix}", "fn": _attn_reduce_kernel,
                           "kernel": "attn_reduce", "bucket": tuning.bucket(d=d, s=64),

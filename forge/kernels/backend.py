@@ -107,8 +107,8 @@ class TritonBackend:
 
     @property
     def xq_chunking(self) -> tuple[int, int] | None:
-        """The chunking (V, E) in which rms_norm and act_mul quantize their decode outputs for
-        the GEMVs' X_PRE path (xquant.py), saving those GEMVs a quantize launch each: that of
+        """The chunking (V, E) in which rms_norm, act_mul and decode attention quantize their
+        outputs for the GEMVs' X_PRE path (xquant.py), saving those GEMVs a quantize launch: that of
         the int8-path weight types holding the most bytes (Q4_K_M: Q4_K and Q6_K, both 4 x 8).
         None where nothing reads it: no such weights, float32 activations, AMD (no X_INT8),
         or FORGE_XQ_FUSE=0. A GEMV whose config has X_PRE off or whose chunking differs just
@@ -177,7 +177,7 @@ class TritonBackend:
         return attention.attention(q, k_cache, v_cache, batch.query_start_loc, batch.seq_lens,
                                    batch.block_tables, num_heads, num_kv_heads, scale,
                                    sliding_window, softcap, max_query_len=batch.max_query_len,
-                                   max_seq_len=batch.max_seq_len)
+                                   max_seq_len=batch.max_seq_len, xq=self.xq_chunking)
 
     def logits(self, x, w: QTensor) -> torch.Tensor:
         """The output head with float32 logits. Decode rows (a GEMV) read the f16/bf16 hidden

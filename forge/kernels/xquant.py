@@ -143,26 +143,27 @@ def _xq_inv_scale(amax):
 @triton.jit
 def _xq_store(y, rows_ok, c0, NCH, xq_ptr, xs_ptr, xq_off, xs_off, V: tl.constexpr,
               E: tl.constexpr):
-    """Quantize and store chunks c0 .. c0 + NC - 1 of R rows. y: float32 [R, NC * V * E], the
-    values as the rows hold them (0 past a row's end); rows_ok: bool [R]; xq_ptr: uint8 pointer
-    to the codes, xq_off: int64 [R] each row's byte offset; xs_ptr: float32 pointer to the
-    scales, xs_off: int64 [R] each row's offset. Chunks >= NCH are not stored."""
+    """Quantize and store NC chunks of each of R rows. y: float32 [R, NC * V * E], the values
+    as the rows hold them (0 past a row's end); rows_ok: bool [R]; c0: the first chunk's index,
+    one for all rows or int32 [R] per row (rows of one token row, e.g. attention heads); xq_ptr:
+    uint8 pointer to the codes, xq_off: int64 [R] each row's byte offset (of its token row);
+    xs_ptr: float32 pointer to the scales, xs_off: int64 [R] likewise. Chunks >= NCH are not
+    stored."""
     EPC: tl.constexpr = V * E
     R: tl.constexpr = y.shape[0]
     NC: tl.constexpr = y.shape[1] // EPC
     ch = tl.reshape(y, (R, NC, EPC))
     inv, scale = _xq_inv_scale(tl.max(tl.abs(ch), axis=2))          # [R, NC]
     code = (_xq_byte(ch, inv[:, :, None]) & 0xFF).to(tl.uint8)
-    c = c0 + tl.arange(0, NC)
-    e = tl.arange(0, EPC)
+    c = (c0 + tl.zeros([R], tl.int32))[:, None] + tl.arange(0, NC)[None, :]      # [R, NC]
+    e = tl.arange(0, EPC)[None, None, :]
     v = e // E
     j = e % E
     if E == 8:
-        word = _xq_word(c[:, None], v[None, :], V) + (j % 2)[None, :] * (XQ_LANES * V)
-        off = word * 4 + (j // 2)[None, :]
+        word = _xq_word(c[:, :, None], v, V) + (j % 2) * (XQ_LANES * V)
+        off = word * 4 + j // 2
     else:
-        off = (c[:, None] * V + v[None, :]) * 4 + j[None, :]
-    ok = rows_ok[:, None] & (c < NCH)[None, :]
-    tl.store(xq_ptr + xq_off[:, None, None] + off[None, :, :].to(tl.int64), code,
-             mask=ok[:, :, None])
-    tl.store(xs_ptr + xs_off[:, None] + c[None, :], scale, mask=ok)
+        off = (c[:, :, None] * V + v) * 4 + j
+    ok = rows_ok[:, None] & (c < NCH)
+    tl.store(xq_ptr + xq_off[:, None, None] + off.to(tl.int64), code, mask=ok[:, :, None])
+    tl.store(xs_ptr + xs_off[:, None] + c, scale, mask=ok)

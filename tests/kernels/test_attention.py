@@ -280,6 +280,37 @@ def test_decode_splits_follow_each_sequence(rng, decode_cfg, fused, window, v_ea
     assert counters_zero(t["q"].device)
 
 
+@pytest.mark.parametrize("fused,partition", [(1, 16), (0, 16), (1, 1000)])
+@pytest.mark.parametrize("VE", [(4, 8), (4, 4)])
+def test_decode_records_its_quantization(rng, decode_cfg, fused, partition, VE):
+    """Decode with xq=(V, E) (the o projection's X_PRE input, xquant.py): the output is
+    unchanged, and its int8 codes and chunk scales, written by whichever program stores the
+    output (the fused merge, the reduce kernel, or the split itself when there is one), equal
+    those quantize_x computes from it; 2 sequences (the GEMV's range), heads of 64 (2 chunks of
+    32 or 4 of 16)."""
+    from forge.kernels import matmul as mm
+    from forge.kernels import xquant
+
+    decode_cfg(FUSED_REDUCE=fused)
+    t, n = make_case(rng, [33, 70], [1, 1], 8, 2, 64, 64, 16, "bf16")
+    xquant.forget()
+    got = run_and_check(t, n, 8, 2, 0.125, "bf16", max_query_len=1, max_seq_len=70,
+                        partition_size=partition, xq=VE)
+    hit = xquant.lookup(got, *VE)
+    assert hit is not None
+    xquant.forget()
+    want = mm.quantize_x(got, *VE)
+    nch = got.shape[1] // (VE[0] * VE[1])
+    np.testing.assert_array_equal(hit[1].cpu().numpy(), want[1].cpu().numpy())
+    diff = np.abs(xquant.unpack(hit[0], *VE, nch).astype(np.int32)
+                  - xquant.unpack(want[0], *VE, nch).astype(np.int32)).max()
+    assert diff <= (0 if DEV == "cpu" else 1)
+    # prefill (more than one query a sequence) records nothing
+    t, n = make_case(rng, [5, 9], [5, 9], 8, 2, 64, 64, 16, "bf16")
+    got = run_and_check(t, n, 8, 2, 0.125, "bf16", max_query_len=9, xq=VE)
+    assert xquant.lookup(got, *VE) is None
+
+
 def test_decode_single_partition_is_one_launch(rng, decode_cfg, no_reduce_launch):
     """When no sequence needs a split (S = 1: short max_seq_len), the decode kernel writes the
     output itself and neither a reduce nor partials are needed, even with FUSED_REDUCE off."""
