@@ -76,15 +76,14 @@ def _launch(gate: torch.Tensor, up: torch.Tensor, kind: str, xq=None) -> torch.T
     if default["BLOCK_F"] <= 256:
         default["num_warps"] = 1
     cfg = tuning.get_config("act_mul", tuning.bucket(F=f), default)
-    codes, scales, qv, qe = xquant.producer_args(out, xq, cfg["BLOCK_F"])
+    xo = xquant.producer_args(out, xq, cfg["BLOCK_F"])
     grid = (t, triton.cdiv(f, cfg["BLOCK_F"]))
-    _act_mul_kernel[grid](gate, up, out, codes.view(torch.uint8), scales, f, gate.stride(0),
-                          up.stride(0), codes.stride(0) * 4, scales.shape[-1],
-                          GELU=kind == "gelu_tanh", BLOCK_F=cfg["BLOCK_F"], XQ_V=qv, XQ_E=qe,
+    _act_mul_kernel[grid](gate, up, out, *xo.ptrs, f, gate.stride(0), up.stride(0),
+                          *xo.row_args, GELU=kind == "gelu_tanh", BLOCK_F=cfg["BLOCK_F"],
+                          **xo.consts,
                           num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
                           **pdl.launch_args())
-    if qe:
-        xquant.remember(out, qv, qe, codes, scales)
+    xo.record(out)
     return out
 
 

@@ -1039,28 +1039,26 @@ def attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
             part = out  # unused
         sem = _semaphores(q.device, nseq * ng) if fused else seq_lens  # unused unless fused
         whole = dv == plan["BLOCK_DV"] and out.is_contiguous()
-        codes, scales, qv, qe = xquant.producer_args(out, xq if whole else None, dv)
-        xqa = (codes.view(torch.uint8), scales)
+        xo = xquant.producer_args(out, xq if whole else None, dv)
         pk = pdl.launch_args()  # one decision for both kernels
         _attn_decode_kernel[(nseq, ng, S)](
-            q, k_cache, v_cache, out, part, sem, query_start_loc, seq_lens, block_tables, *xqa,
+            q, k_cache, v_cache, out, part, sem, query_start_loc, seq_lens, block_tables, *xo.ptrs,
             S, min_part, align, q.stride(0), out.stride(0), block_tables.stride(0),
-            codes.stride(0) * 4, scales.shape[-1], qk_scale, cap_scale, window,
+            *xo.row_args, qk_scale, cap_scale, window,
             G=G, HT=plan["HT"], NHC=plan["NHC"], Dk=dk, Dv=dv, BLOCK_G=plan["BLOCK_G"],
             BLOCK_HT=plan["BLOCK_HT"], BLOCK_N=plan["BLOCK_N"], BLOCK_DK=plan["BLOCK_DK"],
             BLOCK_DV=plan["BLOCK_DV"], BLOCK_SIZE=bs, SPLIT=split, FUSED_REDUCE=fused,
             SPLIT_CHUNK=plan["SPLIT_CHUNK"], QK_CHUNK=plan["QK_CHUNK"], V_EARLY=plan["V_EARLY"],
-            XQ_V=qv, XQ_E=qe, **common, **plan["opts"], **pk)
+            **xo.consts, **common, **plan["opts"], **pk)
         if split and not fused:
             rplan = _reduce_plan(kind, dv, plan["HT"], S)
             _attn_reduce_kernel[(nseq, ng)](
-                out, part, query_start_loc, seq_lens, *xqa, S, min_part, align, out.stride(0),
-                window, codes.stride(0) * 4, scales.shape[-1],
+                out, part, query_start_loc, seq_lens, *xo.ptrs, S, min_part, align,
+                out.stride(0), window, *xo.row_args,
                 G=G, HT=plan["HT"], NHC=plan["NHC"], Dv=dv, BLOCK_HT=plan["BLOCK_HT"],
                 BLOCK_DV=plan["BLOCK_DV"], BLOCK_N=plan["BLOCK_N"], WINDOW=window > 0,
-                SPLIT_CHUNK=rplan["SPLIT_CHUNK"], XQ_V=qv, XQ_E=qe, **rplan["opts"], **pk)
-        if qe:
-            xquant.remember(out, qv, qe, codes, scales)
+                SPLIT_CHUNK=rplan["SPLIT_CHUNK"], **xo.consts, **rplan["opts"], **pk)
+        xo.record(out)
         return out
 
     # ---- prefill / mixed -------------------------------------------------------------------------

@@ -159,17 +159,16 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.
     cfg = tuning.get_config("rms_norm", tuning.bucket(D=d), _default_config(d))
     block_d = cfg["BLOCK_D"]
     single = block_d >= d
-    codes, scales, qv, qe = xquant.producer_args(y, xq if single else None, block_d)
+    xo = xquant.producer_args(y, xq if single else None, block_d)
     grid = (triton.cdiv(n, cfg["BLOCK_N"]),)
     _rms_norm_kernel[grid](
-        x, residual if residual is not None else x, weight, y, h, codes.view(torch.uint8), scales,
-        n, d, b, sxa, sxb, sra, srb, codes.stride(0) * 4, scales.shape[-1], eps,
+        x, residual if residual is not None else x, weight, y, h, *xo.ptrs,
+        n, d, b, sxa, sxb, sra, srb, *xo.row_args, eps,
         HAS_RES=residual is not None, BLOCK_N=cfg["BLOCK_N"], BLOCK_D=block_d, SINGLE=single,
-        XQ_V=qv, XQ_E=qe,
+        **xo.consts,
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], **pdl.launch_args(),
     )
-    if qe:
-        xquant.remember(y, qv, qe, codes, scales)
+    xo.record(y)
     return y if residual is None else (y, h)
 
 

@@ -27,6 +27,7 @@ Scales: float32 [T, NCH].
 from __future__ import annotations
 
 import weakref
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -100,23 +101,49 @@ def forget() -> None:
 _DUMMY: dict = {}
 
 
-def producer_args(y: torch.Tensor, xq, block: int) -> tuple:
+class ProducerOut(NamedTuple):
+    """Where a producer kernel quantizes its output (see `producer_args`): the kernel takes
+    `ptrs` (uint8 codes, float32 scales), `row_args` (bytes per row of codes, chunks per row)
+    and `consts` (XQ_V, XQ_E; XQ_E = 0: off); after the launch, `record(y)` hands the codes to
+    the next GEMV on y."""
+    codes: torch.Tensor
+    scales: torch.Tensor
+    V: int
+    E: int
+
+    @property
+    def ptrs(self) -> tuple:
+        return self.codes.view(torch.uint8), self.scales
+
+    @property
+    def row_args(self) -> tuple:
+        return self.codes.stride(0) * 4, self.scales.shape[-1]
+
+    @property
+    def consts(self) -> dict:
+        return {"XQ_V": self.V, "XQ_E": self.E}
+
+    def record(self, y: torch.Tensor) -> None:
+        if self.E:
+            remember(y, self.V, self.E, self.codes, self.scales)
+
+
+def producer_args(y: torch.Tensor, xq, block: int) -> ProducerOut:
     """For a producer kernel writing y [T, K] (bf16/fp16, contiguous) in pieces of `block`
-    columns: (codes int32, scales float32, V, E) to quantize into when xq = (V, E) asks for it,
-    y is in the GEMV's range and a piece holds whole chunks; else placeholders of those dtypes
-    and V = E = 0 (the kernel's XQ_E = 0: off)."""
+    columns: codes and scales to quantize into when xq = (V, E) asks for it, y is in the GEMV's
+    range and a piece holds whole chunks; else placeholders of those dtypes and V = E = 0 (the
+    kernel's XQ_E = 0: off)."""
     if xq is not None:
         V, E = int(xq[0]), int(xq[1])
         if E not in (4, 8) or V < 1:
             raise ValueError(f"xq: expected a (V, 4) or (V, 8) chunking, got {tuple(xq)}")
         if y.dim() == 2 and 0 < y.shape[0] <= MAX_ROWS and y.is_contiguous() \
                 and y.dtype in (torch.float16, torch.bfloat16) and block % (V * E) == 0:
-            codes, scales = alloc(y.shape[0], y.shape[1], V, E, y.device)
-            return codes, scales, V, E
+            return ProducerOut(*alloc(y.shape[0], y.shape[1], V, E, y.device), V, E)
     d = _DUMMY.get(y.device)
     if d is None:
         d = _DUMMY[y.device] = torch.zeros(1, dtype=torch.float32, device=y.device)
-    return d.view(torch.int32), d, 0, 0
+    return ProducerOut(d.view(torch.int32), d, 0, 0)
 
 
 @triton.jit
