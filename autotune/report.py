@@ -95,8 +95,8 @@ def load_specs(modules: list[str] | None = None) -> list[tuple[str, int, dict]]:
 
 
 # The tuning-table kernel names (see forge/kernels/configs/README.md).
-KNOWN_KERNELS = ("linear_gemv", "linear_gemm", "attn_prefill", "attn_decode", "attn_reduce",
-                 "rms_norm", "rope", "act_mul", "embed", "sample", "dequant")
+KNOWN_KERNELS = ("linear_gemv", "linear_gemm", "linear_kq", "attn_prefill", "attn_decode",
+                 "attn_reduce", "rms_norm", "rope", "act_mul", "embed", "sample", "dequant")
 
 
 def spec_kernel(spec: dict) -> str:

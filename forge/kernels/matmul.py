@@ -36,7 +36,7 @@ import torch
 import triton
 import triton.language as tl
 
-from forge.kernels import pdl, tuning, xquant
+from forge.kernels import kgemm, pdl, tuning, xquant
 from forge.kernels.dequant import (
     BF16,
     F16,
@@ -1063,6 +1063,12 @@ def gemv_default(ggml_type: int, T: int, N: int, K: int, cus: int = 16, warp: in
 DEQUANT_T_NVIDIA = {"Q8_0": 384, "Q4_0": 384, "Q4_1": 384, "Q4_K": 192, "Q6_K": 8, "Q5_K": 8,
                     "Q5_0": 8, "Q5_1": 8, "Q3_K": 8, "Q2_K": 8}
 DEQUANT_T_NVIDIA_DEFAULT = 256
+# KQ_T: T up to which Q4_K / Q6_K weights take forge/kernels/kgemm.py's GEMM on scaled integer
+# codes (bf16 activations) instead of the paths above. Off by default (0): with its launcher
+# default it lost to the fused GEMM at T = 16 (Q4_K 0.49-0.80x, H100, run 11) and won only with
+# searched tiles and split-K at T = 32 (Q4_K 1.05-2.37x the fused GEMM, Q6_K 1.4-2.5x dequantize +
+# cuBLAS); the sm90 table turns it on per (type, shape) where bench/bench_kq.py measured a win.
+KQ_T_NVIDIA = 0
 
 
 def gemm_default(ggml_type: int, T: int, N: int, K: int, vendor: str = "amd") -> dict:
@@ -1081,7 +1087,8 @@ def gemm_default(ggml_type: int, T: int, N: int, K: int, vendor: str = "amd") ->
     reduce), o 4096 x 4096 29.5 -> 27.4 (+1.8); b32 tg 3,136 tok/s unsplit vs 3,085-3,097 with
     qkv and o split and 3,106 (another machine: 3,158 unsplit) with every weight split to ~2
     programs per SM (at most 8 ways, >= 4 steps each).
-    DEQUANT_T: see DEQUANT_T_NVIDIA (AMD keeps the fused GEMM: 0).
+    DEQUANT_T: see DEQUANT_T_NVIDIA (AMD keeps the fused GEMM: 0). KQ_T: see KQ_T_NVIDIA
+    (tables set it; NVIDIA only: kgemm builds its operands with PTX).
     """
     info = TYPES[int(ggml_type)]
     sub = info.sub
@@ -1093,8 +1100,9 @@ def gemm_default(ggml_type: int, T: int, N: int, K: int, vendor: str = "amd") ->
         bn, bk = (128 if bm == 128 else 64), 64
     warps = 8 if bm * bn >= 128 * 128 else 4
     dq = DEQUANT_T_NVIDIA.get(info.name, DEQUANT_T_NVIDIA_DEFAULT) if big else 0
+    kq = KQ_T_NVIDIA if big and info.name in kgemm.KQ_TYPES else 0
     return {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_S": max(1, bk // sub), "GROUP_M": 8, "SPLIT_K": 1,
-            "DEQUANT_T": dq, "DEQUANT_EAGER": 0 if big else 1,
+            "DEQUANT_T": dq, "DEQUANT_EAGER": 0 if big else 1, "KQ_T": kq,
             "num_warps": warps, "num_stages": 3 if big else 2}
 
 
@@ -1124,9 +1132,17 @@ def _configs(ggml_type: int, T: int, N: int, K: int, exact: bool = False) -> tup
             _cfg("linear_gemm", ggml_type, dims, gemm_default(ggml_type, T, N, K, vendor)))
 
 
+@functools.lru_cache(maxsize=1024)
+def _kq_config(ggml_type: int, T: int, N: int, K: int) -> dict:
+    """The "linear_kq" config (forge/kernels/kgemm.py) for a Q4_K / Q6_K weight at T rows."""
+    return _cfg("linear_kq", ggml_type, {"T": T, "N": N, "K": K},
+                kgemm.kq_default(ggml_type, T, N, K))
+
+
 def clear_config_cache() -> None:
     """Forget resolved launch configs (after changing a tuning table)."""
     _configs.cache_clear()
+    _kq_config.cache_clear()
 
 
 # ------------------------------------------------------------------------------------------------
@@ -1360,6 +1376,10 @@ def linear(x: torch.Tensor, w: QTensor, bias: torch.Tensor | None = None,
     if out is not None and out.dtype != x.dtype:
         gv, gm = _configs(w.ggml_type, x.shape[0], w.rows, w.cols, False)
         if x.shape[0] > gv["MAX_T"]:
+            if x.shape[0] <= gm.get("KQ_T", 0) and x.dtype == torch.bfloat16 \
+                    and x.stride(1) == 1:
+                return kgemm.linear(x, w, bias, out,
+                                    _kq_config(w.ggml_type, x.shape[0], w.rows, w.cols))
             if gm["DEQUANT_T"] == 0 or info.block == 1 or x.device.type != "cuda" \
                     or x.stride(1) != 1:
                 return linear(x.float(), w, bias, out)
@@ -1382,6 +1402,9 @@ def linear(x: torch.Tensor, w: QTensor, bias: torch.Tensor | None = None,
     gv, gm = _configs(w.ggml_type, T, N, K, x.dtype == torch.float32)
     if T <= gv["MAX_T"]:
         _gemv(x, w, bias, out, gv)
+        return out
+    if T <= gm.get("KQ_T", 0) and x.dtype == torch.bfloat16 and x.stride(1) == 1:
+        kgemm.linear(x, w, bias, out, _kq_config(w.ggml_type, T, N, K))
         return out
     if info.block == 1 and _float_matmul(x, w, out):
         pass

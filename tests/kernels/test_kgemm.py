@@ -1,0 +1,107 @@
+"""forge.kernels.kgemm (the small-T Q4_K / Q6_K GEMM on scaled integer codes) against a float64
+reference: x @ W^T with W = gguf.quants.dequantize of fresh random blocks.
+
+The operand is sc * q (Q4_K: minus (dmin / d) * m) rounded once to bf16 (at most 2^-9 relative,
+what the general GEMM's bf16 weights cost), so the tolerance on ||out - ref|| / ||ref|| is that
+of the other bf16 paths, 2e-2 (the output is bf16), and 1e-2 for float32 partial sums (split-K).
+Shapes: N = 131 and 67 (no multiple of the 64-row tile), K = 3 or 5 super-blocks, T = 1, 5, 17,
+33 (one, a partial and two row tiles). Runs under TRITON_INTERPRET=1 (the plain-Triton operands)
+and on a GPU, where the PTX operands' outputs must also stay within one bf16 ulp of the plain
+ones' (H100: they differ in the last bit of a few outputs, not more).
+"""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from test_dequant import gguf_type, random_rows, reference  # noqa: E402
+
+from forge.kernels import dequant as dq  # noqa: E402
+from forge.kernels import kgemm  # noqa: E402
+
+DEV = "cuda" if torch.cuda.is_available() else "cpu"
+NVIDIA = torch.cuda.is_available() and torch.version.hip is None
+
+
+def make(name, rows, cols, rng, zero_d=False):
+    raw = random_rows(name, rows, cols, rng, "bytes", specials=False)
+    if zero_d:   # every other Q4_K super-block with d = 0 (only the mins remain)
+        per = dq.TYPES[int(gguf_type(name))].type_size
+        blocks = raw.reshape(rows, cols // 256, per)
+        blocks[:, ::2, 0:2] = 0
+    qt = dq.repack(int(gguf_type(name)), (rows, cols), torch.from_numpy(raw).to(DEV))
+    return qt, reference(name, raw, rows, cols).astype(np.float64)
+
+
+def run(qt, x, cfg, asm, bias=None, out_dtype=torch.bfloat16):
+    out = torch.empty((x.shape[0], qt.rows), dtype=out_dtype, device=DEV)
+    return kgemm.linear(x, qt, bias, out, cfg, asm=asm)
+
+
+def rel(got, want):
+    g = got.float().cpu().numpy().astype(np.float64)
+    assert np.all(np.isfinite(g))
+    return float(np.linalg.norm(g - want) / np.linalg.norm(want))
+
+
+@pytest.mark.parametrize("name", kgemm.KQ_TYPES)
+@pytest.mark.parametrize("N,sbs", [(131, 3), (67, 5)])
+def test_kq_matches_float64(name, N, sbs, rng):
+    qt, w64 = make(name, N, 256 * sbs, rng)
+    for T in (1, 5, 17, 33):
+        x = torch.from_numpy(rng.standard_normal((T, w64.shape[1])).astype(np.float32)).to(
+            torch.bfloat16)
+        bias = torch.from_numpy(rng.standard_normal(N).astype(np.float32)).to(torch.bfloat16)
+        ref = x.double().numpy() @ w64.T + bias.double().numpy()
+        cfg = kgemm.kq_default(qt.ggml_type, T, N, w64.shape[1])
+        y = run(qt, x.to(DEV), cfg, asm=False, bias=bias.to(DEV))
+        assert rel(y, ref) < 2e-2, (T, rel(y, ref))
+        if NVIDIA:   # the PTX operands
+            y2 = run(qt, x.to(DEV), cfg, asm=True, bias=bias.to(DEV))
+            assert rel(y2, ref) < 2e-2, (T, rel(y2, ref))
+            # the same values but for the last bit of a few bf16 outputs (H100: at most one ulp)
+            d = (y.float() - y2.float()).abs()
+            assert bool((d <= y.float().abs() * 2.0 ** -7 + 1e-3).all()), (T, d.max().item())
+
+
+def test_q4k_zero_d_blocks(rng):
+    """Super-blocks whose d is 0 keep their mins (the operand switches to -m, scaled by dmin)."""
+    qt, w64 = make("Q4_K", 70, 256 * 4, rng, zero_d=True)
+    x = torch.from_numpy(rng.standard_normal((9, w64.shape[1])).astype(np.float32)).to(
+        torch.bfloat16)
+    ref = x.double().numpy() @ w64.T
+    cfg = kgemm.kq_default(qt.ggml_type, 9, 70, w64.shape[1])
+    for asm in ((False, True) if NVIDIA else (False,)):
+        assert rel(run(qt, x.to(DEV), cfg, asm), ref) < 2e-2
+
+
+@pytest.mark.parametrize("name", kgemm.KQ_TYPES)
+def test_kq_split_k_and_float32_out(name, rng):
+    qt, w64 = make(name, 75, 256 * 5, rng)
+    x = torch.from_numpy(rng.standard_normal((6, w64.shape[1])).astype(np.float32)).to(
+        torch.bfloat16)
+    bias = torch.from_numpy(rng.standard_normal(75).astype(np.float32)).to(torch.bfloat16)
+    ref = x.double().numpy() @ w64.T + bias.double().numpy()
+    cfg = dict(kgemm.kq_default(qt.ggml_type, 6, 75, w64.shape[1]), SPLIT_K=3)
+    y = run(qt, x.to(DEV), cfg, asm=None if NVIDIA else False, bias=bias.to(DEV),
+            out_dtype=torch.float32)
+    assert y.dtype == torch.float32 and rel(y, ref) < 1e-2
+
+
+def test_kq_rejects_other_types_and_activations(rng):
+    qt, _ = make("Q8_0", 8, 256, rng)
+    x = torch.zeros((2, 256), dtype=torch.bfloat16, device=DEV)
+    with pytest.raises(ValueError, match="Q8_0"):
+        run(qt, x, kgemm.kq_default(qt.ggml_type, 2, 8, 256), asm=False)
+    qk, _ = make("Q4_K", 8, 256, rng)
+    with pytest.raises(ValueError, match="bfloat16"):
+        run(qk, x.float(), kgemm.kq_default(qk.ggml_type, 2, 8, 256), asm=False)
