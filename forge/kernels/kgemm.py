@@ -85,6 +85,19 @@ def _bf16_pair(f):
 
 
 @triton.jit
+def _sum_to_odd(a, b):
+    """float32 a + b rounded to odd (then exact to round once more to a narrower format)."""
+    s = a + b
+    bb = s - a
+    err = (a - (s - bb)) + (b - bb)
+    bits = s.to(tl.int32, bitcast=True)
+    up = (err > 0) == (s > 0)                      # toward the exact value, away from zero?
+    fix = (err != 0) & ((bits & 1) == 0)
+    bits = tl.where(fix, tl.where(up, bits + 1, bits - 1), bits)
+    return bits.to(tl.float32, bitcast=True)
+
+
+@triton.jit
 def _pairs_to_bf16(p):
     """int32 bf16x2 pairs [..., C] -> bf16 [..., C, 2] (low half first)."""
     lo = (p & 0xFFFF).to(tl.int16).to(tl.bfloat16, bitcast=True)
@@ -130,11 +143,12 @@ def _q4k_operand(qp, sc_ptr, d_ptr, rows, rmask, s_q, s_sc, s_d, sb, ASM: tl.con
         b = (w[:, :, :, None] >> (8 * i4)) & 255                                    # bytes
         q = tl.join(b & 15, b >> 4)                                                 # [BN, 8, 4, 4, 2]
         scz = tl.where(dz, 0.0, scf)
-        # sc q 2^-11 + the bias rounded to bf16: the float32 sum is exact whenever the two
-        # terms are within 2^14 of each other (<= 10 + 8 significant bits), and otherwise far
-        # from a bf16 rounding midpoint, so its rounding to bf16 is the FMA's one rounding
-        v = (q.to(tl.float32) * scz[:, :, :, None, None]) * 0.00048828125 \
-            + nb.to(tl.bfloat16).to(tl.float32)[:, :, :, None, None]
+        # the FMA's one rounding of sc q 2^-11 (exact) + the bias (a bf16): the float32 sum
+        # rounded to odd (TwoSum error; an inexact even result moves one ulp toward it), then
+        # to bf16, is that rounding (24 >= 10 + 2 bits)
+        a = (q.to(tl.float32) * scz[:, :, :, None, None]) * 0.00048828125
+        b = nb.to(tl.bfloat16).to(tl.float32)[:, :, :, None, None]
+        v = _sum_to_odd(a, b)
         op = tl.reshape(v.to(tl.bfloat16), (BN, 256))
     return op, tl.reshape(scale, (BN,)) * 2048.0
 

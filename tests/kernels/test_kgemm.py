@@ -135,7 +135,10 @@ def test_kq_ptx_operands_are_the_plain_ones(name, rng):
         scale = torch.zeros(61, dtype=torch.float32, device=DEV)
         _operand_kernel[(1,)](*dq.plane_args(qt), op, scale, 61, 1, TYPE=qt.ggml_type, ASM=asm)
         got.append((op.view(torch.int16).cpu(), scale.cpu()))
-    assert torch.equal(got[0][0], got[1][0]) and torch.equal(got[0][1], got[1][1])
+    bad = (got[0][0] != got[1][0]).nonzero()
+    assert len(bad) == 0, (len(bad), bad[:4].tolist(), got[0][0][tuple(bad[0])].item(),
+                           got[1][0][tuple(bad[0])].item())
+    assert torch.equal(got[0][1], got[1][1]), (got[0][1] - got[1][1]).abs().max()
     w = got[0][0].view(torch.bfloat16).double().numpy() * got[0][1].double().numpy()[:, None]
     want = w64[:, 256:]
     err = np.abs(w - want).max(axis=1) / np.maximum(np.abs(want).max(axis=1), 1e-30)
