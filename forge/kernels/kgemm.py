@@ -11,16 +11,20 @@ Here the dot runs on scaled integer codes and the float scales come after it:
   Q6_K  sum_k x_k w_k = d * sum_k x_k (sc_j (q_k - 32))
 
 per 256-element super-block (one d / dmin per weight row), j the 32- (Q4_K) or 16-element
-(Q6_K) sub-block. The operand sc_j * q_k (an integer, at most 945 / 4064 in magnitude) is rounded
-to bf16 once, a relative error of at most 2^-9: what rounding the decoded weight to bf16 costs the
-general GEMM. The per-sub-block x sums come from a second, narrow dot with a 0/1 matrix, and the
-min term from a tf32x3 dot of those sums with the mins, so every per-weight step is on integers.
+(Q6_K) sub-block. The Q4_K min term is folded into the operand: it is
+sc_j q_k - (dmin / d) m_j (times 2^-11), so one dot per super-block serves both terms, and the
+dot's float32 sums are scaled by 2048 d (a super-block with d = 0 takes -m_j, scaled by 2048 dmin).
+Q6_K's operand is sc_j (q_k - 32) 2^-13, scaled by 8192 d. Each operand is rounded once to bf16:
+2^-9 of its largest term, what rounding the decoded weight to bf16 costs the general GEMM.
 
-ASM (NVIDIA): each pair of bf16 operands is built from a 32-bit word of codes with the
-"integer OR exponent" trick: bytes are placed with one PRMT, masked and ORed with 0x4300 (128.0)
-by one LOP3, giving 128 + q exactly, and one bf16x2 FMA computes (128 + q) * sc - 128 * sc: about
-1.5 instructions per weight (Q4_K). Without ASM (the CPU interpreter, AMD), the same values come
-from plain integer and float operations, bit for bit.
+ASM (NVIDIA): each bf16 pair of operands comes from one byte of codes. A bf16 with bit pattern
+b < 256 is b * 2^-133 (subnormal, or the lowest exponent: still linear in b), so the codes are
+used as they sit in the byte: PRMT copies the byte to both halves, one AND keeps the low nibble in
+one and the high nibble (worth 16 q) in the other, and one bf16x2 FMA with the per-half scales
+and the bias gives both operands, exact before its one rounding: 3 instructions per pair (Q4_K;
+Q6_K adds its high bits: 7), 5.2 / 9.3 SASS instructions per weight in the whole loop against
+11.2 for the general GEMM (sm90 compile). Without ASM (the CPU interpreter, AMD), plain Triton
+computes the same operands bit for bit (test_kgemm checks it on a GPU).
 """
 from __future__ import annotations
 
@@ -31,7 +35,8 @@ import triton
 import triton.language as tl
 
 from forge.kernels import pdl, tuning
-from forge.kernels.dequant import Q4_K, Q6_K, QK_K, TYPES, plane_args
+from forge.kernels.dequant import (Q4_K, Q6_K, QK_K, TYPE_IDS, TYPES, jit_attrs, plane_args,
+                                   plane_signature)
 from forge.kernels.pdl import pdl_launch, pdl_wait
 from forge.runtime.backend import QTensor
 
@@ -237,12 +242,11 @@ def _kq_gemm_kernel(
         x = tl.load(x_rows + sb * 256, mask=mmask[:, None], other=0.0)
         if TYPE == Q4_K:
             op, scale = _q4k_operand(qp, sc_ptr, d_ptr, rows, rmask, s_q, s_sc, s_d, sb, ASM)
-            acc += _dot(x, op, DOT_UPCAST) * scale[None, :]
         else:
             tl.static_assert(TYPE == Q6_K, "kgemm: Q4_K or Q6_K")
             op, scale = _q6k_operand(qp, qh_ptr, sc_ptr, d_ptr, rows, rmask, s_q, s_qh, s_sc,
                                      s_d, sb, ASM)
-            acc += _dot(x, op, DOT_UPCAST) * scale[None, :]
+        acc += _dot(x, op, DOT_UPCAST) * scale[None, :]
     if SPLIT:
         out_ptr += tl.program_id(2).to(tl.int64) * T * N
     elif HAS_BIAS:
@@ -266,17 +270,14 @@ def kq_default(ggml_type: int, T: int, N: int, K: int) -> dict:
             "num_stages": 3}
 
 
-def supported(ggml_type: int) -> bool:
-    return TYPES[int(ggml_type)].name in KQ_TYPES
-
-
 def linear(x: torch.Tensor, w: QTensor, bias: torch.Tensor | None, out: torch.Tensor,
            cfg: dict, asm: bool | None = None) -> torch.Tensor:
     """out [T, N] = x [T, K] (bf16, unit column stride) @ W^T (+ bias) for a Q4_K / Q6_K weight.
 
-    cfg: a "linear_kq" config (kq_default's keys). asm: build the operands with PTX (default:
-    on a CUDA device outside the interpreter); False computes the same operands, bit for bit
-    but for ties of the float64 rounding, in plain Triton (the CPU interpreter, AMD)."""
+    cfg: a "linear_kq" config (kq_default's keys; SPLIT_K > 1 sums float32 partials with
+    matmul's split-K reduce). asm: build the operands with PTX (default: on a CUDA device outside
+    the interpreter); False computes the same operands, bit for bit, in plain Triton (the CPU
+    interpreter, AMD)."""
     info = TYPES[int(w.ggml_type)]
     if info.name not in KQ_TYPES:
         raise ValueError(f"kgemm.linear: {info.name} is not one of {KQ_TYPES}")
@@ -286,12 +287,12 @@ def linear(x: torch.Tensor, w: QTensor, bias: torch.Tensor | None, out: torch.Te
     N = w.rows
     if asm is None:
         asm = x.device.type == "cuda" and torch.version.hip is None and not _INTERPRET
+    from forge.kernels.matmul import _reduce_splits, _split_k   # (matmul imports this module)
+
     planes = plane_args(w)
     bm, bn = cfg["BLOCK_M"], cfg["BLOCK_N"]
     nsb = K // QK_K
-    split = max(1, min(int(cfg.get("SPLIT_K", 1)), nsb))
-    per = triton.cdiv(nsb, split)
-    split = triton.cdiv(nsb, per)
+    split, per = _split_k(nsb, 1, cfg.get("SPLIT_K", 1))        # super-blocks per split
     dst = out if split == 1 else torch.empty((split, T, N), dtype=torch.float32, device=x.device)
     grid = (triton.cdiv(N, bn), triton.cdiv(T, bm), split)
     _kq_gemm_kernel[grid](
@@ -301,7 +302,6 @@ def linear(x: torch.Tensor, w: QTensor, bias: torch.Tensor | None, out: torch.Te
         SPLIT=split > 1, ASM=bool(asm), DOT_UPCAST=_INTERPRET, num_warps=cfg["num_warps"],
         num_stages=cfg["num_stages"], **pdl.launch_args())
     if split > 1:
-        from forge.kernels.matmul import _reduce_splits
         _reduce_splits(dst, bias, out, split)
     return out
 
@@ -311,11 +311,9 @@ def linear(x: torch.Tensor, w: QTensor, bias: torch.Tensor | None, out: torch.Te
 
 
 def _compile_specs() -> list[dict]:
-    from forge.kernels.dequant import jit_attrs, plane_signature
-
     specs = []
     for name in KQ_TYPES:
-        tid = next(t for t, i in TYPES.items() if i.name == name)
+        tid = TYPE_IDS[name]
         for T, split in ((32, False), (16, True), (64, False)):
             cfg = kq_default(tid, T, 4096, 4096)
             sig = {"x_ptr": "*bf16", **plane_signature(tid), "s_q": "i32", "s_qh": "i32",

@@ -1139,6 +1139,11 @@ def _kq_config(ggml_type: int, T: int, N: int, K: int) -> dict:
                 kgemm.kq_default(ggml_type, T, N, K))
 
 
+def _takes_kq(x: torch.Tensor, gm: dict) -> bool:
+    """Whether x [T, K] goes to kgemm under GEMM config gm (T <= its KQ_T, bf16 rows)."""
+    return x.shape[0] <= gm.get("KQ_T", 0) and x.dtype == torch.bfloat16 and x.stride(1) == 1
+
+
 def clear_config_cache() -> None:
     """Forget resolved launch configs (after changing a tuning table)."""
     _configs.cache_clear()
@@ -1376,8 +1381,7 @@ def linear(x: torch.Tensor, w: QTensor, bias: torch.Tensor | None = None,
     if out is not None and out.dtype != x.dtype:
         gv, gm = _configs(w.ggml_type, x.shape[0], w.rows, w.cols, False)
         if x.shape[0] > gv["MAX_T"]:
-            if x.shape[0] <= gm.get("KQ_T", 0) and x.dtype == torch.bfloat16 \
-                    and x.stride(1) == 1:
+            if _takes_kq(x, gm):
                 return kgemm.linear(x, w, bias, out,
                                     _kq_config(w.ggml_type, x.shape[0], w.rows, w.cols))
             if gm["DEQUANT_T"] == 0 or info.block == 1 or x.device.type != "cuda" \
@@ -1403,7 +1407,7 @@ def linear(x: torch.Tensor, w: QTensor, bias: torch.Tensor | None = None,
     if T <= gv["MAX_T"]:
         _gemv(x, w, bias, out, gv)
         return out
-    if T <= gm.get("KQ_T", 0) and x.dtype == torch.bfloat16 and x.stride(1) == 1:
+    if _takes_kq(x, gm):
         kgemm.linear(x, w, bias, out, _kq_config(w.ggml_type, T, N, K))
         return out
     if info.block == 1 and _float_matmul(x, w, out):
