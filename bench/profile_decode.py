@@ -151,9 +151,18 @@ def main() -> None:
         cur.append(e)
     steps.append(cur)
     last = max(steps, key=len)
-    print(f"one step: {len(last)} kernels, {sum(e.time_range.elapsed_us() for e in last):.1f} us")
+    span = last[-1].time_range.end - last[0].time_range.start
+    print(f"one step: {len(last)} kernels, {sum(e.time_range.elapsed_us() for e in last):.1f} us "
+          f"of kernel time, {span:.1f} us from the first start to the last end")
+    # gap: from the previous kernel's end to this one's start (negative: they overlapped, as
+    # kernels launched with PDL do while the one before finishes)
+    prev_end = {id(e): p.time_range.end for p, e in zip(last, last[1:])}
     for e in last[:24] + [None] + last[-8:]:
-        print("   ..." if e is None else f"   {e.name[:40]:40s} {e.time_range.elapsed_us():8.1f} us")
+        if e is None:
+            print("   ...")
+            continue
+        gap = e.time_range.start - prev_end[id(e)] if id(e) in prev_end else 0.0
+        print(f"   {e.name[:40]:40s} {e.time_range.elapsed_us():8.1f} us  gap {gap:6.1f} us")
 
 
 if __name__ == "__main__":

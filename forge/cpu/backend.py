@@ -213,6 +213,14 @@ class NumpyBackend:
         return fn(q, k_cache, v_cache, batch.query_start_loc, batch.seq_lens, batch.block_tables,
                   num_heads, num_kv_heads, scale, sliding_window, softcap)
 
+    def rope_attention(self, q, k, v, batch: ForwardBatch, k_cache, v_cache, spec: RopeSpec,
+                       num_heads: int, num_kv_heads: int, head_dim: int, scale: float,
+                       sliding_window: int | None = None, softcap: float | None = None) -> np.ndarray:
+        q = self.rope(q, k, v, batch.positions, k_cache, v_cache, batch.slot_mapping, spec,
+                      num_heads, num_kv_heads, head_dim)
+        return self.attention(q, k_cache, v_cache, batch, num_heads, num_kv_heads, scale,
+                              sliding_window, softcap)
+
     def logits(self, x, w: QTensor) -> np.ndarray:
         """The output head (float32, like every CPU activation). With numerics="llamacpp" the
         activation is rounded as llama.cpp does, then float32 BLAS: the logits are never quantized

@@ -58,6 +58,21 @@ The decode step is captured once per batch size with max_seq_len = the engine's 
 5. The price of a fixed grid: at large batches S falls to 1 (B * Hkv programs already fill the
    GPU), so one long sequence among many short ones is one program per KV head.
 
+Rope fused into decode
+----------------------
+`attention(..., rope=rope.fused_args(...))` means rope.rope followed by attention. At decode
+(and when q stays in registers: QK_CHUNK == BLOCK_DK) the decode kernel does the rope itself,
+which saves the rope kernel's launch and its dependent chain in every layer of a decode step
+(on H100 the rope kernel took 3.6-4.3 us of a ~180 us layer of the 8B F16 model at batch 1):
+- every program rotates its q rows (two gathers of the rows: x and its pair partner; cos/sin of
+  the float32 angle as rope.py computes them), rounded to q's dtype as the rope kernel stores q;
+- the query's own key (position seq_len - 1) is not in the cache yet, so the cache loop stops
+  before it, and the split that ends at seq_len adds that key from this step's k row (rotated,
+  rounded to the cache dtype) and v row to its online softmax, then (first head chunk of the
+  group only) stores both into the cache at the token's slot for later steps. No program reads
+  that slot in this launch, so no ordering between programs is needed.
+Prefill keeps the rope kernel (its queries' keys must be in the cache before the tiles run).
+
 Scores are kept in log2 units (scale * log2(e) folded in) so the softmax uses exp2. Cache block
 ids are widened to int64 before they multiply a stride: a cache may hold more than 2^31 elements.
 Masked-off keys are never read (their loads are masked), so stale or NaN cache slots past a
@@ -75,7 +90,9 @@ import triton
 import triton.language as tl
 
 from forge.kernels import pdl, tuning, xquant
+from forge.kernels import rope as rope_mod
 from forge.kernels.pdl import pdl_launch, pdl_wait
+from forge.kernels.rope import _sincos
 from forge.kernels.xquant import _xq_store
 from forge.kernels.specs import divisibility_attrs
 
@@ -429,6 +446,36 @@ def _store_group(out_ptr, t_idx, stride_ot, o, kvh, hc, xq_ptr, xs_ptr, stride_x
 
 
 @triton.jit
+def _rope_pairs(ROT: tl.constexpr, NEOX: tl.constexpr, BLOCK_D: tl.constexpr):
+    """Per feature j < BLOCK_D of a head: (pair index, is the pair's first element, is rotated,
+    partner feature) for a rotation by RopeSpec (rope.py): the pair (a, b) becomes
+    (a cos - b sin, b cos + a sin); features >= ROT pass through (partner j)."""
+    j = tl.arange(0, BLOCK_D)
+    HALF: tl.constexpr = ROT // 2
+    if NEOX:
+        first = j < HALF
+        p = tl.where(first, j, j - HALF)
+        partner = tl.where(first, j + HALF, j - HALF)
+    else:
+        first = (j % 2) == 0
+        p = j // 2
+        partner = j ^ 1
+    rot = j < ROT
+    return p, first, rot, tl.where(rot, partner, j)
+
+
+@triton.jit
+def _rope_angles(pos, inv, first, rot):
+    """(cos, signed sin) per feature from the position and the features' inv_freq (0 past ROT):
+    rotated x_j = x_j cos + x_partner(j) sin', sin' = -sin on a pair's first element. The angle
+    is rope.py's (float32 product), cos/sin by `_sincos`."""
+    cs, sn = _sincos(pos.to(tl.float32) * inv)
+    sn = tl.where(rot, tl.where(first, -sn, sn), 0.0)
+    cs = tl.where(rot, cs, 1.0)
+    return cs, sn
+
+
+@triton.jit
 def _attn_decode_kernel(
     q_ptr,             # [T, H*Dk]   row stride stride_qt (T <= B: at most one query a sequence)
     k_cache_ptr,       # [NB, BS, Hkv, Dk]  strides (STRIDE_KB, STRIDE_KS, STRIDE_KH, 1)
@@ -441,8 +488,11 @@ def _attn_decode_kernel(
     seq_lens_ptr,      # [B] i32
     block_tables_ptr,  # [B, W] i32  row stride stride_bt
     xq_ptr, xs_ptr,    # XQ_E > 0: the output's int8 codes (uint8) and chunk scales (xquant.py)
+    kn_ptr, vn_ptr,    # ROPE: this step's k [T, Hkv*Dk] / v [T, Hkv*Dv] rows (stride_kn/_vn),
+    pos_ptr, slot_ptr, inv_ptr,  # positions [T], cache slots [T] int64, inv_freq [ROT/2] f32
     num_splits, min_part, part_align,
     stride_qt, stride_ot, stride_bt, stride_xq, NCH,
+    stride_kn, stride_vn, num_slots,
     qk_scale, cap_scale, window,
     G: tl.constexpr, HT: tl.constexpr, NHC: tl.constexpr,
     Dk: tl.constexpr, Dv: tl.constexpr,
@@ -462,6 +512,9 @@ def _attn_decode_kernel(
     PDL: tl.constexpr,           # launched with programmatic dependent launch (pdl.py)
     XQ_V: tl.constexpr = 0,      # XQ_E > 0: also quantize the output (see _store_group)
     XQ_E: tl.constexpr = 0,
+    ROPE: tl.constexpr = False,  # q, k unrotated: rope fused in (see "Rope fused into decode")
+    ROT: tl.constexpr = 0,       # ROPE: rotated features per head, pairs by NEOX (RopeSpec)
+    NEOX: tl.constexpr = False,
 ):
     pdl_launch(PDL)
     # Every program, before the metadata loads and the early exit below: q, the lengths, the
@@ -489,11 +542,8 @@ def _attn_decode_kernel(
     row_ok = (offs_g < HT) & (hg < G)
     t_idx = q_start.to(tl.int64)
     q_rows = q_ptr + t_idx * stride_qt + (kvh * G + hg) * Dk
-    if QK_CHUNK == BLOCK_DK:
-        q = _load_rows(q_rows, row_ok, Dk, BLOCK_DK, True)
-    else:
-        q = q_rows
-
+    # ROPE: the query's own key is not in the cache yet: the cache loop ends before it
+    hi_kv = tl.minimum(hi, seq_len - 1) if ROPE else hi
     bt_ptr = block_tables_ptr + seq.to(tl.int64) * stride_bt
     k_head_off = kvh * STRIDE_KH
     v_head_off = kvh * STRIDE_VH
@@ -503,12 +553,43 @@ def _attn_decode_kernel(
     offs_n0 = tl.arange(0, BLOCK_N)
     # Tiles start at multiples of BLOCK_N (keys before lo are masked off). The next tile's
     # block ids are loaded one tile ahead and carried (see the prefill kernel's unmasked loop).
+    # (The first ids are requested before the rope work below, which their latency then hides.)
     first = (lo // BLOCK_N) * BLOCK_N
-    blk = _tile_ids(bt_ptr, first, hi, BLOCK_N, BLOCK_SIZE, True)
-    for start in range(first, hi, BLOCK_N):
-        blk_next = _tile_ids(bt_ptr, start + BLOCK_N, hi, BLOCK_N, BLOCK_SIZE, True)
+    blk = _tile_ids(bt_ptr, first, hi_kv, BLOCK_N, BLOCK_SIZE, True)
+    if ROPE:
+        # q rotated here, rounded to its dtype as the rope kernel stores it. The split that ends
+        # at the query adds its own key (rotated, rounded to the cache dtype as stored) and value
+        # after the cache loop, from this step's k / v rows. (The cos/sin chain waits for the
+        # position's load and ptxas issues the q / k loads after it: one memory round trip more
+        # than the plain kernel before the first tile. Anchoring the chain on those loads, as the
+        # GEMV does, measured no better at d = 128 and worse with the reductions it needs.)
+        tl.static_assert(QK_CHUNK == BLOCK_DK, "fused rope keeps q in registers")
+        pair, first_el, rot, partner = _rope_pairs(ROT, NEOX, BLOCK_DK)
+        offs_dk = tl.arange(0, BLOCK_DK)
+        offs_dv = tl.arange(0, BLOCK_DV)
+        qm = row_ok[:, None] & (offs_dk < Dk)[None, :]
+        qx = tl.load(q_rows[:, None] + offs_dk[None, :], mask=qm, other=0.0)
+        qp = tl.load(q_rows[:, None] + partner[None, :], mask=qm, other=0.0)
+        k_row = kn_ptr + t_idx * stride_kn + kvh * Dk
+        own_k = (offs_dk < Dk) & (offs_dk * 0 + hi == seq_len)   # (a vector mask: interpreter)
+        kx = tl.load(k_row + offs_dk, mask=own_k, other=0.0)
+        kp = tl.load(k_row + partner, mask=own_k, other=0.0)
+        vr = tl.load(vn_ptr + t_idx * stride_vn + kvh * Dv + offs_dv,
+                     mask=(offs_dv < Dv) & (offs_dv * 0 + hi == seq_len),
+                     other=0.0).to(v_cache_ptr.dtype.element_ty)
+        pos = tl.load(pos_ptr + t_idx)
+        inv = tl.load(inv_ptr + pair, mask=rot, other=0.0)
+        cs, sn = _rope_angles(pos, inv, first_el, rot)
+        q = (qx.to(tl.float32) * cs[None, :] + qp.to(tl.float32) * sn[None, :]).to(
+            q_ptr.dtype.element_ty)
+    elif QK_CHUNK == BLOCK_DK:
+        q = _load_rows(q_rows, row_ok, Dk, BLOCK_DK, True)
+    else:
+        q = q_rows
+    for start in range(first, hi_kv, BLOCK_N):
+        blk_next = _tile_ids(bt_ptr, start + BLOCK_N, hi_kv, BLOCK_N, BLOCK_SIZE, True)
         offs_n = start + offs_n0
-        in_kv = (offs_n >= lo) & (offs_n < hi)
+        in_kv = (offs_n >= lo) & (offs_n < hi_kv)
         slot = offs_n % BLOCK_SIZE
         k_rows = k_cache_ptr + (blk * STRIDE_KB + (slot * STRIDE_KS + k_head_off))
         v_rows = v_cache_ptr + (blk * STRIDE_VB + (slot * STRIDE_VS + v_head_off))
@@ -535,6 +616,30 @@ def _attn_decode_kernel(
         acc = _dot_acc(p.to(v.dtype), v, acc * alpha[:, None], DOT_F32)
         m_i = m_new
         blk = blk_next
+
+    if ROPE:
+        if hi == seq_len:
+            # the query's own key and value (loaded above) join the softmax; the group's first
+            # head chunk also stores them into the cache at the token's slot for later steps
+            kr = (kx.to(tl.float32) * cs + kp.to(tl.float32) * sn).to(k_cache_ptr.dtype.element_ty)
+            s_c = _scores(tl.sum(q.to(tl.float32) * kr.to(tl.float32)[None, :], 1), qk_scale,
+                          cap_scale, SOFTCAP)
+            m_new = tl.maximum(m_i, s_c)
+            alpha = tl.exp2(m_i - m_new)
+            p_c = tl.exp2(s_c - m_new)
+            l_i = l_i * alpha + p_c
+            p_v = p_c.to(v_cache_ptr.dtype.element_ty).to(tl.float32)
+            acc = acc * alpha[:, None] + p_v[:, None] * vr.to(tl.float32)[None, :]
+            m_i = m_new
+            slot = tl.load(slot_ptr + t_idx).to(tl.int64)
+            if (hc == 0) & (slot >= 0) & (slot < num_slots):
+                s32 = slot.to(tl.int32)     # num_slots < 2^31 (checked on the host)
+                blk_c = (s32 // BLOCK_SIZE).to(tl.int64)
+                off_c = (s32 % BLOCK_SIZE).to(tl.int64)
+                tl.store(k_cache_ptr + blk_c * STRIDE_KB + off_c * STRIDE_KS + k_head_off
+                         + offs_dk, kr, mask=offs_dk < Dk)
+                tl.store(v_cache_ptr + blk_c * STRIDE_VB + off_c * STRIDE_VS + v_head_off
+                         + offs_dv, vr, mask=offs_dv < Dv)
 
     if SPLIT:
         if n_parts > 1:
@@ -795,6 +900,7 @@ def _decode_plan(kind: str, dk: int, dv: int, G: int, elem: int) -> dict:
         "HT": ht, "NHC": -(-G // ht), "BLOCK_G": max(16, _pow2(ht)), "BLOCK_HT": block_ht,
         "BLOCK_N": block_n, "BLOCK_DK": block_dk, "BLOCK_DV": block_dv, "QK_CHUNK": qk_chunk,
         "V_EARLY": bool(int(cfg["V_EARLY"])) and qk_chunk == block_dk,  # needs Q in registers
+        "ROPE_OK": qk_chunk == block_dk,    # fused rope: the same
         "min_part": -(-min_part // block_n) * block_n,
         "splits_per_cu": max(1, int(cfg["SPLITS_PER_CU"])),
         "max_splits": max(1, min(int(cfg["MAX_SPLITS"]), MAX_SPLITS)),
@@ -951,7 +1057,8 @@ def attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
               num_heads: int, num_kv_heads: int, scale: float, sliding_window: int | None = None,
               softcap: float | None = None, max_query_len: int | None = None,
               max_seq_len: int | None = None, out: torch.Tensor | None = None, *,
-              partition_size: int | None = None, xq: tuple[int, int] | None = None) -> torch.Tensor:
+              partition_size: int | None = None, xq: tuple[int, int] | None = None,
+              rope: "rope_mod.Fused | None" = None) -> torch.Tensor:
     """Paged causal attention with GQA. q [T, H*Dk] -> out [T, H*Dv] (q's dtype).
 
     k_cache [NB, BS, Hkv, Dk], v_cache [NB, BS, Hkv, Dv]; query_start_loc [B+1], seq_lens [B],
@@ -966,6 +1073,10 @@ def attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
     xq = (V, E) (keyword only): at decode with out in the GEMV's range (xquant.MAX_ROWS rows) and
     heads of whole chunks, also quantize out for the GEMV's X_PRE path and record it
     (xquant.remember), as norm.rms_norm does.
+    rope (keyword only; `rope.fused_args`): q and this step's k / v are not rotated or cached
+    yet; the result is that of rope.rope(...) followed by attention. At decode the kernel does it
+    (see "Rope fused into decode"); otherwise (prefill, or a decode config that keeps q out of
+    registers) the rope kernel runs first.
     """
     # ---- validate (cached by the tensors' dtype/shape/strides/device) ------------------------
     num_heads, num_kv_heads = int(num_heads), int(num_kv_heads)
@@ -999,6 +1110,14 @@ def attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
     dv = v_cache.shape[3]
     T = q.shape[0]
     nseq = seq_lens.shape[0]
+    info = _device_info() if q.is_cuda else None
+    kind = _kind(info)
+    elem = q.element_size()
+    if rope is not None:
+        fuse = decode and _decode_plan(kind, dk, dv, num_heads // num_kv_heads, elem)["ROPE_OK"]
+        if not fuse:
+            q = rope_mod.apply(q, rope, k_cache, v_cache, num_heads, num_kv_heads, dk)
+            rope = None
     if out is None:
         out = torch.empty((T, num_heads * dv), dtype=q.dtype, device=q.device)
     if T == 0 or nseq == 0:
@@ -1011,9 +1130,6 @@ def attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
         qk_scale, cap_scale = 2.0 * LOG2E * scale / cap, cap * LOG2E
     else:
         qk_scale, cap_scale = scale * LOG2E, 1.0
-    info = _device_info() if q.is_cuda else None
-    kind = _kind(info)
-    elem = q.element_size()
     ks, vs = k_cache.stride(), v_cache.stride()
     common = dict(STRIDE_KB=ks[0], STRIDE_KS=ks[1], STRIDE_KH=ks[2], STRIDE_VB=vs[0],
                   STRIDE_VS=vs[1], STRIDE_VH=vs[2], SOFTCAP=softcap_on, WINDOW=window > 0,
@@ -1041,15 +1157,21 @@ def attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
         whole = dv == plan["BLOCK_DV"] and out.is_contiguous()
         xo = xquant.producer_args(out, xq if whole else None, dv)
         pk = pdl.launch_args()  # one decision for both kernels
+        if rope is not None:
+            rp = (rope.k, rope.v, rope.positions, rope.slot_mapping, rope.inv)
+            rs = (rope.k.stride(0), rope.v.stride(0), rope.num_slots)
+            rc = dict(ROPE=True, ROT=rope.rot, NEOX=rope.neox)
+        else:
+            rp, rs, rc = (q, q, seq_lens, seq_lens, seq_lens), (0, 0, 0), {}   # (unused)
         _attn_decode_kernel[(nseq, ng, S)](
             q, k_cache, v_cache, out, part, sem, query_start_loc, seq_lens, block_tables, *xo.ptrs,
-            S, min_part, align, q.stride(0), out.stride(0), block_tables.stride(0),
-            *xo.row_args, qk_scale, cap_scale, window,
+            *rp, S, min_part, align, q.stride(0), out.stride(0), block_tables.stride(0),
+            *xo.row_args, *rs, qk_scale, cap_scale, window,
             G=G, HT=plan["HT"], NHC=plan["NHC"], Dk=dk, Dv=dv, BLOCK_G=plan["BLOCK_G"],
             BLOCK_HT=plan["BLOCK_HT"], BLOCK_N=plan["BLOCK_N"], BLOCK_DK=plan["BLOCK_DK"],
             BLOCK_DV=plan["BLOCK_DV"], BLOCK_SIZE=bs, SPLIT=split, FUSED_REDUCE=fused,
             SPLIT_CHUNK=plan["SPLIT_CHUNK"], QK_CHUNK=plan["QK_CHUNK"], V_EARLY=plan["V_EARLY"],
-            **xo.consts, **common, **plan["opts"], **pk)
+            **xo.consts, **rc, **common, **plan["opts"], **pk)
         if split and not fused:
             rplan = _reduce_plan(kind, dv, plan["HT"], S)
             _attn_reduce_kernel[(nseq, ng)](
@@ -1157,14 +1279,20 @@ def compile_specs(kind: str = "rdna", dtypes: tuple = ("fp16", "bf16", "fp32"),
                       SPLIT_CHUNK=_split_chunk(cfg["SPLIT_CHUNK"], G, d, cfg["num_warps"]),
                       DOT_F32=False, QK_CHUNK=_qk_chunk(cfg, d),
                       V_EARLY=bool(cfg["V_EARLY"]) and _qk_chunk(cfg, d) == d, PDL=False,
-                      XQ_V=0, XQ_E=0)
+                      XQ_V=0, XQ_E=0, ROPE=False, ROT=0, NEOX=False)
+            # rope fused in (the production decode on NVIDIA; varied elsewhere), where q stays
+            # in registers; partial rotary at d = 256 (gemma-like heads rotate them whole, but
+            # the pass-through lanes are the case to compile)
+            if _qk_chunk(cfg, d) == d and (kind == "nvidia" or (di + ti) % 2 == 1):
+                ce.update(ROPE=True, ROT=d // 2 if d == 256 else d, NEOX=di % 2 == 1)
             # NVIDIA bf16 decode quantizes its output for the o projection's X_PRE GEMV
             if kind == "nvidia" and dt == "bf16":
                 ce.update(XQ_V=4, XQ_E=8)
             types = {"q_ptr": ptr, "k_cache_ptr": ptr, "v_cache_ptr": ptr, "out_ptr": ptr,
                      "part_ptr": "*fp32", "sem_ptr": "*i32", "qsl_ptr": "*i32",
                      "seq_lens_ptr": "*i32", "block_tables_ptr": "*i32",
-                     "xq_ptr": "*u8", "xs_ptr": "*fp32",
+                     "xq_ptr": "*u8", "xs_ptr": "*fp32", "kn_ptr": ptr, "vn_ptr": ptr,
+                     "pos_ptr": "*i32", "slot_ptr": "*i64", "inv_ptr": "*fp32",
                      "qk_scale": "fp32", "cap_scale": "fp32"}
             sig = _sig(_attn_decode_kernel, types, ce)
             specs.append({"name": f"attn_decode_d{d}_{dt}{suffix}", "fn": _attn_decode_kernel,

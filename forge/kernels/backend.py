@@ -179,6 +179,19 @@ class TritonBackend:
                                    sliding_window, softcap, max_query_len=batch.max_query_len,
                                    max_seq_len=batch.max_seq_len, xq=self.xq_chunking)
 
+    def rope_attention(self, q, k, v, batch: ForwardBatch, k_cache, v_cache, spec: RopeSpec,
+                       num_heads: int, num_kv_heads: int, head_dim: int, scale: float,
+                       sliding_window: int | None = None,
+                       softcap: float | None = None) -> torch.Tensor:
+        """At decode the attention kernel applies the rope itself (attention.py, "Rope fused
+        into decode"): one launch per layer instead of two."""
+        f = rope.fused_args(q, k, v, batch.positions, k_cache, v_cache, batch.slot_mapping, spec,
+                            num_heads, num_kv_heads, head_dim)
+        return attention.attention(q, k_cache, v_cache, batch.query_start_loc, batch.seq_lens,
+                                   batch.block_tables, num_heads, num_kv_heads, scale,
+                                   sliding_window, softcap, max_query_len=batch.max_query_len,
+                                   max_seq_len=batch.max_seq_len, xq=self.xq_chunking, rope=f)
+
     def logits(self, x, w: QTensor) -> torch.Tensor:
         """The output head with float32 logits. Decode rows (a GEMV) read the f16/bf16 hidden
         state as it is (on NVIDIA, quantized types: int8 per 32-column chunk, as llama.cpp's

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 import weakref
+from typing import NamedTuple
 
 import torch
 import triton
@@ -198,12 +199,21 @@ def _default_config(h: int, hkv: int, d: int) -> dict:
     return {"BLOCK_H": block_h, "num_warps": num_warps, "num_stages": 1}
 
 
-def rope(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor,
-         k_cache: torch.Tensor, v_cache: torch.Tensor, slot_mapping: torch.Tensor, spec: RopeSpec,
-         num_heads: int, num_kv_heads: int, head_dim: int) -> torch.Tensor:
-    """Rotate q [T, H*Dh] and k [T, Hkv*Dh] by `spec` at `positions` [T]; write the rotated k and
-    v [T, Hkv*Dv] (Dv = v_cache.shape[-1]) into the caches at `slot_mapping` [T] (slots < 0 are
-    skipped). Returns the rotated q as a new contiguous [T, H*Dh] tensor in q's dtype."""
+class Fused(NamedTuple):
+    """What the decode attention kernel needs to do a layer's rope itself (`fused_args`)."""
+    k: torch.Tensor             # [T, Hkv*Dh] this step's k rows (unrotated)
+    v: torch.Tensor             # [T, Hkv*Dv]
+    positions: torch.Tensor     # [T] int32 / int64
+    slot_mapping: torch.Tensor  # [T] int64 / int32
+    inv: torch.Tensor           # [rot/2] float32 inv_freq (`_inv_freq`)
+    rot: int
+    neox: bool
+    num_slots: int              # cache slots (NB * BS): slots outside [0, num_slots) are skipped
+
+
+def _check(q, k, v, positions, k_cache, v_cache, slot_mapping, spec: RopeSpec, num_heads: int,
+           num_kv_heads: int, head_dim: int) -> tuple[int, int, int, int]:
+    """Every argument check of `rope` (ValueError naming the argument); returns (H, Hkv, Dh, rot)."""
     h, hkv, dh = int(num_heads), int(num_kv_heads), int(head_dim)
     if h <= 0 or hkv <= 0 or dh <= 0 or h % hkv:
         raise ValueError(f"num_heads/num_kv_heads/head_dim: bad values {h}/{hkv}/{dh}")
@@ -243,26 +253,55 @@ def rope(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Ten
                     ("v_cache", v_cache), ("slot_mapping", slot_mapping)):
         if x.device != q.device:
             raise ValueError(f"{name}: must be on q's device ({q.device}), got {x.device}")
+    nb, bs = k_cache.shape[0], k_cache.shape[1]
+    if nb * bs >= 2 ** 31:
+        raise ValueError(f"k_cache: {nb} x {bs} slots; at most 2^31 - 1 are supported")
+    return h, hkv, dh, rot
 
+
+def fused_args(q, k, v, positions, k_cache, v_cache, slot_mapping, spec: RopeSpec,
+               num_heads: int, num_kv_heads: int, head_dim: int) -> Fused:
+    """`rope`'s arguments checked, for the decode attention kernel to apply instead
+    (attention.attention(..., rope=...)): the meaning is rope followed by attention."""
+    _, _, _, rot = _check(q, k, v, positions, k_cache, v_cache, slot_mapping, spec, num_heads,
+                          num_kv_heads, head_dim)
+    # keyed by the spec's own tensor (a reshaped view is a new object on every call)
+    inv = _inv_freq(rot, float(spec.base), float(spec.freq_scale), spec.freq_factors, q.device)
+    return Fused(k, v, positions, slot_mapping, inv, rot, spec.style == "neox",
+                 k_cache.shape[0] * k_cache.shape[1])
+
+
+def rope(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor,
+         k_cache: torch.Tensor, v_cache: torch.Tensor, slot_mapping: torch.Tensor, spec: RopeSpec,
+         num_heads: int, num_kv_heads: int, head_dim: int) -> torch.Tensor:
+    """Rotate q [T, H*Dh] and k [T, Hkv*Dh] by `spec` at `positions` [T]; write the rotated k and
+    v [T, Hkv*Dv] (Dv = v_cache.shape[-1]) into the caches at `slot_mapping` [T] (slots < 0 are
+    skipped). Returns the rotated q as a new contiguous [T, H*Dh] tensor in q's dtype."""
+    f = fused_args(q, k, v, positions, k_cache, v_cache, slot_mapping, spec, num_heads,
+                   num_kv_heads, head_dim)
+    return apply(q, f, k_cache, v_cache, num_heads, num_kv_heads, head_dim)
+
+
+def apply(q: torch.Tensor, f: Fused, k_cache: torch.Tensor, v_cache: torch.Tensor,
+          num_heads: int, num_kv_heads: int, head_dim: int) -> torch.Tensor:
+    """`rope` on arguments `fused_args` has checked: the rope kernel's launch."""
+    h, hkv, dh = int(num_heads), int(num_kv_heads), int(head_dim)
+    t = q.shape[0]
+    dv = v_cache.shape[3]
     q_out = torch.empty((t, h * dh), dtype=q.dtype, device=q.device)
     if t == 0:
         return q_out
     cfg = tuning.get_config("rope", tuning.bucket(H=h, D=dh), _default_config(h, hkv, dh))
     block_h = cfg["BLOCK_H"]
     grid = (t, triton.cdiv(h, block_h) + triton.cdiv(hkv, block_h))
-    # keyed by the spec's own tensor: `ff` above is a new view object on every call
-    inv = _inv_freq(rot, base, float(spec.freq_scale), spec.freq_factors, q.device)
-    nb, bs = k_cache.shape[0], k_cache.shape[1]
-    if nb * bs >= 2 ** 31:
-        raise ValueError(f"k_cache: {nb} x {bs} slots; at most 2^31 - 1 are supported")
     _rope_kernel[grid](
-        q, k, v, positions, slot_mapping, inv, q_out, k_cache, v_cache,
-        h, hkv, dh, dv, bs, nb * bs,
-        q.stride(0), k.stride(0), v.stride(0),
+        q, f.k, f.v, f.positions, f.slot_mapping, f.inv, q_out, k_cache, v_cache,
+        h, hkv, dh, dv, k_cache.shape[1], f.num_slots,
+        q.stride(0), f.k.stride(0), f.v.stride(0),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
-        ROT=rot, NEOX=spec.style == "neox", BLOCK_H=block_h,
-        BLOCK_R=triton.next_power_of_2(rot // 2), BLOCK_P=_pass_block(dh - rot),
+        ROT=f.rot, NEOX=f.neox, BLOCK_H=block_h,
+        BLOCK_R=triton.next_power_of_2(f.rot // 2), BLOCK_P=_pass_block(dh - f.rot),
         BLOCK_DV=triton.next_power_of_2(dv),
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], **pdl.launch_args(),
     )

@@ -174,6 +174,14 @@ class Backend(Protocol):
         Query head h uses KV head h // (H // Hkv).
         """
 
+    def rope_attention(self, q: Any, k: Any, v: Any, batch: ForwardBatch, k_cache: Any,
+                       v_cache: Any, spec: RopeSpec, num_heads: int, num_kv_heads: int,
+                       head_dim: int, scale: float, sliding_window: int | None = None,
+                       softcap: float | None = None) -> Any:
+        """`rope` (at batch.positions, into the caches at batch.slot_mapping) followed by
+        `attention` of the rotated q: one op, so that a backend may fuse the two (the GPU
+        backend does at decode). Returns the attention output [T, H*Dv]."""
+
     def logits(self, x: Any, w: QTensor) -> Any:
         """The output head: like `linear`, but the result is always float32."""
 

@@ -76,10 +76,9 @@ class Model:
             q = q.reshape(T, plan.q_size)
             k = be.rms_norm(k.reshape(T * cfg.num_kv_heads, cfg.head_dim), lp.k_norm, cfg.rms_eps)
             k = k.reshape(T, plan.kv_size)
-        q = be.rope(q, k, v, batch.positions, k_cache, v_cache, batch.slot_mapping, lp.rope,
-                    cfg.num_heads, cfg.num_kv_heads, cfg.head_dim)
-        o = be.attention(q, k_cache, v_cache, batch, cfg.num_heads, cfg.num_kv_heads,
-                         cfg.attn_scale, sliding_window=lp.window, softcap=lp.softcap)
+        o = be.rope_attention(q, k, v, batch, k_cache, v_cache, lp.rope, cfg.num_heads,
+                              cfg.num_kv_heads, cfg.head_dim, cfg.attn_scale,
+                              sliding_window=lp.window, softcap=lp.softcap)
         return be.linear(o, lp.wo)
 
     def _ffn(self, lp: LayerPlan, x: Any) -> Any:

@@ -590,3 +590,124 @@ def test_gpu_decode_in_cuda_graph(rng):
         atol, rtol = TOL["bf16"]
         np.testing.assert_allclose(out.float().cpu().numpy(), want, atol=atol, rtol=rtol)
     assert counters_zero(q.device)
+
+
+# ----------------------------------------------------------------------------------------------
+# rope fused into decode (attention(..., rope=rope.fused_args(...)))
+
+
+def _fused_rope_case(rng, seq_lens, H, Hkv, dk, dv, bs, dtype, rot, style, ff=None, q_lens=None):
+    """A decode batch whose query tokens' own K/V are not in the cache (their slots hold NaN):
+    this step's unrotated q, k [T, Hkv*dk] and v [T, Hkv*dv] come as column slices of one fused
+    qkv output, as from the qkv projection. Returns (tensors, numpy, RopeSpec, slots, reference
+    q / k rotated in float64)."""
+    from forge.runtime.backend import RopeSpec
+    from tests.kernels.test_rope import ref_rotate
+
+    q_lens = q_lens or [1] * len(seq_lens)
+    t, n = make_case(rng, seq_lens, q_lens, H, Hkv, dk, dv, bs, dtype)
+    T = int(sum(q_lens))
+    pos, slots = [], []
+    for b, L in enumerate(seq_lens):
+        for i in range(q_lens[b]):
+            p = L - q_lens[b] + i
+            pos.append(p)
+            slots.append(int(n["block_tables"][b, p // bs]) * bs + p % bs)
+    pos, slots = np.array(pos), np.array(slots, np.int64)
+    kc, vc = t["k_cache"], t["v_cache"]
+    kc.view(-1, Hkv, dk)[torch.from_numpy(slots).to(DEV)] = float("nan")
+    vc.view(-1, Hkv, dv)[torch.from_numpy(slots).to(DEV)] = float("nan")
+    tdt = TORCH_DT[dtype]
+    qkv = torch.from_numpy(rng.standard_normal((T, (H + Hkv) * dk + Hkv * dv)).astype(np.float32))
+    qkv = qkv.to(tdt).to(DEV)
+    q, k, v = qkv.split([H * dk, Hkv * dk, Hkv * dv], dim=1)
+    fft = None if ff is None else torch.tensor(ff, dtype=torch.float32, device=DEV)
+    spec = RopeSpec(rot_dim=rot, base=10000.0, style=style, freq_factors=fft)
+    t.update(q=q, k=k, v=v, positions=torch.from_numpy(pos.astype(np.int32)).to(DEV),
+             slot_mapping=torch.from_numpy(slots).to(DEV))
+    q64 = q.double().cpu().numpy()
+    k64 = k.double().cpu().numpy()
+    want_q = ref_rotate(q64.reshape(T, H, dk), pos, rot, 10000.0, style, 1.0, ff).reshape(T, H * dk)
+    want_k = ref_rotate(k64.reshape(T, Hkv, dk), pos, rot, 10000.0, style, 1.0, ff)
+    return t, n, spec, slots, want_q, want_k
+
+
+def _run_fused(t, spec, H, Hkv, dk, scale, **kw):
+    from forge.kernels import rope as rope_mod
+
+    f = rope_mod.fused_args(t["q"], t["k"], t["v"], t["positions"], t["k_cache"], t["v_cache"],
+                            t["slot_mapping"], spec, H, Hkv, dk)
+    return attn.attention(t["q"], t["k_cache"], t["v_cache"], t["query_start_loc"],
+                          t["seq_lens"], t["block_tables"], H, Hkv, scale, rope=f, **kw)
+
+
+@pytest.mark.parametrize("dtype,style,rot,partition,fused,window,softcap", [
+    ("fp32", "norm", 64, None, 1, None, None),   # one split: the program writes the output
+    ("fp32", "neox", 32, 16, 1, None, None),     # partial rotary; splits, fused merge
+    ("bf16", "norm", 64, 16, 0, 7, None),        # reduce kernel; window
+    ("bf16", "neox", 64, 24, 1, None, 20.0),     # softcap; partition not a multiple of BLOCK_N
+    ("fp16", "norm", 48, 16, 1, 40, None),
+])
+def test_decode_fused_rope(rng, decode_cfg, dtype, style, rot, partition, fused, window,
+                           softcap):
+    """rope fused into decode equals rope then attention in float64: the rotated k and v land in
+    the cache at the tokens' slots (nothing else written), the output attends the query's own key
+    (its slot was NaN before the launch, so the kernel must not read it), sequences of 1 key
+    (only the query's own) to several splits; freq factors on the norm cases."""
+    decode_cfg(FUSED_REDUCE=fused)
+    H, Hkv, dk = 8, 2, 64
+    seq_lens = [1, 2, 17, 33, 70]
+    ff = rng.uniform(1.0, 4.0, size=rot // 2) if style == "norm" else None
+    t, n, spec, slots, want_q, want_k = _fused_rope_case(rng, seq_lens, H, Hkv, dk, dk, 16,
+                                                          dtype, rot, style, ff)
+    kc_before = t["k_cache"].float().cpu().numpy().copy()
+    got = _run_fused(t, spec, H, Hkv, dk, 0.125, sliding_window=window, softcap=softcap,
+                     max_query_len=1, max_seq_len=max(seq_lens), partition_size=partition)
+    atol, rtol = TOL[dtype]
+    T = len(seq_lens)
+    kc4 = t["k_cache"].double().cpu().numpy()
+    vc4 = t["v_cache"].double().cpu().numpy()
+    kcn, vcn = kc4.reshape(-1, Hkv, dk), vc4.reshape(-1, Hkv, dk)
+    np.testing.assert_allclose(kcn[slots], want_k, atol=atol, rtol=rtol, err_msg="k_cache")
+    np.testing.assert_array_equal(vcn[slots], t["v"].double().cpu().numpy().reshape(T, Hkv, dk))
+    others = np.setdiff1d(np.arange(kcn.shape[0]), slots)
+    np.testing.assert_array_equal(kcn[others], kc_before.reshape(-1, Hkv, dk)[others])
+    # reference: the float64 rotation, the cache as the kernel left it (k rounded as stored)
+    want = ref_attention(want_q, kc4, vc4, n["qsl"], n["seq_lens"], n["block_tables"], H, Hkv,
+                         0.125, window, softcap)
+    g = got.float().cpu().numpy()
+    assert np.isfinite(g).all(), "non-finite output (the query's own slot read?)"
+    np.testing.assert_allclose(g, want, atol=atol, rtol=rtol)
+    assert counters_zero(t["q"].device)
+
+
+def test_fused_rope_falls_back_to_the_rope_kernel(rng, decode_cfg):
+    """Where the decode kernel cannot fuse (q chunked out of registers: QK_CHUNK < BLOCK_DK) and
+    for prefill, rope=... runs the rope kernel first: the same meaning."""
+    H, Hkv, dk = 4, 2, 64
+    decode_cfg(QK_CHUNK=16)
+    assert not attn._decode_plan("interp", dk, dk, 2, 4)["ROPE_OK"]
+    # decode; then prefill / mixed: 3 new tokens of one sequence, 1 of another
+    for seq_lens, q_lens, style in (([3, 20], [1, 1], "neox"), ([9, 20], [3, 1], "norm")):
+        t, n, spec, slots, want_q, want_k = _fused_rope_case(rng, seq_lens, H, Hkv, dk, dk, 16,
+                                                              "fp32", 64, style, q_lens=q_lens)
+        got = _run_fused(t, spec, H, Hkv, dk, 0.125, max_query_len=max(q_lens), max_seq_len=20)
+        kc4 = t["k_cache"].double().cpu().numpy()
+        vc4 = t["v_cache"].double().cpu().numpy()
+        np.testing.assert_allclose(kc4.reshape(-1, Hkv, dk)[slots], want_k, atol=2e-5, rtol=2e-5)
+        want = ref_attention(want_q, kc4, vc4, n["qsl"], n["seq_lens"], n["block_tables"], H,
+                             Hkv, 0.125)
+        np.testing.assert_allclose(got.cpu().numpy(), want, atol=2e-5, rtol=2e-5)
+
+
+def test_fused_rope_bad_arguments(rng):
+    """rope.fused_args checks what rope.rope does (ValueError naming the argument)."""
+    from forge.kernels import rope as rope_mod
+
+    t, n, spec, slots, _, _ = _fused_rope_case(rng, [3, 5], 4, 2, 64, 64, 16, "fp32", 64, "norm")
+    with pytest.raises(ValueError, match="k:"):
+        rope_mod.fused_args(t["q"], t["k"][:, :10], t["v"], t["positions"], t["k_cache"],
+                            t["v_cache"], t["slot_mapping"], spec, 4, 2, 64)
+    with pytest.raises(ValueError, match="positions"):
+        rope_mod.fused_args(t["q"], t["k"], t["v"], t["positions"][:1], t["k_cache"],
+                            t["v_cache"], t["slot_mapping"], spec, 4, 2, 64)
