@@ -823,7 +823,9 @@ def _decode_default(kind: str, dk: int, elem: int) -> dict:
     a longer serial merge); FUSED_REDUCE (0/1): the last split merges (one launch) instead of
     `_attn_reduce_kernel` (two); V_EARLY (0/1): issue a tile's V load with its K load (one
     memory round trip without software pipelining) or after the softmax (fewer live registers:
-    gfx1100 d128 with V early needs 250 VGPRs and spills, after the softmax 198).
+    gfx1100 d128 with V early needs 250 VGPRs and spills, after the softmax 198). ROPE_MIN_B:
+    `attention(..., rope=...)` at decode fuses the rope into this kernel when the batch has at
+    least this many sequences, else runs the rope kernel first (see "Rope fused into decode").
 
     A decode step is latency-bound until the batch's KV is several MiB: short splits (one or two
     64-key tiles) spread a batch-1 context of 512 over 64 programs instead of 8, and the merge
@@ -838,7 +840,7 @@ def _decode_default(kind: str, dk: int, elem: int) -> dict:
            "MIN_PARTITION": block_n, "SPLITS_PER_CU": 4, "MAX_SPLITS": 64, "SPLIT_CHUNK": 16,
            "FUSED_REDUCE": 0 if kind == "cdna" else 1,
            "QK_CHUNK": 64 if kind == "rdna" and big else 0,
-           "V_EARLY": 0 if kind == "rdna" else 1}
+           "V_EARLY": 0 if kind == "rdna" else 1, "ROPE_MIN_B": 1}
     if elem == 4:
         cfg["BLOCK_N"] = max(16, block_n // 2)
         cfg["MIN_PARTITION"] = cfg["BLOCK_N"]
@@ -901,6 +903,7 @@ def _decode_plan(kind: str, dk: int, dv: int, G: int, elem: int) -> dict:
         "BLOCK_N": block_n, "BLOCK_DK": block_dk, "BLOCK_DV": block_dv, "QK_CHUNK": qk_chunk,
         "V_EARLY": bool(int(cfg["V_EARLY"])) and qk_chunk == block_dk,  # needs Q in registers
         "ROPE_OK": qk_chunk == block_dk,    # fused rope: the same
+        "rope_min_b": max(1, int(cfg["ROPE_MIN_B"])),
         "min_part": -(-min_part // block_n) * block_n,
         "splits_per_cu": max(1, int(cfg["SPLITS_PER_CU"])),
         "max_splits": max(1, min(int(cfg["MAX_SPLITS"]), MAX_SPLITS)),
@@ -1075,8 +1078,8 @@ def attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
     (xquant.remember), as norm.rms_norm does.
     rope (keyword only; `rope.fused_args`): q and this step's k / v are not rotated or cached
     yet; the result is that of rope.rope(...) followed by attention. At decode the kernel does it
-    (see "Rope fused into decode"); otherwise (prefill, or a decode config that keeps q out of
-    registers) the rope kernel runs first.
+    (see "Rope fused into decode"); otherwise (prefill, a decode config that keeps q out of
+    registers, or fewer sequences than the config's ROPE_MIN_B) the rope kernel runs first.
     """
     # ---- validate (cached by the tensors' dtype/shape/strides/device) ------------------------
     num_heads, num_kv_heads = int(num_heads), int(num_kv_heads)
@@ -1114,7 +1117,10 @@ def attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
     kind = _kind(info)
     elem = q.element_size()
     if rope is not None:
-        fuse = decode and _decode_plan(kind, dk, dv, num_heads // num_kv_heads, elem)["ROPE_OK"]
+        fuse = False
+        if decode:
+            dp = _decode_plan(kind, dk, dv, num_heads // num_kv_heads, elem)
+            fuse = dp["ROPE_OK"] and seq_lens.shape[0] >= dp["rope_min_b"]
         if not fuse:
             q = rope_mod.apply(q, rope, k_cache, v_cache, num_heads, num_kv_heads, dk)
             rope = None

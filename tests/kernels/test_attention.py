@@ -681,12 +681,18 @@ def test_decode_fused_rope(rng, decode_cfg, dtype, style, rot, partition, fused,
     assert counters_zero(t["q"].device)
 
 
-def test_fused_rope_falls_back_to_the_rope_kernel(rng, decode_cfg):
-    """Where the decode kernel cannot fuse (q chunked out of registers: QK_CHUNK < BLOCK_DK) and
-    for prefill, rope=... runs the rope kernel first: the same meaning."""
+@pytest.mark.parametrize("knob", [{"QK_CHUNK": 16}, {"ROPE_MIN_B": 3}])
+def test_fused_rope_falls_back_to_the_rope_kernel(rng, decode_cfg, monkeypatch, knob):
+    """Where the decode kernel cannot fuse (q chunked out of registers: QK_CHUNK < BLOCK_DK),
+    where the config fuses only from ROPE_MIN_B sequences on (2 here), and for prefill,
+    rope=... runs the rope kernel first: the same meaning."""
+    from forge.kernels import rope as rope_mod
+
     H, Hkv, dk = 4, 2, 64
-    decode_cfg(QK_CHUNK=16)
-    assert not attn._decode_plan("interp", dk, dk, 2, 4)["ROPE_OK"]
+    decode_cfg(**knob)
+    calls = []
+    real = rope_mod.apply
+    monkeypatch.setattr(rope_mod, "apply", lambda *a, **k: calls.append(1) or real(*a, **k))
     # decode; then prefill / mixed: 3 new tokens of one sequence, 1 of another
     for seq_lens, q_lens, style in (([3, 20], [1, 1], "neox"), ([9, 20], [3, 1], "norm")):
         t, n, spec, slots, want_q, want_k = _fused_rope_case(rng, seq_lens, H, Hkv, dk, dk, 16,
@@ -698,6 +704,7 @@ def test_fused_rope_falls_back_to_the_rope_kernel(rng, decode_cfg):
         want = ref_attention(want_q, kc4, vc4, n["qsl"], n["seq_lens"], n["block_tables"], H,
                              Hkv, 0.125)
         np.testing.assert_allclose(got.cpu().numpy(), want, atol=2e-5, rtol=2e-5)
+    assert len(calls) == 2
 
 
 def test_fused_rope_bad_arguments(rng):
