@@ -25,6 +25,7 @@ memory before that launch, so reading them does not wait for step k+1.
 from __future__ import annotations
 
 import contextlib
+import gc
 import sys
 from typing import Any
 
@@ -118,8 +119,21 @@ def _capture_graph(torch, device, pool, fn, warm=None, warm_runs: int = 2):
     torch.cuda.current_stream(device).wait_stream(stream)
     torch.cuda.synchronize(device)
     g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g, pool=pool):
-        out = fn()
+    # No garbage collection inside the capture: a collection there can free another engine's
+    # graphs and memory (an LLM dropped without gc.collect()), CUDA calls that invalidate the
+    # capture ("operation failed due to a previous error during capture"; seen on H100 in the
+    # GPU/CPU parity test, which builds engines one after another in one process: a fatal abort
+    # "Garbage-collecting" after it). torch.cuda.graph no longer collects before it begins
+    # (torch.compiler.config.force_cudagraph_gc is off by default), so a dead engine's cycle
+    # goes whenever a collection comes: between captures, not inside one.
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        with torch.cuda.graph(g, pool=pool):
+            out = fn()
+    finally:
+        if enabled:
+            gc.enable()
     return g, out
 
 
