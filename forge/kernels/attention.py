@@ -476,6 +476,12 @@ def _rope_angles(pos, inv, first, rot):
 
 
 @triton.jit
+def _rotate(x, x_partner, cs, sn):
+    """x rotated in float32: x cos + x[partner] sin' (`_rope_pairs`, `_rope_angles`)."""
+    return x.to(tl.float32) * cs + x_partner.to(tl.float32) * sn
+
+
+@triton.jit
 def _attn_decode_kernel(
     q_ptr,             # [T, H*Dk]   row stride stride_qt (T <= B: at most one query a sequence)
     k_cache_ptr,       # [NB, BS, Hkv, Dk]  strides (STRIDE_KB, STRIDE_KS, STRIDE_KH, 1)
@@ -580,8 +586,7 @@ def _attn_decode_kernel(
         pos = tl.load(pos_ptr + t_idx)
         inv = tl.load(inv_ptr + pair, mask=rot, other=0.0)
         cs, sn = _rope_angles(pos, inv, first_el, rot)
-        q = (qx.to(tl.float32) * cs[None, :] + qp.to(tl.float32) * sn[None, :]).to(
-            q_ptr.dtype.element_ty)
+        q = _rotate(qx, qp, cs[None, :], sn[None, :]).to(q_ptr.dtype.element_ty)
     elif QK_CHUNK == BLOCK_DK:
         q = _load_rows(q_rows, row_ok, Dk, BLOCK_DK, True)
     else:
@@ -621,7 +626,7 @@ def _attn_decode_kernel(
         if hi == seq_len:
             # the query's own key and value (loaded above) join the softmax; the group's first
             # head chunk also stores them into the cache at the token's slot for later steps
-            kr = (kx.to(tl.float32) * cs + kp.to(tl.float32) * sn).to(k_cache_ptr.dtype.element_ty)
+            kr = _rotate(kx, kp, cs, sn).to(k_cache_ptr.dtype.element_ty)
             s_c = _scores(tl.sum(q.to(tl.float32) * kr.to(tl.float32)[None, :], 1), qk_scale,
                           cap_scale, SOFTCAP)
             m_new = tl.maximum(m_i, s_c)
@@ -1116,12 +1121,10 @@ def attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
     info = _device_info() if q.is_cuda else None
     kind = _kind(info)
     elem = q.element_size()
+    G = num_heads // num_kv_heads
+    plan = _decode_plan(kind, dk, dv, G, elem) if decode else None
     if rope is not None:
-        fuse = False
-        if decode:
-            dp = _decode_plan(kind, dk, dv, num_heads // num_kv_heads, elem)
-            fuse = dp["ROPE_OK"] and seq_lens.shape[0] >= dp["rope_min_b"]
-        if not fuse:
+        if not (decode and plan["ROPE_OK"] and nseq >= plan["rope_min_b"]):
             q = rope_mod.apply(q, rope, k_cache, v_cache, num_heads, num_kv_heads, dk)
             rope = None
     if out is None:
@@ -1130,7 +1133,6 @@ def attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
         return out
 
     # ---- shared arguments ----------------------------------------------------------------------
-    G = num_heads // num_kv_heads
     softcap_on = cap > 0
     if softcap_on:
         qk_scale, cap_scale = 2.0 * LOG2E * scale / cap, cap * LOG2E
@@ -1143,7 +1145,6 @@ def attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
 
     if decode:
         # ---- decode ---------------------------------------------------------------------------
-        plan = _decode_plan(kind, dk, dv, G, elem)
         ng = num_kv_heads * plan["NHC"]
         max_kv = int(max_seq_len) if max_seq_len is not None else block_tables.shape[1] * bs
         if partition_size is not None:
