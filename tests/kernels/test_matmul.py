@@ -130,23 +130,12 @@ def test_gemv_defaults_cover_llama_shapes(name):
 
 
 def quantized_x(x: np.ndarray, V: int, E: int) -> np.ndarray:
-    """x [T, K] as the GEMV's int8 path sees it (xquant._xq_inv_scale / _xq_byte, in float32):
-    chunks of V x E columns, each as int8 codes round(x * (127 / amax)) times the chunk's scale
-    amax * (1 / 127). (A GPU build may fuse x * inv + 1.5 * 2^23 into one FMA: a code at a
+    """x [T, K] as the GEMV's int8 path sees it: `_xq_reference`'s codes times their chunk
+    scales, float64. (A GPU build may fuse x * inv + 1.5 * 2^23 into one FMA: a code at a
     rounding tie can then be one step off, ~1e-3 of one product.)"""
-    x = x.astype(np.float32)
-    out = np.zeros(x.shape, np.float64)
-    c = V * E
-    for c0 in range(0, x.shape[1], c):
-        xc = x[:, c0:c0 + c]
-        amax = np.abs(xc).max(axis=1, keepdims=True)
-        with np.errstate(divide="ignore"):
-            inv = np.where(amax > 0, np.float32(127.0) / np.maximum(amax, np.float32(1e-30)),
-                           np.float32(0.0)).astype(np.float32)
-        scale = (amax * np.float32(1.0 / 127.0)).astype(np.float32)
-        codes = np.rint((xc * inv).astype(np.float32))
-        out[:, c0:c0 + c] = codes.astype(np.float64) * scale.astype(np.float64)
-    return out
+    codes, scales = _xq_reference(x.astype(np.float32), V, E)
+    scale = np.repeat(scales.astype(np.float64), V * E, axis=1)
+    return (codes.astype(np.float64) * scale)[:, :x.shape[1]]
 
 
 @pytest.mark.parametrize("name", mm.INT8_TYPES)
