@@ -183,7 +183,25 @@ class NumpyBackend:
             return _lc.rms_norm(x, weight, eps, residual)
         return _rms_norm(x, weight, eps, residual)
 
-    def linear(self, x, w: QTensor, bias=None) -> np.ndarray:
+    def linear(self, x, w: QTensor, bias=None, residual=None) -> np.ndarray:
+        y = self._linear(x, w, bias)
+        if residual is None:
+            return y
+        if residual.shape != y.shape:
+            raise ValueError(f"residual: expected shape {tuple(y.shape)}, got {tuple(residual.shape)}")
+        return np.add(y, residual, dtype=np.float32)
+
+    def norm_linear(self, x, weight, eps: float, w: QTensor, bias=None, act: str | None = None):
+        y = self._linear(self.rms_norm(x, weight, eps), w, bias)
+        if act is None:
+            return y
+        if w.rows % 2:
+            raise ValueError(f"act: the weight must hold [gate; up] (an even number of rows), "
+                             f"got {w.rows} rows")
+        f = w.rows // 2
+        return self.act_mul(y[:, :f], y[:, f:], act)
+
+    def _linear(self, x, w: QTensor, bias=None) -> np.ndarray:
         if self.numerics == "llamacpp":
             packed = self._packed_of(w)
             if isinstance(packed, list):

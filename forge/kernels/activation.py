@@ -22,6 +22,18 @@ _FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
 @triton.jit
+def gated(g, u, GELU: tl.constexpr):
+    """act(g) * u in float32 (g, u float32): silu, or gelu_tanh with GELU. Also the epilogue of
+    the GEMV with ACT (matmul.py)."""
+    if GELU:
+        # exp(-2z), z = sqrt(2/pi) * (g + 0.044715 g^3); sqrt(2/pi) = 0.7978845608028654
+        e = tl.exp(-2.0 * 0.7978845608028654 * (g + 0.044715 * g * g * g))
+    else:
+        e = tl.exp(-g)
+    return g / (1.0 + e) * u
+
+
+@triton.jit
 def _act_mul_kernel(
     g_ptr,    # [T, F] gate rows strided by stride_g, features contiguous
     u_ptr,    # [T, F] up rows strided by stride_u, features contiguous
@@ -42,12 +54,7 @@ def _act_mul_kernel(
     m = cols < F
     g = tl.load(g_ptr + row * stride_g + cols, mask=m, other=0.0).to(tl.float32)
     u = tl.load(u_ptr + row * stride_u + cols, mask=m, other=0.0).to(tl.float32)
-    if GELU:
-        # exp(-2z), z = sqrt(2/pi) * (g + 0.044715 g^3); sqrt(2/pi) = 0.7978845608028654
-        e = tl.exp(-2.0 * 0.7978845608028654 * (g + 0.044715 * g * g * g))
-    else:
-        e = tl.exp(-g)
-    y = (g / (1.0 + e) * u).to(o_ptr.dtype.element_ty)
+    y = gated(g, u, GELU).to(o_ptr.dtype.element_ty)
     tl.store(o_ptr + row * F + cols, y, mask=m)
     if XQ_E > 0:   # the codes of the output as stored (masked columns are 0)
         r1 = tl.zeros((1,), tl.int64) + row

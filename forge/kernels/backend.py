@@ -163,8 +163,15 @@ class TritonBackend:
     def rms_norm(self, x, weight, eps: float, residual=None):
         return norm.rms_norm(x, weight, eps, residual, xq=self.xq_chunking)
 
-    def linear(self, x, w: QTensor, bias=None) -> torch.Tensor:
-        return matmul.linear(x, w, bias)
+    def linear(self, x, w: QTensor, bias=None, residual=None) -> torch.Tensor:
+        """With a residual, decode GEMVs add it in their epilogue (matmul.linear)."""
+        return matmul.linear(x, w, bias, residual=residual)
+
+    def norm_linear(self, x, weight, eps: float, w: QTensor, bias=None, act: str | None = None):
+        """Decode GEMVs that read x as it is (float weights; quantized ones where x is not
+        pre-quantized) run the rms_norm in their prologue and the gated activation in their
+        epilogue (matmul.linear): one launch for rms_norm + linear (+ act_mul)."""
+        return matmul.linear(x, w, bias, norm=(weight, eps), act=act, xq=self.xq_chunking)
 
     def rope(self, q, k, v, positions, k_cache, v_cache, slot_mapping, spec: RopeSpec,
              num_heads: int, num_kv_heads: int, head_dim: int) -> torch.Tensor:

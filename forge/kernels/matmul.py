@@ -37,6 +37,9 @@ import triton
 import triton.language as tl
 
 from forge.kernels import kgemm, pdl, tuning, xquant
+from forge.kernels.activation import KINDS as ACT_KINDS
+from forge.kernels.activation import act_mul_fused, gated
+from forge.kernels.norm import rms_norm
 from forge.kernels.dequant import (
     BF16,
     F16,
@@ -613,17 +616,29 @@ def _gv_apply_q(acc, p, xqs, xsc, xs, sc, d, TYPE: tl.constexpr, E: tl.constexpr
 
 
 @triton.jit
-def _gv_store(acc, t, T, rows, bias_ptr, out_ptr, stride_o, pid_k, N,
-              HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr):
+def _gv_store(acc, ss, t, T, rows, cols, bias_ptr, out_ptr, res_ptr, stride_o, stride_r, pid_k,
+              N, K, eps, HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr, NORM: tl.constexpr,
+              RESID: tl.constexpr, ACT: tl.constexpr):
+    """Token row t's outputs: cols [BN] (ACT: [BN / 2]) of out, from the weight rows `rows`.
+    NORM: times 1 / sqrt(mean(x^2) + eps) (ss: x's squares, summed per thread). ACT: rows hold
+    (gate, up) pairs, out = act(gate) * up. RESID: plus res [t, cols]."""
     y = tl.sum(tl.reshape(acc, (acc.shape[1], acc.shape[2])), axis=1)   # [BN]
-    m = (rows < N) & ((rows * 0 + t) < T)
+    m = (cols < N) & ((cols * 0 + t) < T)
     if SPLIT:
         # partials [SPLIT_K, T, N] float32
         tl.store(out_ptr + (pid_k.to(tl.int64) * T + t) * N + rows, y, mask=m)
     else:
+        if NORM:
+            y = y * (1.0 / tl.sqrt(tl.sum(ss) / K + eps))
         if HAS_BIAS:
-            y += tl.load(bias_ptr + rows, mask=rows < N, other=0.0).to(tl.float32)
-        tl.store(out_ptr + t.to(tl.int64) * stride_o + rows, y.to(out_ptr.dtype.element_ty),
+            y += tl.load(bias_ptr + rows, mask=(rows < N) | (ACT != 0), other=0.0).to(tl.float32)
+        if ACT:
+            g, u = tl.split(tl.reshape(y, (y.shape[0] // 2, 2)))
+            y = gated(g, u, ACT == 2)
+        if RESID:
+            y += tl.load(res_ptr + t.to(tl.int64) * stride_r + cols, mask=m,
+                         other=0.0).to(tl.float32)
+        tl.store(out_ptr + t.to(tl.int64) * stride_o + cols, y.to(out_ptr.dtype.element_ty),
                  mask=m)
 
 
@@ -696,15 +711,17 @@ def _anchor_q(q, dep, E: tl.constexpr):
 
 
 @triton.jit
-def _gv_step(acc0, acc1, w, h, sc, d, x_ptr, xq_ptr, xs_ptr, t0, t1, K, stride_x, stride_xq,
-             stride_xs, c0, c_end, mg, lm, zu,
+def _gv_step(acc0, acc1, ss0, ss1, w, h, sc, d, x_ptr, xq_ptr, xs_ptr, nw_ptr, t0, t1, K,
+             stride_x, stride_xq, stride_xs, c0, c_end, mg, lm, zu,
              TYPE: tl.constexpr, V: tl.constexpr, E: tl.constexpr, BB: tl.constexpr,
              BLOCK_T: tl.constexpr, EVEN: tl.constexpr, X_PAIRS: tl.constexpr,
-             X_INT8: tl.constexpr, ASM: tl.constexpr, X_PRE: tl.constexpr):
+             X_INT8: tl.constexpr, ASM: tl.constexpr, X_PRE: tl.constexpr, NORM: tl.constexpr):
     """One step of the GEMV: x of chunks c0 .. c0 + BB - 1 read and converted (or, X_PRE, its
     int8 codes read), the step's weight words (w, h, sc, d) decoded against it into the
-    accumulators (token rows t0, t1)."""
+    accumulators (token rows t0, t1). NORM: x is taken times the norm weights (nw_ptr) and its
+    squares are summed into ss0 / ss1 (see "rms_norm prologue" in the GEMV notes)."""
     if X_PRE:
+        tl.static_assert(not NORM, "NORM needs x itself, not its codes")
         # x quantized once per GEMV by `quantize_x` (the same chunks and rounding as the
         # in-kernel X_INT8 path below, so the results are identical): no per-program x
         # conversion, half the x bytes of bf16
@@ -721,21 +738,62 @@ def _gv_step(acc0, acc1, w, h, sc, d, x_ptr, xq_ptr, xs_ptr, t0, t1, K, stride_x
             pb = _gv_ipart(w, h, lm, _anchor_q(qb, dep, E), TYPE, V, ASM)
             acc1 = _gv_apply_q(acc1, pb, sb, xsb, 0, sc, d, TYPE, E)
     else:
-        acc0, acc1 = _gv_step_x(acc0, acc1, w, h, sc, d, x_ptr, t0, t1, K, stride_x, c0, c_end,
-                                mg, lm, zu, TYPE, V, E, BB, BLOCK_T, EVEN, X_PAIRS, X_INT8, ASM)
-    return acc0, acc1
+        acc0, acc1, ss0, ss1 = _gv_step_x(acc0, acc1, ss0, ss1, w, h, sc, d, x_ptr, nw_ptr, t0,
+                                          t1, K, stride_x, c0, c_end, mg, lm, zu, TYPE, V, E,
+                                          BB, BLOCK_T, EVEN, X_PAIRS, X_INT8, ASM, NORM)
+    return acc0, acc1, ss0, ss1
 
 
 @triton.jit
-def _gv_step_x(acc0, acc1, w, h, sc, d, x_ptr, t0, t1, K, stride_x, c0, c_end, mg, lm, zu,
-               TYPE: tl.constexpr, V: tl.constexpr, E: tl.constexpr, BB: tl.constexpr,
-               BLOCK_T: tl.constexpr, EVEN: tl.constexpr, X_PAIRS: tl.constexpr,
-               X_INT8: tl.constexpr, ASM: tl.constexpr):
+def _sq_sum(ss, xs, E: tl.constexpr):
+    """ss [V, 1, BB] + the squares of x's fields (summed over V only in the epilogue: reducing
+    per step measured 7% slower on the sm90 F16 gate_up GEMV)."""
+    for j in tl.static_range(E):
+        ss += xs[j] * xs[j]
+    return ss
+
+
+@triton.jit
+def _tmul(a, b, E: tl.constexpr):
+    """The E-tuples a, b multiplied field by field."""
+    if E == 1:
+        r = (a[0] * b[0],)
+    elif E == 2:
+        r = (a[0] * b[0], a[1] * b[1])
+    elif E == 4:
+        r = (a[0] * b[0], a[1] * b[1], a[2] * b[2], a[3] * b[3])
+    elif E == 8:
+        r = (a[0] * b[0], a[1] * b[1], a[2] * b[2], a[3] * b[3],
+             a[4] * b[4], a[5] * b[5], a[6] * b[6], a[7] * b[7])
+    else:
+        tl.static_assert(E == 16, "E is 1, 2, 4, 8 or 16")
+        r = (a[0] * b[0], a[1] * b[1], a[2] * b[2], a[3] * b[3],
+             a[4] * b[4], a[5] * b[5], a[6] * b[6], a[7] * b[7],
+             a[8] * b[8], a[9] * b[9], a[10] * b[10], a[11] * b[11],
+             a[12] * b[12], a[13] * b[13], a[14] * b[14], a[15] * b[15])
+    return r
+
+
+@triton.jit
+def _gv_step_x(acc0, acc1, ss0, ss1, w, h, sc, d, x_ptr, nw_ptr, t0, t1, K, stride_x, c0, c_end,
+               mg, lm, zu, TYPE: tl.constexpr, V: tl.constexpr, E: tl.constexpr,
+               BB: tl.constexpr, BLOCK_T: tl.constexpr, EVEN: tl.constexpr,
+               X_PAIRS: tl.constexpr, X_INT8: tl.constexpr, ASM: tl.constexpr,
+               NORM: tl.constexpr):
     """`_gv_step` with x read in its own dtype (converted per program and step)."""
     xa = _gv_x(x_ptr, t0, K, stride_x, c0, c_end, V, E, BB, EVEN, X_PAIRS)
     xb = xa
     if BLOCK_T == 2:
         xb = _gv_x(x_ptr, t1, K, stride_x, c0, c_end, V, E, BB, EVEN, X_PAIRS)
+    if NORM:
+        nw = _gv_x(nw_ptr, t0 * 0, K, 0, c0, c_end, V, E, BB, EVEN, False)
+        ss0 = _sq_sum(ss0, xa, E)
+        xa = _tmul(xa, nw, E)
+        if BLOCK_T == 2:
+            ss1 = _sq_sum(ss1, xb, E)
+            xb = _tmul(xb, nw, E)
+        else:
+            xb = xa
     dep = _gv_dep(w, h, sc, d, zu, TYPE)
     if X_INT8:
         # the anchor joins x (quantized after every load arrived: ptxas then issues the
@@ -770,7 +828,7 @@ def _gv_step_x(acc0, acc1, w, h, sc, d, x_ptr, t0, t1, K, stride_x, c0, c_end, m
         acc0 = _gv_apply(acc0, pa, xa, sc, d, TYPE, E)
         if BLOCK_T == 2:
             acc1 = _gv_apply(acc1, pb, xb, sc, d, TYPE, E)
-    return acc0, acc1
+    return acc0, acc1, ss0, ss1
 
 
 @triton.jit
@@ -789,6 +847,9 @@ def _linear_gemv_kernel(
     HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr, EVEN: tl.constexpr, X_PAIRS: tl.constexpr,
     X_INT8: tl.constexpr, ASM: tl.constexpr, PREFETCH: tl.constexpr, X_PRE: tl.constexpr,
     PDL: tl.constexpr,
+    res_ptr=None, nw_ptr=None,      # RESID: [T, N] (row stride stride_r); NORM: [K] norm weights
+    stride_r=0, eps=0.0,
+    NORM: tl.constexpr = False, RESID: tl.constexpr = False, ACT: tl.constexpr = 0,
 ):
     """BLOCK_K: columns per step = BB chunks of V x E elements (one chunk per thread).
     EVEN: every step whole (no masks). X_PAIRS: see `_gv_xpiece`. X_INT8: int8 activations
@@ -798,7 +859,12 @@ def _linear_gemv_kernel(
     X_PRE: x comes quantized (xq_ptr, xs_ptr: `quantize_x`), not from x_ptr (X_INT8 types).
     PDL: launched with programmatic dependent launch (kernels/pdl.py): the weights are constant,
     so with PREFETCH the first step's weight loads are issued before the wait for the previous
-    kernel (whose tail they overlap); x and the outputs only after it."""
+    kernel (whose tail they overlap); x and the outputs only after it.
+    Fusions (see "Fused prologue and epilogues" in the GEMV notes; SPLIT off): NORM: x is the
+    input of an rms_norm (weights nw_ptr, eps) and the GEMV is that of its output. ACT (1 silu,
+    2 gelu_tanh): the weight is [gate; up] (2N rows, gate rows first) and out [T, N] = act(x @
+    gate^T) * (x @ up^T); each program takes BLOCK_N / 2 rows of each. RESID: out = res + the
+    product."""
     pdl_launch(PDL)
     tl.static_assert(BLOCK_T == 1 or BLOCK_T == 2, "BLOCK_T must be 1 or 2")
     BB: tl.constexpr = BLOCK_K // (V * E)
@@ -809,8 +875,16 @@ def _linear_gemv_kernel(
     pid_n = pid // n_tb
     t0 = pid_t * BLOCK_T
     t1 = tl.minimum(t0 + 1, T - 1)              # (a clamped row: computed, never stored)
-    rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    r3 = tl.minimum(rows, N - 1).to(tl.int64)[None, :, None]   # clamped: loads need no row mask
+    if ACT:
+        # rows (gate n, up n) in pairs: the epilogue splits the sums into the two halves
+        i = tl.arange(0, BLOCK_N)
+        cols = pid_n * (BLOCK_N // 2) + tl.arange(0, BLOCK_N // 2)
+        rows = tl.minimum(pid_n * (BLOCK_N // 2) + i // 2, N - 1) + (i % 2) * N
+        r3 = rows.to(tl.int64)[None, :, None]
+    else:
+        rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        cols = rows
+        r3 = tl.minimum(rows, N - 1).to(tl.int64)[None, :, None]   # clamped: no row mask
     c_begin = pid_k * CH_PER_SPLIT
     c_end = tl.minimum(c_begin + CH_PER_SPLIT, NCH)
     mg = magic.to(tl.uint32, bitcast=True)
@@ -818,6 +892,12 @@ def _linear_gemv_kernel(
     zu = zero.to(tl.uint32, bitcast=True)
     acc0 = tl.zeros((1, BLOCK_N, BB), tl.float32)
     acc1 = tl.zeros((1, BLOCK_N, BB), tl.float32)
+    if NORM:
+        ss0 = tl.zeros((V, 1, BB), tl.float32)
+        ss1 = tl.zeros((V, 1, BB), tl.float32)
+    else:
+        ss0 = tl.zeros((1, 1, 1), tl.float32)
+        ss1 = ss0
     if PREFETCH:
         # (see "prefetch" in the GEMV notes) step c0 + BB's weight words are loaded before step
         # c0's decode and carried to the next iteration; the last step is peeled off the loop
@@ -830,24 +910,29 @@ def _linear_gemv_kernel(
                                         r3, c0 + BB, c_end, TYPE, V, BB, EVEN)
             if PREFETCH == 1:   # the fence: a store that never runs, before this step's x loads
                 tl.store(out_ptr, zero.to(out_ptr.dtype.element_ty), mask=zero != 0)
-            acc0, acc1 = _gv_step(acc0, acc1, w, h, sc, d, x_ptr, xq_ptr, xs_ptr, t0, t1, K,
-                                  stride_x, stride_xq, stride_xs, c0, c_end, mg, lm, zu, TYPE,
-                                  V, E, BB, BLOCK_T, EVEN, X_PAIRS, X_INT8, ASM, X_PRE)
+            acc0, acc1, ss0, ss1 = _gv_step(
+                acc0, acc1, ss0, ss1, w, h, sc, d, x_ptr, xq_ptr, xs_ptr, nw_ptr, t0, t1, K,
+                stride_x, stride_xq, stride_xs, c0, c_end, mg, lm, zu, TYPE, V, E, BB, BLOCK_T,
+                EVEN, X_PAIRS, X_INT8, ASM, X_PRE, NORM)
             w, h, sc, d = wn, hn, scn, dn
-        acc0, acc1 = _gv_step(acc0, acc1, w, h, sc, d, x_ptr, xq_ptr, xs_ptr, t0, t1, K,
-                              stride_x, stride_xq, stride_xs, c_last, c_end, mg, lm, zu, TYPE,
-                              V, E, BB, BLOCK_T, EVEN, X_PAIRS, X_INT8, ASM, X_PRE)
+        acc0, acc1, ss0, ss1 = _gv_step(
+            acc0, acc1, ss0, ss1, w, h, sc, d, x_ptr, xq_ptr, xs_ptr, nw_ptr, t0, t1, K,
+            stride_x, stride_xq, stride_xs, c_last, c_end, mg, lm, zu, TYPE, V, E, BB, BLOCK_T,
+            EVEN, X_PAIRS, X_INT8, ASM, X_PRE, NORM)
     else:
         pdl_wait(PDL)
         for c0 in range(c_begin, c_end, BB):
             w, h, sc, d = _gv_loads(q_ptr, qh_ptr, sc_ptr, d_ptr, s_q, s_qh, s_sc, s_d, r3,
                                     c0, c_end, TYPE, V, BB, EVEN)
-            acc0, acc1 = _gv_step(acc0, acc1, w, h, sc, d, x_ptr, xq_ptr, xs_ptr, t0, t1, K,
-                                  stride_x, stride_xq, stride_xs, c0, c_end, mg, lm, zu, TYPE,
-                                  V, E, BB, BLOCK_T, EVEN, X_PAIRS, X_INT8, ASM, X_PRE)
-    _gv_store(acc0, t0, T, rows, bias_ptr, out_ptr, stride_o, pid_k, N, HAS_BIAS, SPLIT)
+            acc0, acc1, ss0, ss1 = _gv_step(
+                acc0, acc1, ss0, ss1, w, h, sc, d, x_ptr, xq_ptr, xs_ptr, nw_ptr, t0, t1, K,
+                stride_x, stride_xq, stride_xs, c0, c_end, mg, lm, zu, TYPE, V, E, BB, BLOCK_T,
+                EVEN, X_PAIRS, X_INT8, ASM, X_PRE, NORM)
+    _gv_store(acc0, ss0, t0, T, rows, cols, bias_ptr, out_ptr, res_ptr, stride_o, stride_r,
+              pid_k, N, K, eps, HAS_BIAS, SPLIT, NORM, RESID, ACT)
     if BLOCK_T == 2:
-        _gv_store(acc1, t0 + 1, T, rows, bias_ptr, out_ptr, stride_o, pid_k, N, HAS_BIAS, SPLIT)
+        _gv_store(acc1, ss1, t0 + 1, T, rows, cols, bias_ptr, out_ptr, res_ptr, stride_o,
+                  stride_r, pid_k, N, K, eps, HAS_BIAS, SPLIT, NORM, RESID, ACT)
 
 
 @triton.jit
@@ -1014,7 +1099,8 @@ def gemv_default(ggml_type: int, T: int, N: int, K: int, cus: int = 16, warp: in
     bt = 1 if T <= 1 else MAX_BLOCK_T
     if interpreter:
         return {"BLOCK_N": 64, "BLOCK_K": epc * warp, "SPLIT_K": 1, "MAX_T": MAX_BLOCK_T,
-                "X_INT8": 0, "PREFETCH": 0, "X_PRE": 0, "PDL": 1, "num_warps": 1, "num_stages": 1}
+                "X_INT8": 0, "PREFETCH": 0, "X_PRE": 0, "PDL": 1, "FUSE_NORM": 1, "num_warps": 1,
+                "num_stages": 1}
     nw = None
     for cand in (4, 2, 8, 1):
         if nch % (warp * cand) == 0:
@@ -1045,7 +1131,8 @@ def gemv_default(ggml_type: int, T: int, N: int, K: int, cus: int = 16, warp: in
     while bn > 1 and warps(bn, split) < target:
         bn //= 2
     return {"BLOCK_N": bn, "BLOCK_K": bb * epc, "SPLIT_K": split, "MAX_T": MAX_BLOCK_T,
-            "X_INT8": x_int8, "PREFETCH": 0, "X_PRE": 0, "PDL": 1, "num_warps": nw, "num_stages": 1}
+            "X_INT8": x_int8, "PREFETCH": 0, "X_PRE": 0, "PDL": 1, "FUSE_NORM": 1, "num_warps": nw,
+            "num_stages": 1}
 
 
 # T at and above which quantized weights take dequantize + torch.matmul on NVIDIA. The fused GEMM
@@ -1319,23 +1406,53 @@ def quantize_x(x: torch.Tensor, V: int, E: int) -> tuple[torch.Tensor, torch.Ten
     return xq, xs
 
 
-def _gemv(x: torch.Tensor, w: QTensor, bias, out: torch.Tensor, gv: dict) -> None:
+def _x_pre(x: torch.Tensor, w: QTensor, gv: dict) -> tuple[bool, bool]:
+    """(X_INT8, X_PRE) of the GEMV of x with w under config gv."""
+    x_int8 = bool(gv.get("X_INT8", 0)) and x.dtype != torch.float32 \
+        and TYPES[w.ggml_type].name in INT8_TYPES
+    return x_int8, x_int8 and bool(gv.get("X_PRE", 0))
+
+
+def _gemv_split(w: QTensor, gv: dict) -> tuple[int, int, int]:
+    """(chunks per step, splits, chunks per split) of the GEMV of w under config gv."""
+    V, E = gemv_shape(w.ggml_type)
+    bb = max(1, gv["BLOCK_K"] // (V * E))
+    split, per = _split_k(triton.cdiv(w.cols, V * E), bb, gv["SPLIT_K"])
+    return bb, split, per
+
+
+def _derive_gemv(ce: dict) -> None:
+    """The launcher's BLOCK_N from a config's (compile specs: "derive"): ACT takes the rows in
+    (gate, up) pairs, at least one pair per program."""
+    if ce.get("ACT"):
+        ce["BLOCK_N"] = max(2, ce["BLOCK_N"])
+
+
+def _gemv(x: torch.Tensor, w: QTensor, bias, out: torch.Tensor, gv: dict,
+          fused: dict | None = None) -> None:
+    """fused: the kernel's fusion arguments (res_ptr, nw_ptr, stride_r, eps, NORM, RESID,
+    ACT: see `linear`); None for a plain GEMV."""
     T = x.shape[0]
     N, K = w.shape
     V, E = gemv_shape(w.ggml_type)
     epc = V * E
     bt = 1 if T <= 1 else MAX_BLOCK_T
     bn = gv["BLOCK_N"]
-    bb = max(1, gv["BLOCK_K"] // epc)
+    bb, split, per = _gemv_split(w, gv)
     nch = triton.cdiv(K, epc)
-    split, per = _split_k(nch, bb, gv["SPLIT_K"])      # chunks per split: whole steps
     even = nch % bb == 0 and per % bb == 0 and K % epc == 0
-    grid = (triton.cdiv(N, bn) * triton.cdiv(T, bt), split)
+    fused = fused or {}
+    if fused.get("ACT"):
+        ce = {"BLOCK_N": bn, "ACT": fused["ACT"]}
+        _derive_gemv(ce)
+        bn = ce["BLOCK_N"]
+        N //= 2                     # out has N / 2 columns
+        grid = (triton.cdiv(N, bn // 2) * triton.cdiv(T, bt), split)
+    else:
+        grid = (triton.cdiv(N, bn) * triton.cdiv(T, bt), split)
     dst = out if split == 1 else torch.empty((split, T, N), dtype=torch.float32, device=x.device)
     bias_arg = bias if bias is not None else out
-    x_int8 = bool(gv.get("X_INT8", 0)) and x.dtype != torch.float32 \
-        and TYPES[w.ggml_type].name in INT8_TYPES
-    x_pre = x_int8 and bool(gv.get("X_PRE", 0))
+    x_int8, x_pre = _x_pre(x, w, gv)
     xq, xs = quantize_x(x, V, E) if x_pre else (x, x)
     _linear_gemv_kernel[grid](
         x, xq, xs, *_gemv_planes(w), bias_arg, dst, T, N, K, nch, x.stride(0),
@@ -1347,7 +1464,7 @@ def _gemv(x: torch.Tensor, w: QTensor, bias, out: torch.Tensor, gv: dict) -> Non
         X_INT8=x_int8, ASM=not _INTERPRET and torch.version.hip is None,
         PREFETCH=int(gv.get("PREFETCH", 0)), X_PRE=x_pre,
         num_warps=gv["num_warps"], num_stages=gv["num_stages"],
-        **pdl.launch_args(bool(gv.get("PDL", 1))))   # (a table may turn it off)
+        **pdl.launch_args(bool(gv.get("PDL", 1))), **fused)   # (a table may turn PDL off)
     if split > 1:
         _reduce_splits(dst, bias, out, split)
 
@@ -1370,13 +1487,104 @@ def _reduce_splits(part: torch.Tensor, bias, out: torch.Tensor, split: int) -> N
         SPLIT_K=split, HAS_BIAS=bias is not None, BLOCK=blk, num_warps=4, **pdl.launch_args())
 
 
+def can_fuse(x: torch.Tensor, w: QTensor, norm: bool = False) -> bool:
+    """Whether `linear(x, w, ...)` with residual / act (and, with `norm`, the norm too) runs as
+    one GEMV launch: the GEMV path (T <= MAX_T), unsplit; for norm, x read as it is (not
+    pre-quantized: X_PRE) and the config's FUSE_NORM set."""
+    T = x.shape[0]
+    gv, _ = _configs(w.ggml_type, T, w.rows, w.cols, x.dtype == torch.float32)
+    if T == 0 or T > gv["MAX_T"] or _gemv_split(w, gv)[1] != 1:
+        return False
+    return not (norm and (_x_pre(x, w, gv)[1] or not gv.get("FUSE_NORM", 1)))
+
+
+def _check_fused(x: torch.Tensor, w: QTensor, residual, norm, act) -> int:
+    """Validate linear's fusion arguments; the number of output columns."""
+    n = w.rows
+    if act is not None:
+        if act not in ACT_KINDS:
+            raise ValueError(f"act: expected one of {ACT_KINDS}, got {act!r}")
+        if w.rows % 2:
+            raise ValueError(f"act: the weight must hold [gate; up] (an even number of rows), "
+                             f"got {w.rows} rows")
+        n = w.rows // 2
+    if norm is not None:
+        if not isinstance(norm, tuple) or len(norm) != 2:
+            raise ValueError("norm: expected (weight [K], eps)")
+        nw, eps = norm
+        if not isinstance(nw, torch.Tensor) or nw.shape != (w.cols,) or nw.device != x.device \
+                or nw.dtype not in ACT_DTYPES or nw.stride(0) != 1:
+            raise ValueError(f"norm: expected a contiguous float weight of shape ({w.cols},) on "
+                             f"{x.device}")
+        if not float(eps) >= 0:
+            raise ValueError(f"norm: eps must be >= 0, got {eps}")
+    if residual is not None:
+        if not isinstance(residual, torch.Tensor) or residual.shape != (x.shape[0], n) \
+                or residual.dtype != x.dtype or residual.device != x.device \
+                or residual.stride(1) != 1:
+            raise ValueError(f"residual: expected {x.dtype} {(x.shape[0], n)} with unit column "
+                             f"stride on {x.device}")
+    return n
+
+
 def linear(x: torch.Tensor, w: QTensor, bias: torch.Tensor | None = None,
-           out: torch.Tensor | None = None) -> torch.Tensor:
+           out: torch.Tensor | None = None, *, residual: torch.Tensor | None = None,
+           norm: tuple[torch.Tensor, float] | None = None, act: str | None = None,
+           xq: tuple[int, int] | None = None) -> torch.Tensor:
     """x [T, w.cols] (f32/f16/bf16) @ W^T -> [T, w.rows] in x's dtype, plus bias [w.rows].
 
     `out` may be float32 for f16/bf16 x (the logits head): the GEMV (T <= MAX_T) then takes x
     as it is (on NVIDIA quantized to int8 per chunk for the quantized types, as llama.cpp's CUDA
-    GEMV does) and stores float32 sums; larger T computes from x.float()."""
+    GEMV does) and stores float32 sums; larger T computes from x.float().
+
+    Fusions (not with `out`), applied in this order:
+    - norm = (weight [K], eps): x is first rms-normed (norm.rms_norm(x, weight, eps));
+    - act ("silu" / "gelu_tanh"): W holds [gate; up] (2F rows) and the result is
+      act(gate) * up [T, F] (activation.act_mul);
+    - residual [T, N]: the result is residual + the product.
+    Where `can_fuse` holds they run inside the GEMV (one launch; the normed x and the gate / up
+    sums never leave registers, so they are not rounded to x's dtype); elsewhere the ops run one
+    after another (xq: the chunking for rms_norm's / act_mul's X_PRE outputs, as the backend
+    passes them), except that where only the norm cannot fuse (x pre-quantized by rms_norm, or
+    the config's FUSE_NORM 0) the GEMV still takes the residual, and the activation unless x
+    is pre-quantized (X_PRE: act_mul then writes the next GEMV's codes, or that GEMV quantizes
+    act_mul's output; either way the numbers do not depend on FORGE_XQ_FUSE)."""
+    if residual is not None or norm is not None or act is not None:
+        if out is not None:
+            raise ValueError("out: not supported with residual / norm / act")
+        _check(x, w, bias, None)
+        n = _check_fused(x, w, residual, norm, act)
+        if x.stride(1) != 1:
+            x = x.contiguous()
+        if norm is not None and not can_fuse(x, w, True):
+            # x pre-quantized (rms_norm writes the codes), FUSE_NORM 0, or no GEMV: rms_norm
+            # first; act stays a kernel of its own where the GEMVs read int8 codes (X_PRE: the
+            # next one reads act_mul's, or quantizes act_mul's output itself: the same numbers)
+            xn = rms_norm(x, norm[0], float(norm[1]), xq=xq)
+            gv, _ = _configs(w.ggml_type, x.shape[0], w.rows, w.cols, x.dtype == torch.float32)
+            if act is None or not _x_pre(x, w, gv)[1]:
+                return linear(xn, w, bias, residual=residual, act=act)
+            y = act_mul_fused(linear(xn, w, bias), act, xq=xq)
+            if residual is not None:
+                y += residual
+            return y
+        if can_fuse(x, w):
+            out = torch.empty((x.shape[0], n), dtype=x.dtype, device=x.device)
+            gv, _ = _configs(w.ggml_type, x.shape[0], w.rows, w.cols, x.dtype == torch.float32)
+            fused = {"NORM": norm is not None, "RESID": residual is not None,
+                     "ACT": 0 if act is None else 1 + ACT_KINDS.index(act)}
+            if norm is not None:
+                fused.update(nw_ptr=norm[0], eps=float(norm[1]))
+            if residual is not None:
+                fused.update(res_ptr=residual, stride_r=residual.stride(0))
+            _gemv(x, w, bias.contiguous() if bias is not None else None, out, gv, fused)
+            return out
+        y = linear(x, w, bias)
+        if act is not None:
+            y = act_mul_fused(y, act, xq=xq)
+        if residual is not None:
+            y += residual
+        return y
     info = _check(x, w, bias, out)
     if out is not None and out.dtype != x.dtype:
         gv, gm = _configs(w.ggml_type, x.shape[0], w.rows, w.cols, False)
@@ -1457,6 +1665,19 @@ SPEC_PREFETCH = (("Q4_K", "nvidia", 32, 132, 1), ("Q8_0", "nvidia", 32, 132, 1),
 # The GEMV on pre-quantized x (X_PRE, NVIDIA, opt-in through tables): (type, PREFETCH, BLOCK_T).
 SPEC_XPRE = (("Q4_K", 0, 1), ("Q4_K", 2, 1), ("Q8_0", 2, 1), ("Q6_K", 0, 1), ("Q4_K", 0, 2),
              ("Q5_K", 0, 1), ("Q4_0", 0, 1))
+# The GEMV with its fusions (NORM, RESID, ACT: the decode layer's norm + qkv, gate_up + act and
+# residual-adding output projections; on AMD every type reads x as it is, so every type fuses):
+# (type, vendor, warp size, CUs, NORM, RESID, ACT, BLOCK_T).
+SPEC_FUSED = (("F16", "nvidia", 32, 132, True, False, 1, 1),
+              ("F16", "nvidia", 32, 132, False, True, 0, 1),
+              ("F16", "nvidia", 32, 132, True, False, 0, 2),
+              ("Q4_K", "nvidia", 32, 132, False, True, 0, 1),
+              ("Q8_0", "nvidia", 32, 132, False, True, 0, 1),
+              ("Q4_K", "amd", 64, 304, True, False, 1, 1),
+              ("Q4_K", "amd", 32, 96, True, True, 2, 1),
+              ("Q6_K", "amd", 64, 304, False, True, 0, 1),
+              ("Q8_0", "amd", 64, 304, True, False, 0, 2),
+              ("F16", "amd", 32, 96, True, False, 1, 1))
 # Integer arguments the JIT sees divisible by 16 at the specs' shapes (padded plane strides,
 # model-sized rows and strides).
 GEMV_DIVISIBLE = ("s_q", "s_qh", "s_sc", "s_d", "T", "N", "K", "NCH", "stride_x", "stride_xq",
@@ -1478,7 +1699,8 @@ def _gemv_signature(tid: int, act: str, split: bool, out: str | None = None) -> 
     sig.update({"bias_ptr": act, "out_ptr": "*fp32" if split else (out or act), "T": "i32", "N": "i32",
                 "K": "i32", "NCH": "i32", "stride_x": "i32", "stride_xq": "i32",
                 "stride_xs": "i32", "stride_o": "i32",
-                "CH_PER_SPLIT": "i32", "magic": "i32", "lanes": "i32", "zero": "i32"})
+                "CH_PER_SPLIT": "i32", "magic": "i32", "lanes": "i32", "zero": "i32",
+                "res_ptr": act, "nw_ptr": "*fp32", "stride_r": "i32", "eps": "fp32"})
     return sig
 
 
@@ -1502,12 +1724,15 @@ def _compile_specs() -> list[dict]:
                               ("*bf16", 2, False, 64, "amd", 304, 0),
                               ("*bf16", 2, False, 32, "amd", 96, 0),
                               ("*fp32", 1, False, 64, "amd", 304, 0)]
-        gemv_variants = [v + (False,) for v in gemv_variants]
-        gemv_variants += [("*bf16", 1, False, warp, vendor, cus, pf, False)
+        nofuse = (False, False, 0)
+        gemv_variants = [v + (False, nofuse) for v in gemv_variants]
+        gemv_variants += [("*bf16", 1, False, warp, vendor, cus, pf, False, nofuse)
                           for t, vendor, warp, cus, pf in SPEC_PREFETCH if t == info.name]
-        gemv_variants += [("*bf16", bt, False, 32, "nvidia", 132, pf, True)
+        gemv_variants += [("*bf16", bt, False, 32, "nvidia", 132, pf, True, nofuse)
                           for t, pf, bt in SPEC_XPRE if t == info.name]
-        for act, bt, split, warp, vendor, cus, pf, xpre in gemv_variants:
+        gemv_variants += [("*bf16", bt, False, warp, vendor, cus, 0, False, (nm, rs, ac))
+                          for t, vendor, warp, cus, nm, rs, ac, bt in SPEC_FUSED if t == info.name]
+        for act, bt, split, warp, vendor, cus, pf, xpre, (nm, rs, ac) in gemv_variants:
             # NVIDIA's prefetching / pre-quantized forms as they launch on Hopper: with PDL
             pdl_on = vendor == "nvidia" and (pf > 0 or xpre)
             act, _, out = act.partition(">")   # "*bf16>fp32": bf16 x, float32 out
@@ -1519,14 +1744,17 @@ def _compile_specs() -> list[dict]:
             specs.append({
                 "name": (f"_linear_gemv_kernel[{info.name},{act[1:]}{'>' + out if out else ''},T{bt}"
                          f"{',split' if split else ''}{f',prefetch{pf}' if pf else ''}"
-                         f"{',xpre' if xpre else ''}{',pdl' if pdl_on else ''},{family}]"),
-                "fn": _linear_gemv_kernel, "signature": sig,
+                         f"{',xpre' if xpre else ''}{',pdl' if pdl_on else ''}"
+                         f"{',norm' if nm else ''}{',resid' if rs else ''}"
+                         f"{(',' + ACT_KINDS[ac - 1]) if ac else ''},{family}]"),
+                "fn": _linear_gemv_kernel, "signature": sig, "derive": _derive_gemv,
                 "constexprs": {"TYPE": tid, "V": V, "E": E, "BLOCK_T": bt,
-                               "BLOCK_N": gv["BLOCK_N"], "BLOCK_K": gv["BLOCK_K"],
+                               "BLOCK_N": max(2, gv["BLOCK_N"]) if ac else gv["BLOCK_N"],
+                               "BLOCK_K": gv["BLOCK_K"],
                                "HAS_BIAS": not split, "SPLIT": split, "EVEN": True,
                                "X_PAIRS": act == "*bf16", "X_INT8": x_int8,
                                "ASM": vendor == "nvidia", "PREFETCH": pf, "X_PRE": xpre,
-                               "PDL": pdl_on},
+                               "PDL": pdl_on, "NORM": nm, "RESID": rs, "ACT": ac},
                 "attrs": jit_attrs(_linear_gemv_kernel, sig, GEMV_DIVISIBLE),
                 "num_warps": gv["num_warps"], "num_stages": gv["num_stages"],
                 # informational: the arch family whose launcher default this is

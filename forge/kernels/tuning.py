@@ -43,8 +43,9 @@ NOTE_KEYS = frozenset({"source", "comment"})
 # Constexpr keys that select a code path: the values the kernels define (matmul.py's GEMV:
 # PREFETCH 0 off, 1 prefetch + fence, 2 prefetch left to ptxas; X_PRE 0 x converted in the
 # GEMV, 1 x quantized to int8 once before it; PDL 1 launched with programmatic dependent launch
-# where kernels/pdl.py enables it, 0 never).
-ENUM_KEYS = {"PREFETCH": (0, 1, 2), "X_PRE": (0, 1), "PDL": (0, 1)}
+# where kernels/pdl.py enables it, 0 never; FUSE_NORM 1 an rms_norm before the GEMV runs in its
+# prologue where it can, 0 stays a kernel of its own).
+ENUM_KEYS = {"PREFETCH": (0, 1, 2), "X_PRE": (0, 1), "PDL": (0, 1), "FUSE_NORM": (0, 1)}
 
 _DIM_NAME = re.compile(r"[A-Za-z][A-Za-z_]*\Z")
 _BUCKET_PART = re.compile(r"(?:^|_)([A-Za-z][A-Za-z_]*?)(\d+)(?=_|$)")

@@ -153,8 +153,16 @@ class Backend(Protocol):
         Per-head norm (QK norm) is this op on x viewed as [T * H, Dh].
         """
 
-    def linear(self, x: Any, w: QTensor, bias: Any = None) -> Any:
-        """[T, w.cols] @ W^T -> [T, w.rows], plus bias [w.rows] if given."""
+    def linear(self, x: Any, w: QTensor, bias: Any = None, residual: Any = None) -> Any:
+        """[T, w.cols] @ W^T -> [T, w.rows], plus bias [w.rows] if given, plus residual
+        [T, w.rows] if given (the residual add after an attention / FFN output projection)."""
+
+    def norm_linear(self, x: Any, weight: Any, eps: float, w: QTensor, bias: Any = None,
+                    act: str | None = None) -> Any:
+        """`linear(rms_norm(x, weight, eps), w, bias)`; with `act`, W holds [gate; up] (2F rows)
+        and the result is `act_mul(y[:, :F], y[:, F:], act)` [T, F]. One op, so that a backend
+        may fuse the norm into the matmul's prologue and the activation into its epilogue (the
+        GPU backend does in its decode GEMVs)."""
 
     def rope(self, q: Any, k: Any, v: Any, positions: Any, k_cache: Any, v_cache: Any,
              slot_mapping: Any, spec: RopeSpec, num_heads: int, num_kv_heads: int,

@@ -25,14 +25,21 @@ class Model:
         h = be.embed(plan.embed, batch.token_ids, scale=plan.embed_scale)
         if trace:
             trace(-1, h)
-        residual = None
+        residual = None     # (post-norm layers) h + residual is the stream
         for lp in plan.layers:
             k_cache, v_cache = kv[lp.index]
+            if lp.post_attn_norm is None and lp.post_ffn_norm is None:
+                if residual is not None:
+                    h, residual = be.add(h, residual), None
+                h = self._prenorm_layer(lp, h, batch, k_cache, v_cache)
+                if trace:
+                    trace(lp.index, h)
+                continue
             if residual is None:
                 x, residual = be.rms_norm(h, lp.attn_norm, cfg.rms_eps), h
             else:
                 x, residual = be.rms_norm(h, lp.attn_norm, cfg.rms_eps, residual=residual)
-            a = self._attention(lp, x, batch, k_cache, v_cache)
+            a = be.linear(self._attention(lp, x, batch, k_cache, v_cache), lp.wo)
             if lp.post_attn_norm is not None:
                 a = be.rms_norm(a, lp.post_attn_norm, cfg.rms_eps)
             x, residual = be.rms_norm(a, lp.ffn_norm, cfg.rms_eps, residual=residual)
@@ -45,8 +52,12 @@ class Model:
         if not all_logits and not (batch.max_query_len == 1
                                    and batch.logits_indices.shape[0] == batch.num_tokens):
             h = be.gather_rows(h, batch.logits_indices)
-            residual = be.gather_rows(residual, batch.logits_indices)
-        x, _ = be.rms_norm(h, plan.output_norm, cfg.rms_eps, residual=residual)
+            if residual is not None:
+                residual = be.gather_rows(residual, batch.logits_indices)
+        if residual is None:
+            x = be.rms_norm(h, plan.output_norm, cfg.rms_eps)
+        else:
+            x, _ = be.rms_norm(h, plan.output_norm, cfg.rms_eps, residual=residual)
         if trace:
             trace(cfg.num_layers, x)
         logits = be.logits(x, plan.output)
@@ -54,10 +65,35 @@ class Model:
             logits = be.softcap(logits, plan.final_softcap)
         return logits
 
-    def _attention(self, lp: LayerPlan, x: Any, batch: ForwardBatch, k_cache: Any, v_cache: Any) -> Any:
-        be, cfg, plan = self.backend, self.cfg, self.plan
+    def _prenorm_layer(self, lp: LayerPlan, h: Any, batch: ForwardBatch, k_cache: Any,
+                       v_cache: Any) -> Any:
+        """A layer without post-norms (Llama, Qwen2, ...): h + attn(norm(h)), then the same with
+        the FFN, through the contract's fusable ops (norm_linear: the norm, a fused projection
+        and the FFN's activation; linear with a residual: the output projections and the
+        residual adds)."""
+        be, eps = self.backend, self.cfg.rms_eps
         if lp.wqkv is not None:
+            o = self._attention(lp, None, batch, k_cache, v_cache, h=h)
+        else:
+            o = self._attention(lp, be.rms_norm(h, lp.attn_norm, eps), batch, k_cache, v_cache)
+        h = be.linear(o, lp.wo, residual=h)
+        if lp.w_gate_up is not None:
+            g = be.norm_linear(h, lp.ffn_norm, eps, lp.w_gate_up, act=self.cfg.act)
+            return be.linear(g, lp.w_down, residual=h)
+        x = be.rms_norm(h, lp.ffn_norm, eps)
+        g = be.act_mul(be.linear(x, lp.w_gate), be.linear(x, lp.w_up), self.cfg.act)
+        return be.linear(g, lp.w_down, residual=h)
+
+    def _attention(self, lp: LayerPlan, x: Any, batch: ForwardBatch, k_cache: Any, v_cache: Any,
+                   h: Any = None) -> Any:
+        """The attention output [T, H*Dv] (before the output projection) of x, or, given h (a
+        layer with a fused wqkv), of rms_norm(h, attn_norm)."""
+        be, cfg, plan = self.backend, self.cfg, self.plan
+        if h is not None:
+            qkv = be.norm_linear(h, lp.attn_norm, cfg.rms_eps, lp.wqkv, lp.bqkv)
+        elif lp.wqkv is not None:
             qkv = be.linear(x, lp.wqkv, lp.bqkv)
+        if lp.wqkv is not None:
             q = qkv[:, : plan.q_size]
             k = qkv[:, plan.q_size: plan.q_size + plan.kv_size]
             v = qkv[:, plan.q_size + plan.kv_size:]
@@ -76,10 +112,9 @@ class Model:
             q = q.reshape(T, plan.q_size)
             k = be.rms_norm(k.reshape(T * cfg.num_kv_heads, cfg.head_dim), lp.k_norm, cfg.rms_eps)
             k = k.reshape(T, plan.kv_size)
-        o = be.rope_attention(q, k, v, batch, k_cache, v_cache, lp.rope, cfg.num_heads,
-                              cfg.num_kv_heads, cfg.head_dim, cfg.attn_scale,
-                              sliding_window=lp.window, softcap=lp.softcap)
-        return be.linear(o, lp.wo)
+        return be.rope_attention(q, k, v, batch, k_cache, v_cache, lp.rope, cfg.num_heads,
+                                 cfg.num_kv_heads, cfg.head_dim, cfg.attn_scale,
+                                 sliding_window=lp.window, softcap=lp.softcap)
 
     def _ffn(self, lp: LayerPlan, x: Any) -> Any:
         be, cfg = self.backend, self.cfg

@@ -11,7 +11,6 @@ output is rounded to 8/11 bits). Runs under TRITON_INTERPRET=1 on the CPU and na
 """
 from __future__ import annotations
 
-import contextlib
 import os
 import sys
 from pathlib import Path
@@ -262,21 +261,6 @@ def test_dequant_matmul_chunks_and_reuses_scratch(rng, monkeypatch):
     ptr = buf.data_ptr()
     check_linear(qt, w64, 9, torch.float32, rng)
     assert mm._scratch[key].data_ptr() == ptr
-
-
-@pytest.fixture
-def tuning_table():
-    """Lay an in-memory tuning table over every other one for the rest of the test."""
-    stack = contextlib.ExitStack()
-
-    def install(kernels: dict):
-        stack.close()
-        stack.enter_context(tuning.override(kernels))
-        mm.clear_config_cache()
-
-    yield install
-    stack.close()
-    mm.clear_config_cache()
 
 
 class LaunchSpy:
