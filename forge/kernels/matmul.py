@@ -159,6 +159,17 @@ def _lanes_mask(ggml_type: int) -> int:
 # step's dp4a / float work (sm90 SASS, every type and path; on AMD the store becomes a branch,
 # which the scheduler does not cross either). Cost: both steps' words are live at once (Q4_K
 # 80 -> 126 registers, Q8_0 56 -> 80 at the sm90 configs for 14336 x 4096; unfenced 96 / 64).
+#
+# Fused prologue and epilogues (NORM, ACT, RESID; `linear`'s norm= / act= / residual=; off in
+# every unfused launch, whose code they leave as it was). rms_norm prologue (NORM): the norm's
+# 1 / sqrt(mean(x^2) + eps) is one factor of the whole dot product, so each program multiplies
+# x by the norm weights as it loads it (one multiply per x element, shared by all rows), sums
+# x^2 per thread alongside ([V, 1, BB], reduced once at the end), and scales its sums in the
+# epilogue: the normed x is never stored or rounded. Every program redoes this for its K range,
+# which costs registers (sm90 F16 BLOCK_N 2: 32 -> 40, fewer programs per SM) where the plain
+# GEMV is already at the copy rate: the config key FUSE_NORM turns it off per shape. ACT: the
+# weight is [gate; up]; program rows come in (gate n, up n) pairs, split in the epilogue into
+# act(gate) * up (activation.gated). RESID: the epilogue adds res[t, cols] before the store.
 
 
 @triton.constexpr_function
@@ -719,7 +730,7 @@ def _gv_step(acc0, acc1, ss0, ss1, w, h, sc, d, x_ptr, xq_ptr, xs_ptr, nw_ptr, t
     """One step of the GEMV: x of chunks c0 .. c0 + BB - 1 read and converted (or, X_PRE, its
     int8 codes read), the step's weight words (w, h, sc, d) decoded against it into the
     accumulators (token rows t0, t1). NORM: x is taken times the norm weights (nw_ptr) and its
-    squares are summed into ss0 / ss1 (see "rms_norm prologue" in the GEMV notes)."""
+    squares are summed into ss0 / ss1 (see "Fused prologue and epilogues" in the GEMV notes)."""
     if X_PRE:
         tl.static_assert(not NORM, "NORM needs x itself, not its codes")
         # x quantized once per GEMV by `quantize_x` (the same chunks and rounding as the
