@@ -1432,11 +1432,15 @@ def _gemv_split(w: QTensor, gv: dict) -> tuple[int, int, int]:
     return bb, split, per
 
 
+def _act_block_n(bn: int, act: int) -> int:
+    """The GEMV's BLOCK_N for a config's: ACT takes the rows in (gate, up) pairs, at least one
+    pair per program."""
+    return max(2, bn) if act else bn
+
+
 def _derive_gemv(ce: dict) -> None:
-    """The launcher's BLOCK_N from a config's (compile specs: "derive"): ACT takes the rows in
-    (gate, up) pairs, at least one pair per program."""
-    if ce.get("ACT"):
-        ce["BLOCK_N"] = max(2, ce["BLOCK_N"])
+    """Compile specs' "derive": the launcher's BLOCK_N from a table entry's."""
+    ce["BLOCK_N"] = _act_block_n(ce["BLOCK_N"], ce.get("ACT", 0))
 
 
 def _gemv(x: torch.Tensor, w: QTensor, bias, out: torch.Tensor, gv: dict,
@@ -1448,15 +1452,12 @@ def _gemv(x: torch.Tensor, w: QTensor, bias, out: torch.Tensor, gv: dict,
     V, E = gemv_shape(w.ggml_type)
     epc = V * E
     bt = 1 if T <= 1 else MAX_BLOCK_T
-    bn = gv["BLOCK_N"]
+    fused = fused or {}
+    bn = _act_block_n(gv["BLOCK_N"], fused.get("ACT", 0))
     bb, split, per = _gemv_split(w, gv)
     nch = triton.cdiv(K, epc)
     even = nch % bb == 0 and per % bb == 0 and K % epc == 0
-    fused = fused or {}
     if fused.get("ACT"):
-        ce = {"BLOCK_N": bn, "ACT": fused["ACT"]}
-        _derive_gemv(ce)
-        bn = ce["BLOCK_N"]
         N //= 2                     # out has N / 2 columns
         grid = (triton.cdiv(N, bn // 2) * triton.cdiv(T, bt), split)
     else:
@@ -1498,15 +1499,22 @@ def _reduce_splits(part: torch.Tensor, bias, out: torch.Tensor, split: int) -> N
         SPLIT_K=split, HAS_BIAS=bias is not None, BLOCK=blk, num_warps=4, **pdl.launch_args())
 
 
-def can_fuse(x: torch.Tensor, w: QTensor, norm: bool = False) -> bool:
-    """Whether `linear(x, w, ...)` with residual / act (and, with `norm`, the norm too) runs as
-    one GEMV launch: the GEMV path (T <= MAX_T), unsplit; for norm, x read as it is (not
-    pre-quantized: X_PRE) and the config's FUSE_NORM set."""
+def _fusion(x: torch.Tensor, w: QTensor) -> tuple[dict, bool, bool, bool]:
+    """(GEMV config, whether a GEMV with residual / act runs (T <= MAX_T, unsplit), whether it
+    may take the norm too (x read as it is, not pre-quantized, and the config's FUSE_NORM set),
+    whether x is pre-quantized (X_PRE))."""
     T = x.shape[0]
     gv, _ = _configs(w.ggml_type, T, w.rows, w.cols, x.dtype == torch.float32)
-    if T == 0 or T > gv["MAX_T"] or _gemv_split(w, gv)[1] != 1:
-        return False
-    return not (norm and (_x_pre(x, w, gv)[1] or not gv.get("FUSE_NORM", 1)))
+    gemv = 0 < T <= gv["MAX_T"] and _gemv_split(w, gv)[1] == 1
+    x_pre = _x_pre(x, w, gv)[1]
+    return gv, gemv, gemv and not x_pre and bool(gv.get("FUSE_NORM", 1)), x_pre
+
+
+def can_fuse(x: torch.Tensor, w: QTensor, norm: bool = False) -> bool:
+    """Whether `linear(x, w, ...)` with residual / act (and, with `norm`, the norm too) runs as
+    one GEMV launch (see `_fusion`)."""
+    _, gemv, with_norm, _ = _fusion(x, w)
+    return with_norm if norm else gemv
 
 
 def _check_fused(x: torch.Tensor, w: QTensor, residual, norm, act) -> int:
@@ -1567,21 +1575,20 @@ def linear(x: torch.Tensor, w: QTensor, bias: torch.Tensor | None = None,
         n = _check_fused(x, w, residual, norm, act)
         if x.stride(1) != 1:
             x = x.contiguous()
-        if norm is not None and not can_fuse(x, w, True):
+        gv, gemv, with_norm, x_pre = _fusion(x, w)
+        if norm is not None and not with_norm:
             # x pre-quantized (rms_norm writes the codes), FUSE_NORM 0, or no GEMV: rms_norm
             # first; act stays a kernel of its own where the GEMVs read int8 codes (X_PRE: the
             # next one reads act_mul's, or quantizes act_mul's output itself: the same numbers)
             xn = rms_norm(x, norm[0], float(norm[1]), xq=xq)
-            gv, _ = _configs(w.ggml_type, x.shape[0], w.rows, w.cols, x.dtype == torch.float32)
-            if act is None or not _x_pre(x, w, gv)[1]:
+            if act is None or not x_pre:
                 return linear(xn, w, bias, residual=residual, act=act)
             y = act_mul_fused(linear(xn, w, bias), act, xq=xq)
             if residual is not None:
                 y += residual
             return y
-        if can_fuse(x, w):
+        if gemv:
             out = torch.empty((x.shape[0], n), dtype=x.dtype, device=x.device)
-            gv, _ = _configs(w.ggml_type, x.shape[0], w.rows, w.cols, x.dtype == torch.float32)
             fused = {"NORM": norm is not None, "RESID": residual is not None,
                      "ACT": 0 if act is None else 1 + ACT_KINDS.index(act)}
             if norm is not None:
@@ -1760,7 +1767,7 @@ def _compile_specs() -> list[dict]:
                          f"{(',' + ACT_KINDS[ac - 1]) if ac else ''},{family}]"),
                 "fn": _linear_gemv_kernel, "signature": sig, "derive": _derive_gemv,
                 "constexprs": {"TYPE": tid, "V": V, "E": E, "BLOCK_T": bt,
-                               "BLOCK_N": max(2, gv["BLOCK_N"]) if ac else gv["BLOCK_N"],
+                               "BLOCK_N": _act_block_n(gv["BLOCK_N"], ac),
                                "BLOCK_K": gv["BLOCK_K"],
                                "HAS_BIAS": not split, "SPLIT": split, "EVEN": True,
                                "X_PAIRS": act == "*bf16", "X_INT8": x_int8,

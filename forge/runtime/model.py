@@ -71,29 +71,22 @@ class Model:
         the FFN, through the contract's fusable ops (norm_linear: the norm, a fused projection
         and the FFN's activation; linear with a residual: the output projections and the
         residual adds)."""
-        be, eps = self.backend, self.cfg.rms_eps
-        if lp.wqkv is not None:
-            o = self._attention(lp, None, batch, k_cache, v_cache, h=h)
-        else:
-            o = self._attention(lp, be.rms_norm(h, lp.attn_norm, eps), batch, k_cache, v_cache)
-        h = be.linear(o, lp.wo, residual=h)
-        if lp.w_gate_up is not None:
-            g = be.norm_linear(h, lp.ffn_norm, eps, lp.w_gate_up, act=self.cfg.act)
-            return be.linear(g, lp.w_down, residual=h)
-        x = be.rms_norm(h, lp.ffn_norm, eps)
-        g = be.act_mul(be.linear(x, lp.w_gate), be.linear(x, lp.w_up), self.cfg.act)
-        return be.linear(g, lp.w_down, residual=h)
+        o = self._attention(lp, h, batch, k_cache, v_cache, norm=True)
+        h = self.backend.linear(o, lp.wo, residual=h)
+        return self._ffn(lp, h, norm=True, residual=h)
 
     def _attention(self, lp: LayerPlan, x: Any, batch: ForwardBatch, k_cache: Any, v_cache: Any,
-                   h: Any = None) -> Any:
-        """The attention output [T, H*Dv] (before the output projection) of x, or, given h (a
-        layer with a fused wqkv), of rms_norm(h, attn_norm)."""
+                   norm: bool = False) -> Any:
+        """The attention output [T, H*Dv] (before the output projection) of x, or with `norm`,
+        of rms_norm(x, attn_norm) (one norm_linear where the projection is fused)."""
         be, cfg, plan = self.backend, self.cfg, self.plan
-        if h is not None:
-            qkv = be.norm_linear(h, lp.attn_norm, cfg.rms_eps, lp.wqkv, lp.bqkv)
-        elif lp.wqkv is not None:
-            qkv = be.linear(x, lp.wqkv, lp.bqkv)
+        if norm and lp.wqkv is None:
+            x, norm = be.rms_norm(x, lp.attn_norm, cfg.rms_eps), False
         if lp.wqkv is not None:
+            if norm:
+                qkv = be.norm_linear(x, lp.attn_norm, cfg.rms_eps, lp.wqkv, lp.bqkv)
+            else:
+                qkv = be.linear(x, lp.wqkv, lp.bqkv)
             q = qkv[:, : plan.q_size]
             k = qkv[:, plan.q_size: plan.q_size + plan.kv_size]
             v = qkv[:, plan.q_size + plan.kv_size:]
@@ -116,12 +109,18 @@ class Model:
                                  cfg.num_kv_heads, cfg.head_dim, cfg.attn_scale,
                                  sliding_window=lp.window, softcap=lp.softcap)
 
-    def _ffn(self, lp: LayerPlan, x: Any) -> Any:
+    def _ffn(self, lp: LayerPlan, x: Any, norm: bool = False, residual: Any = None) -> Any:
+        """The FFN of x, or with `norm`, of rms_norm(x, ffn_norm) (one norm_linear with the
+        activation where gate and up are fused), plus `residual` if given."""
         be, cfg = self.backend, self.cfg
-        if lp.w_gate_up is not None:
+        if lp.w_gate_up is not None and norm:
+            g = be.norm_linear(x, lp.ffn_norm, cfg.rms_eps, lp.w_gate_up, act=cfg.act)
+        elif lp.w_gate_up is not None:
             gu = be.linear(x, lp.w_gate_up)
             f = cfg.intermediate_size
             g = be.act_mul(gu[:, :f], gu[:, f:], cfg.act)
         else:
+            if norm:
+                x = be.rms_norm(x, lp.ffn_norm, cfg.rms_eps)
             g = be.act_mul(be.linear(x, lp.w_gate), be.linear(x, lp.w_up), cfg.act)
-        return be.linear(g, lp.w_down)
+        return be.linear(g, lp.w_down, residual=residual)
