@@ -54,8 +54,13 @@ def _amd_mma(family: str) -> dict:
 
 def space(kernel: str, family: str, *, sub: int = 1, lds_bytes: int = 64 * 1024,
           elem: int = 2, warp: int | None = None, int8: bool = False,
-          gemv_stages: tuple[int, ...] = (1,), gemv_prefetch: tuple[int, ...] = (0,)) -> list[dict]:
+          gemv_stages: tuple[int, ...] = (1,), gemv_prefetch: tuple[int, ...] | None = None,
+          gemv_x_pre: tuple[int, ...] | None = None) -> list[dict]:
     """Candidate configs for `kernel` ("linear_gemv", ...) on `family` ("cdna3", "hopper", ...).
+
+    A candidate holds only the keys the space varies; autotune.sweep lays each over the entry
+    the tables give the problem now, so the keys a space does not vary (PDL, FUSE_NORM, ...)
+    keep their current values.
 
     sub: the GGML type's sub-block (BLOCK_S counts sub-blocks; for linear_gemv, the columns one
     thread takes per step, matmul.gemv_block); elem: activation bytes; warp: the wave size;
@@ -64,8 +69,11 @@ def space(kernel: str, family: str, *, sub: int = 1, lds_bytes: int = 64 * 1024,
     its K loop; 1 = the kernel's own load ordering only).
     gemv_prefetch: PREFETCH values to try for the NVIDIA GEMV (the kernel's own software
     pipelining: 0 off, 1 the next step's weight loads before each decode, behind a fence, 2 the
-    same left to ptxas; see matmul.py). The default (0,) times the same candidates as before
-    (with PREFETCH 0 explicit: a table's generic entry cannot leak into a per-type one).
+    same left to ptxas; see matmul.py); None: not an axis (the current value is kept).
+    gemv_x_pre: X_PRE values to try for an int8 GEMV (1: x quantized by a kernel before the
+    GEMV, whose time the sweep counts; in a model the producing norm / act_mul / attention
+    usually writes the codes itself, so the sweep's X_PRE 1 times are an upper bound); None:
+    not an axis.
     """
     amd = _is_amd(family)
     warp = warp or (64 if family.startswith(("cdna", "gcn")) else 32)
@@ -79,12 +87,23 @@ def space(kernel: str, family: str, *, sub: int = 1, lds_bytes: int = 64 * 1024,
             cands = _grid(BLOCK_N=(1, 2, 4, 8), num_warps=_warps(family, small=True),
                           SPLIT_K=(1, 2, 4, 8), num_stages=(1,))
         else:
+            extra = {}
+            if gemv_prefetch is not None:
+                extra["PREFETCH"] = tuple(gemv_prefetch)
+            if gemv_x_pre is not None and int8:
+                extra["X_PRE"] = tuple(gemv_x_pre)
             cands = _grid(BLOCK_N=(1, 2, 4, 8), num_warps=(1, 2, 4), SPLIT_K=(1, 2, 4),
-                          num_stages=tuple(gemv_stages), X_INT8=(1,) if int8 else (0,),
-                          PREFETCH=tuple(gemv_prefetch))
+                          num_stages=tuple(gemv_stages), X_INT8=(1,) if int8 else (0,), **extra)
         for c in cands:
             c["BLOCK_K"] = sub * warp * c["num_warps"]
         return cands
+    if kernel == "linear_kq":
+        # kgemm.py's GEMM on scaled integer codes (Q4_K / Q6_K, T <= 64): BLOCK_M follows T (the
+        # launcher's choice, kept); vary the weight rows per program, warps, stages, K split.
+        if amd:
+            raise ValueError("kernel: linear_kq runs on NVIDIA only (kgemm builds its operands "
+                             "with PTX)")
+        return _grid(BLOCK_N=(64, 128), num_warps=(4, 8), num_stages=(2, 3), SPLIT_K=(1, 2, 4, 8))
     if kernel == "linear_gemm":
         mma = _amd_mma(family) if amd else {}
         cands = _grid(BLOCK_M=(32, 64, 128), BLOCK_N=(32, 64, 128), KT=(32, 64, 128),
@@ -135,7 +154,7 @@ def _ktile(c: dict, sub: int) -> dict:
     return c
 
 
-KERNELS = ("linear_gemv", "linear_gemm", "dequant", "attn_prefill", "attn_decode", "attn_reduce",
+KERNELS = ("linear_gemv", "linear_gemm", "linear_kq", "dequant", "attn_prefill", "attn_decode", "attn_reduce",
            "rms_norm", "rope", "act_mul", "sample")
 
 
@@ -214,17 +233,60 @@ def linear_problems(kernel: str, types=SWEEP_TYPES) -> list[Problem]:
                         return matmul.linear(x, w)
 
                     if gemv:
-                        nbytes = sum(p.numel() * p.element_size() for p in w.data.values())
-                        extra = min(63, -(-ROTATE_BYTES // nbytes) - 1)
-                        copies = [w] + [dataclasses.replace(w, data={key: p.clone() for key, p
-                                                                     in w.data.items()})
-                                        for _ in range(extra)]
-                        run.rotations = [lambda c=c: matmul.linear(x, c) for c in copies]
+                        run.rotations = [lambda c=c: matmul.linear(x, c) for c in _rotations(w)]
                     return run
 
                 out.append(Problem(f"{kernel}.{tname}", kernel, f"{tname} T{t} N{n} K{k}",
                                    {"T": t, "N": n, "K": k}, setup, sub=sub, tol=3e-2,
                                    extra={"int8": gemv and tname in matmul.INT8_TYPES}))
+    return out
+
+
+KQ_SHAPES = [(6144, 4096), (4096, 4096), (28672, 4096), (14336, 4096), (4096, 14336), (1024, 4096),
+             (128256, 4096)]
+
+
+def _rotations(w, nbytes_min: int = ROTATE_BYTES, cap: int = 63):
+    """w and distinct copies of it, together at least nbytes_min (more than the L2 cache)."""
+    nbytes = sum(p.numel() * p.element_size() for p in w.data.values())
+    extra = min(cap, -(-nbytes_min // nbytes) - 1)
+    return [w] + [dataclasses.replace(w, data={key: p.clone() for key, p in w.data.items()})
+                  for _ in range(extra)]
+
+
+def kq_problems(types=SWEEP_TYPES) -> list[Problem]:
+    """Problems for linear_kq (forge/kernels/kgemm.py: Q4_K / Q6_K at batch-decode T 16 / 32 /
+    64, Llama-3-8B shapes). run() calls kgemm.linear with the config the launcher would use
+    (matmul._kq_config, through the tables, so a sweep override reaches it) and carries
+    `rotations` like the GEMV problems. Whether a shape takes kgemm at all is the linear_gemm
+    entry's KQ_T, which the sweep leaves as it is (bench/bench_kq.py compares the paths)."""
+    from forge.kernels import dequant, kgemm, matmul
+
+    out = []
+    for tname in types:
+        if tname not in kgemm.KQ_TYPES:
+            continue
+        tid = dequant.TYPE_IDS[tname]
+        for n, k in KQ_SHAPES:
+            for t in (16, 32, 64):
+                def setup(dev, dtype, n=n, k=k, t=t, tname=tname, tid=tid):
+                    import torch
+
+                    w, _ = _qweight(torch, tname, n, k, dev)
+                    x = torch.randn(t, k, device=dev, dtype=torch.bfloat16)  # kgemm takes bf16
+                    out_ = torch.empty(t, n, device=dev, dtype=torch.bfloat16)
+
+                    def call(c):
+                        return kgemm.linear(x, c, None, out_, matmul._kq_config(tid, t, n, k))
+
+                    def run():
+                        return call(w).clone()
+
+                    run.rotations = [lambda c=c: call(c) for c in _rotations(w)]
+                    return run
+
+                out.append(Problem(f"linear_kq.{tname}", "linear_kq", f"{tname} T{t} N{n} K{k}",
+                                   {"T": t, "N": n, "K": k}, setup, tol=3e-2))
     return out
 
 
@@ -329,12 +391,14 @@ def _rope_setup(dev, dtype, h, hkv, dd, bs: int = 16):
 def problems(kernel: str, types=SWEEP_TYPES) -> list[Problem]:
     if kernel in ("linear_gemv", "linear_gemm"):
         return linear_problems(kernel, types)
+    if kernel == "linear_kq":
+        return kq_problems(types)
     if kernel in ("attn_prefill", "attn_decode"):
         return attention_problems(kernel)
     if kernel in ("rms_norm", "act_mul", "rope"):
         return elementwise_problems(kernel)
-    raise ValueError(f"kernel: no sweep problems for {kernel!r} (have linear_gemv, linear_gemm, "
-                     "attn_prefill, attn_decode, rms_norm, act_mul, rope)")
+    raise ValueError(f"kernel: no sweep problems for {kernel!r} (have {', '.join(SWEEPABLE)})")
 
 
-SWEEPABLE = ("linear_gemv", "linear_gemm", "attn_prefill", "attn_decode", "rms_norm", "act_mul", "rope")
+SWEEPABLE = ("linear_gemv", "linear_gemm", "linear_kq", "attn_prefill", "attn_decode", "rms_norm",
+             "act_mul", "rope")

@@ -7,10 +7,20 @@
 For each problem of a kernel (autotune/spaces.py: representative shapes, one bucket each) every
 candidate of the family's search space runs through the real launcher (forced with
 `tuning.override`), must reproduce the shipped config's output, and is timed with
-triton.testing.do_bench (warm-up, then the median). The fastest candidate per bucket is written
-as a table entry with source "sweep <date> <device name>" (merged into --out if it exists).
-Without --out the table goes to ~/.cache/forge/tuning/<arch>.json, which get_config reads as the
-user table. Runs only on a GPU.
+triton.testing.do_bench (warm-up, then the median; the GEMV and kgemm problems replay a CUDA
+graph over weight copies instead). The fastest candidate per bucket is written as a table entry
+with source "sweep <date> <device name>" (merged into --out if it exists), unless no candidate
+beat the current config. Without --out the table goes to ~/.cache/forge/tuning/<arch>.json,
+which get_config reads as the user table. Runs only on a GPU.
+
+What a sweep keeps:
+- A candidate sets the keys its space varies, laid over the entry the tables give the bucket
+  now (`current_entry`): keys no space varies (PDL, FUSE_NORM, KQ_T, ROPE_MIN_B, and PREFETCH /
+  X_PRE unless --gemv-prefetch / --gemv-x-pre make them axes) keep their values, in the timed
+  config and in the entry written.
+- The first table with an entry for a kernel serves every bucket of that kernel, so before a
+  kernel's first entry goes into the output table, the entries of the table that serves the
+  kernel now are copied in (`seed_kernel`): buckets the sweep did not time keep their configs.
 """
 from __future__ import annotations
 
@@ -43,9 +53,56 @@ def _time_graph(run: Callable[[], Any], warmup: int, rep: int) -> float:
                     warm_replays=max(2, warmup // 10))
 
 
+GRAPH_TIMED = ("linear_gemv", "linear_kq")
+
+
 def _timer_for(prob) -> Callable:
-    """Graph replay for problems whose runs rotate weights (the GEMV), do_bench otherwise."""
-    return _time_graph if prob.kernel.startswith("linear_gemv") else _time
+    """Graph replay for problems whose runs rotate weights (GEMV, kgemm), do_bench otherwise."""
+    return _time_graph if prob.space_kernel in GRAPH_TIMED else _time
+
+
+def current_entry(kernel: str, bucket: str, arch: str) -> dict:
+    """The table keys lookup lays over the launcher default for `kernel` ("linear_gemv.Q4_K" or
+    "rms_norm") at `bucket` on `arch` now, notes dropped: a per-type kernel's generic entry,
+    then its own where it ranks (tuning.typed_wins), as matmul's launchers combine them."""
+    from forge.kernels import tuning
+
+    generic, dot, _ = kernel.partition(".")
+    g = tuning.lookup(generic, bucket, arch) if dot else None
+    t = tuning.lookup(kernel, bucket, arch)
+    out: dict = {}
+    if g is not None:
+        out.update(g[3])
+    if t is not None and tuning.typed_wins(g[0] if g is not None else "builtin", t[0]):
+        out.update(t[3])
+    return {k: v for k, v in out.items() if k not in tuning.NOTE_KEYS}
+
+
+def with_current(cands: list[dict], current: dict) -> list[dict]:
+    """Each candidate laid over `current` (keys the space does not vary keep their values)."""
+    return [{**current, **c} for c in cands]
+
+
+def seed_kernel(table: dict, kernel: str, arch: str) -> int:
+    """Copy into `table` the entries of the table that serves `kernel` on `arch` now (for a
+    per-type kernel with none of its own, the generic kernel's), unless `table` has the kernel
+    already. Returns how many entries were copied. Each copy says where it came from."""
+    from forge.kernels import tuning
+
+    if table.get("kernels", {}).get(kernel):
+        return 0
+    generic, dot, _ = kernel.partition(".")
+    got = tuning.serving_table(kernel, arch) or (tuning.serving_table(generic, arch) if dot else None)
+    if got is None:
+        return 0
+    level, path, entries = got
+    for b, e in entries.items():
+        copy = dict(e)
+        note = f"copied from {path} ({level}) by autotune.sweep: not timed by the sweep"
+        copy["comment"] = f"{note}; {e['comment']}" if e.get("comment") else note
+        copy.setdefault("source", "(no source in the original entry)")
+        merge_entry(table, kernel, b, copy)
+    return len(entries)
 
 
 def _close(a, b, tol: float) -> bool:
@@ -124,9 +181,14 @@ def main(argv: list[str] | None = None) -> int:
                     help="GGML types for linear_* sweeps (comma-separated)")
     ap.add_argument("--gemv-stages", default="1",
                     help="num_stages values for the NVIDIA linear_gemv candidates (e.g. 1,2,3)")
-    ap.add_argument("--gemv-prefetch", default="0",
+    ap.add_argument("--gemv-prefetch", default=None,
                     help="PREFETCH values for the NVIDIA linear_gemv candidates (e.g. 0,1,2: "
-                    "the next step's weight loads issued during each decode; see matmul.py)")
+                    "the next step's weight loads issued during each decode; see matmul.py); "
+                    "default: each bucket keeps its current value")
+    ap.add_argument("--gemv-x-pre", default=None,
+                    help="X_PRE values for the NVIDIA int8 linear_gemv candidates (e.g. 0,1: x "
+                    "quantized by a kernel before the GEMV, timed with it); default: each bucket "
+                    "keeps its current value")
     ap.add_argument("--shapes", default=None,
                     help="only these N x K problems, e.g. 14336x4096,4096x14336 (linear_* sweeps)")
     ap.add_argument("--max-candidates", type=int, default=None,
@@ -137,12 +199,22 @@ def main(argv: list[str] | None = None) -> int:
     for k in args.kernel:
         if k not in spaces.SWEEPABLE:
             ap.error(f"--kernel: {k!r} cannot be swept (choose from {', '.join(spaces.SWEEPABLE)})")
-    gemv_axes = {"gemv_stages": tuple(int(v) for v in args.gemv_stages.split(",")),
-                 "gemv_prefetch": tuple(int(v) for v in args.gemv_prefetch.split(","))}
     from forge.kernels.tuning import ENUM_KEYS
 
-    if not set(gemv_axes["gemv_prefetch"]) <= set(ENUM_KEYS["PREFETCH"]):
-        ap.error(f"--gemv-prefetch: values are {ENUM_KEYS['PREFETCH']}, got {args.gemv_prefetch!r}")
+    def ints(opt: str, text: str | None, allowed=None):
+        if text is None:
+            return None
+        try:
+            vals = tuple(int(v) for v in text.split(","))
+        except ValueError:
+            ap.error(f"{opt}: expected comma-separated integers, got {text!r}")
+        if allowed is not None and not set(vals) <= set(allowed):
+            ap.error(f"{opt}: values are {allowed}, got {text!r}")
+        return vals
+
+    gemv_axes = {"gemv_stages": ints("--gemv-stages", args.gemv_stages),
+                 "gemv_prefetch": ints("--gemv-prefetch", args.gemv_prefetch, ENUM_KEYS["PREFETCH"]),
+                 "gemv_x_pre": ints("--gemv-x-pre", args.gemv_x_pre, ENUM_KEYS["X_PRE"])}
 
     from forge.runtime import device
 
@@ -172,6 +244,10 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         table["arch"], table["family"] = info.arch, info.family
     types = tuple(t for t in args.types.split(",") if t)
+    if "linear_kq" in args.kernel and info.vendor != "nvidia":
+        print("--kernel linear_kq: kgemm runs on NVIDIA only (this GPU is "
+              f"{info.vendor}); on AMD Q4_K / Q6_K batch decode takes linear_gemm", file=sys.stderr)
+        return 2
     print(f"sweeping on {info.name} ({info.arch}, {info.family}, {info.num_cus} CUs, "
           f"wave{info.warp_size}, {info.lds_bytes // 1024} KiB LDS), activations {args.dtype}")
     for kernel in args.kernel:
@@ -185,7 +261,8 @@ def main(argv: list[str] | None = None) -> int:
                                  elem=torch.tensor([], dtype=dtype).element_size(), warp=info.warp_size,
                                  **({"int8": p.extra["int8"]} if "int8" in p.extra else {}),
                                  **(gemv_axes if p.space_kernel == "linear_gemv" else {}))
-            plan.append((p, _subsample(cands, args.max_candidates)))
+            cur = current_entry(p.kernel, tuning.bucket(**p.dims), info.arch)
+            plan.append((p, with_current(_subsample(cands, args.max_candidates), cur)))
         total = sum(len(c) for _, c in plan)
         with tqdm(total=total, desc=kernel, unit="cfg") as bar:
             for p, cands in plan:
@@ -199,8 +276,16 @@ def main(argv: list[str] | None = None) -> int:
                 gain = r["shipped_ms"] / r["best_ms"]
                 tqdm.write(f"  {p.name} [{b}]: {r['best_ms'] * 1e3:.1f} us vs shipped "
                            f"{r['shipped_ms'] * 1e3:.1f} us ({gain:.2f}x), {len(r['rejected'])} rejected")
+                if r["best_ms"] >= r["shipped_ms"]:
+                    tqdm.write(f"  {p.name}: no candidate beat the current config; bucket {b} "
+                               "left as is")
+                    continue
                 entry = dict(r["best"])
                 entry["source"] = src
+                seeded = seed_kernel(table, p.kernel, info.arch)
+                if seeded:
+                    tqdm.write(f"  {p.kernel}: copied the {seeded} entries that serve it now "
+                               "into the table (buckets not swept keep their configs)")
                 entry["comment"] = (f"{p.name}: median {r['best_ms'] * 1e3:.1f} us, shipped "
                                     f"{r['shipped_ms'] * 1e3:.1f} us, {r['tried']} candidates")
                 merge_entry(table, p.kernel, b, entry)

@@ -1204,20 +1204,14 @@ def gemm_default(ggml_type: int, T: int, N: int, K: int, vendor: str = "amd") ->
             "num_warps": warps, "num_stages": 3 if big else 2}
 
 
-_LEVELS = ("override", "user", "arch", "family", "vendor", "default", "builtin")
-
-
 def _cfg(kernel: str, ggml_type: int, dims: dict, default: dict) -> dict:
     """Generic entry for `kernel`, then a type-specific one ("linear_gemv.Q4_K") over it,
     unless the generic entry comes from a table that ranks above the type-specific one's (an
-    override or the user's table beats a shipped per-type entry)."""
+    override or the user's table beats a shipped per-type entry: tuning.typed_wins)."""
     b = tuning.bucket(**dims)
     base = tuning.resolve(kernel, b, default)
     spec = tuning.resolve(f"{kernel}.{TYPES[ggml_type].name}", b, base.config)
-    if spec.level == "builtin" or (base.level != "builtin"
-                                   and _LEVELS.index(base.level) < _LEVELS.index(spec.level)):
-        return base.config
-    return spec.config
+    return spec.config if tuning.typed_wins(base.level, spec.level) else base.config
 
 
 @functools.lru_cache(maxsize=4096)

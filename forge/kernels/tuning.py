@@ -295,6 +295,59 @@ def _current_arch() -> str:
     return device.current_arch()
 
 
+LEVELS = ("override", "user", "arch", "family", "vendor", "default", "builtin")  # most specific first
+
+
+def typed_wins(generic_level: str, typed_level: str) -> bool:
+    """Whether a per-type entry ("linear_gemv.Q4_K", found at `typed_level`) is laid over the
+    generic kernel's ("linear_gemv", at `generic_level`): unless it is the builtin default or
+    the generic entry comes from a higher-ranked table (a user table or an override of
+    "linear_gemv" beats a shipped "linear_gemv.Q4_K")."""
+    return typed_level != "builtin" and (generic_level == "builtin"
+                                         or LEVELS.index(generic_level) >= LEVELS.index(typed_level))
+
+
+def _find(chain: list[tuple[str, Table]], kernel: str, bucket_: str):
+    """(level, table, key, entry) of the first table in `chain` with an entry for `kernel`."""
+    for level, table in chain:
+        entries = table.kernels.get(kernel)
+        if entries:
+            got = _pick(entries, bucket_)
+            if got is not None:
+                return (level, table, *got)
+    return None
+
+
+def lookup(kernel: str, bucket_: str, arch: str) -> tuple[str, str, str, dict] | None:
+    """(level, table path, bucket key, entry) that lookup on `arch` lays over a launcher default
+    for `kernel` at `bucket_`, overrides aside; None when no table has the kernel. The entry is
+    the table's (notes included), not a copy: do not modify it."""
+    from forge.runtime import device
+
+    if not device.vendor_of(arch):
+        return None
+    with _lock:
+        found = _find(_chain(arch)[len(_overrides):], kernel, bucket_)
+    if found is None:
+        return None
+    level, table, key, entry = found
+    return level, table.path, key, entry
+
+
+def serving_table(kernel: str, arch: str) -> tuple[str, str, dict] | None:
+    """(level, table path, {bucket: entry}) of the table that serves `kernel` on `arch`
+    (the first in the lookup order that has it, overrides aside); None when none has it."""
+    from forge.runtime import device
+
+    if not device.vendor_of(arch):
+        return None
+    with _lock:
+        for level, table in _chain(arch)[len(_overrides):]:
+            if table.kernels.get(kernel):
+                return level, table.path, table.kernels[kernel]
+    return None
+
+
 def resolve(kernel: str, bucket_: str, default: Mapping[str, Any], arch: str | None = None) -> Resolved:
     """Like get_config, but also says which table and entry the config came from."""
     if not isinstance(kernel, str) or not kernel:
@@ -319,17 +372,10 @@ def resolve(kernel: str, bucket_: str, default: Mapping[str, Any], arch: str | N
 
     is_amd = device.vendor_of(arch) == "amd"
     with _lock:
-        found = None
         # "cpu" (no GPU: the Triton interpreter) keeps the launchers' own defaults; overrides
         # (autotune.sweep) still apply.
         chain = _chain(arch) if device.vendor_of(arch) else [("override", t) for t in reversed(_overrides)]
-        for level, table in chain:
-            entries = table.kernels.get(kernel)
-            if entries:
-                got = _pick(entries, bucket_)
-                if got is not None:
-                    found = (level, table, *got)
-                    break
+        found = _find(chain, kernel, bucket_)
     cfg = dict(default)
     if found is None:
         res = Resolved(cfg, "builtin", "", "", "launcher default")

@@ -331,12 +331,14 @@ def test_override_beats_every_table_and_is_undone(tables):
 
 
 @pytest.mark.parametrize("family", ["cdna3", "rdna3", "hopper", "ampere"])
-@pytest.mark.parametrize("kernel", ["linear_gemv", "linear_gemm", "dequant", "attn_prefill", "attn_decode",
-                                    "attn_reduce", "rms_norm", "rope", "act_mul", "sample"])
+@pytest.mark.parametrize("kernel", ["linear_gemv", "linear_gemm", "linear_kq", "dequant", "attn_prefill",
+                                    "attn_decode", "attn_reduce", "rms_norm", "rope", "act_mul", "sample"])
 def test_search_spaces_are_valid_tables(family, kernel):
     from autotune import spaces
 
     amd = family in ("cdna3", "rdna3")
+    if kernel == "linear_kq" and amd:
+        pytest.skip("linear_kq is NVIDIA only (test_linear_kq_space_and_problems)")
     cands = spaces.space(kernel, family, sub=32, lds_bytes=64 * 1024)
     assert cands, f"empty space for {kernel} on {family}"
     assert len({json.dumps(c, sort_keys=True) for c in cands}) == len(cands)
@@ -353,24 +355,131 @@ def test_search_spaces_are_valid_tables(family, kernel):
         spaces.space("nope", family)
 
 
-def test_gemv_prefetch_is_a_sweep_axis_on_nvidia():
-    """gemv_prefetch (sweep --gemv-prefetch) multiplies the NVIDIA GEMV candidates; its default
-    (0,) keeps the previous candidates, each with PREFETCH 0; AMD's space has no such key."""
-    from autotune import spaces
+@pytest.mark.parametrize("axis,key,values", [("gemv_prefetch", "PREFETCH", (0, 1, 2)),
+                                              ("gemv_x_pre", "X_PRE", (0, 1))])
+def test_gemv_prefetch_and_x_pre_are_opt_in_sweep_axes_on_nvidia(axis, key, values):
+    """gemv_prefetch / gemv_x_pre (sweep --gemv-prefetch / --gemv-x-pre) multiply the NVIDIA GEMV
+    candidates; by default the key is not in the candidates at all (the bucket's current value
+    is kept, see test_sweep_candidates_keep_the_keys_no_space_varies); AMD's space has neither,
+    and X_PRE is an axis only for a type with an int8 GEMV."""
+    from autotune import spaces, sweep
 
     base = spaces.space("linear_gemv", "hopper", sub=32, int8=True)
-    assert base and all(c["PREFETCH"] == 0 for c in base)
-    both = spaces.space("linear_gemv", "hopper", sub=32, int8=True, gemv_prefetch=(0, 1, 2))
-    assert len(both) == 3 * len(base)
-    assert sorted({c["PREFETCH"] for c in both}) == [0, 1, 2]
+    assert base and all(key not in c for c in base)
+    both = spaces.space("linear_gemv", "hopper", sub=32, int8=True, **{axis: values})
+    assert len(both) == len(values) * len(base)
+    assert sorted({c[key] for c in both}) == list(values)
     for c in both:
         tuning._validate_entry("hopper:linear_gemv", c)
-    assert all("PREFETCH" not in c for c in spaces.space("linear_gemv", "cdna3", sub=32,
-                                                          gemv_prefetch=(0, 1)))
+    assert all(key not in c for c in spaces.space("linear_gemv", "cdna3", sub=32, **{axis: (0, 1)}))
+    if key == "X_PRE":
+        assert all(key not in c for c in spaces.space("linear_gemv", "hopper", sub=1, **{axis: (0, 1)}))
+    flag = "--" + axis.replace("_", "-")
+    for bad in ("0,3", "zero"):
+        with pytest.raises(SystemExit):
+            sweep.main(["--kernel", "linear_gemv", flag, bad])
+
+
+@pytest.fixture
+def typed_tables(tmp_path, monkeypatch):
+    """sm90 (hopper, nvidia): a shipped arch file with a generic "lin" and a per-type "lin.Q4_K"
+    kernel, and default.json with a vendor "lin" entry."""
+    cfg = tmp_path / "configs"
+    cfg.mkdir()
+    _write(cfg / "sm90.json", {
+        "arch": "sm90", "family": "hopper", "source": "test",
+        "kernels": {
+            "lin": {"N4096": {"BLOCK": 8, "num_warps": 2, "source": "sweep g"},
+                    "N16384": {"BLOCK": 16, "num_warps": 4}},
+            "lin.Q4_K": {"N4096": {"BLOCK": 32, "PDL": 1, "X_PRE": 1, "source": "sweep q",
+                                   "comment": "why"},
+                         "N16384": {"PDL": 0}}}})
+    _write(cfg / "default.json", {"arch": None, "family": None, "source": "test",
+                                  "vendors": {"nvidia": {"kernels": {"other": {"*": {"BLOCK": 2}}}}}})
+    monkeypatch.setattr(tuning, "CONFIG_DIR", cfg)
+    return cfg
+
+
+def test_sweep_candidates_keep_the_keys_no_space_varies(typed_tables, tmp_path, monkeypatch):
+    """current_entry combines a per-type kernel's generic and own entries as matmul does
+    (tuning.typed_wins); with_current lays the candidates over it, so keys no space varies (PDL,
+    X_PRE, ...) are timed and written with their current values."""
     from autotune import sweep
 
-    with pytest.raises(SystemExit):
-        sweep.main(["--kernel", "linear_gemv", "--gemv-prefetch", "0,3"])
+    cur = sweep.current_entry("lin.Q4_K", "N4096", "sm90")
+    assert cur == {"BLOCK": 32, "num_warps": 2, "PDL": 1, "X_PRE": 1}      # notes dropped
+    assert sweep.current_entry("lin.Q4_K", "N16384", "sm90") == {"BLOCK": 16, "num_warps": 4, "PDL": 0}
+    assert sweep.current_entry("lin.Q6_K", "N4096", "sm90") == {"BLOCK": 8, "num_warps": 2}
+    assert sweep.current_entry("other", "N8", "sm90") == {"BLOCK": 2}
+    assert sweep.current_entry("none", "N8", "sm90") == {}
+    assert sweep.current_entry("lin.Q4_K", "N4096", "cpu") == {}           # no tables on the CPU
+    cands = sweep.with_current([{"BLOCK": 64}, {"BLOCK": 128, "PDL": 0}], cur)
+    assert cands == [{"BLOCK": 64, "num_warps": 2, "PDL": 1, "X_PRE": 1},
+                     {"BLOCK": 128, "num_warps": 2, "PDL": 0, "X_PRE": 1}]
+    # a user table's generic entry outranks the shipped per-type one: the per-type keys go
+    user = _write(tmp_path / "user.json", {"arch": "sm90", "kernels": {"lin": {"*": {"BLOCK": 4}}}})
+    monkeypatch.setenv("FORGE_TUNING_TABLE", str(user))
+    tuning.clear_cache()
+    assert sweep.current_entry("lin.Q4_K", "N4096", "sm90") == {"BLOCK": 4}
+    # and overrides (the sweep's own candidates) are not "current"
+    with tuning.override({"lin.Q4_K": {"*": {"BLOCK": 1024}}}):
+        assert sweep.current_entry("lin.Q4_K", "N4096", "sm90") == {"BLOCK": 4}
+
+
+def test_sweep_seeds_a_kernel_with_the_entries_that_serve_it(typed_tables):
+    """The first table with a kernel serves all its buckets, so the sweep copies the serving
+    entries into its output table before the kernel's first swept entry: a bucket it did not
+    time resolves as before."""
+    from autotune import sweep
+
+    t = sweep.new_table("sm90", "hopper", "H100", "2026-11-23")
+    assert sweep.seed_kernel(t, "lin.Q4_K", "sm90") == 2
+    q = t["kernels"]["lin.Q4_K"]
+    assert q["N4096"]["BLOCK"] == 32 and q["N4096"]["source"] == "sweep q"
+    assert "copied from" in q["N4096"]["comment"] and q["N4096"]["comment"].endswith("why")
+    assert q["N16384"]["PDL"] == 0 and "copied from" in q["N16384"]["comment"]
+    assert sweep.seed_kernel(t, "lin.Q4_K", "sm90") == 0                  # present: untouched
+    # a per-type kernel no table has: the generic kernel's entries
+    assert sweep.seed_kernel(t, "lin.Q6_K", "sm90") == 2
+    assert t["kernels"]["lin.Q6_K"]["N16384"]["BLOCK"] == 16
+    assert sweep.seed_kernel(t, "nothing", "sm90") == 0 and "nothing" not in t["kernels"]
+    tuning.parse_table(t)                                                 # still a valid table
+    # the written table, read back as the user table, resolves unswept buckets as before
+    sweep.merge_entry(t, "lin.Q4_K", "N4096", {"BLOCK": 64, "PDL": 1, "X_PRE": 1, "source": "s"})
+    before = tuning.resolve("lin.Q4_K", "N16384", {"BLOCK": 1, "PDL": 1, "num_warps": 1}, arch="sm90")
+    with tuning.override(t["kernels"]):
+        after = tuning.resolve("lin.Q4_K", "N16384", {"BLOCK": 1, "PDL": 1, "num_warps": 1}, arch="sm90")
+    assert after.config == before.config == {"BLOCK": 1, "PDL": 0, "num_warps": 1}
+
+
+def test_shipped_sm90_gemv_entries_are_what_a_sweep_keeps():
+    """On the real sm90 table: a Q4_K GEMV bucket's current entry carries the keys no default
+    space varies (X_PRE, PDL, PREFETCH), which a sweep of it therefore keeps."""
+    from autotune import spaces, sweep
+
+    cur = sweep.current_entry("linear_gemv.Q4_K", tuning.bucket(T=1, N=4096, K=14336), "sm90")
+    assert cur["X_PRE"] == 1 and cur["PDL"] == 1 and cur["PREFETCH"] == 2
+    cands = sweep.with_current(spaces.space("linear_gemv", "hopper", sub=32, int8=True), cur)
+    assert all(c["X_PRE"] == 1 and c["PDL"] == 1 and c["PREFETCH"] == 2 for c in cands)
+    f16 = sweep.current_entry("linear_gemv.F16", tuning.bucket(T=1, N=28672, K=4096), "sm90")
+    assert f16["FUSE_NORM"] == 0 and f16["PDL"] == 0
+
+
+def test_linear_kq_space_and_problems():
+    """linear_kq (kgemm) is sweepable on NVIDIA only, for Q4_K / Q6_K, at T 16 / 32 / 64."""
+    from autotune import spaces
+
+    cands = spaces.space("linear_kq", "hopper")
+    assert len(cands) == 32
+    for c in cands:
+        tuning._validate_entry("hopper:linear_kq", c)
+    with pytest.raises(ValueError, match="NVIDIA"):
+        spaces.space("linear_kq", "cdna3")
+    probs = spaces.problems("linear_kq", ("Q4_K", "Q8_0", "Q6_K"))
+    assert {p.kernel for p in probs} == {"linear_kq.Q4_K", "linear_kq.Q6_K"}
+    assert {p.dims["T"] for p in probs} == {16, 32, 64}
+    assert all(p.space_kernel == "linear_kq" and p.dims["K"] % 256 == 0 for p in probs)
+    assert "linear_kq" in spaces.SWEEPABLE and "linear_kq" in spaces.KERNELS
 
 
 def test_sweep_refuses_to_run_without_gpu(monkeypatch, capsys):
@@ -491,3 +600,38 @@ def test_spec_target_filter_and_default_attrs():
     assert report.spec_attrs(spec) == {(0,): [["tt.divisibility", 16]], (2,): [["tt.divisibility", 16]]}
     spec["attrs"] = {}
     assert report.spec_attrs(spec) == {}
+
+
+@pytest.mark.gpu
+def test_sweep_on_the_gpu_keeps_current_keys_and_unswept_buckets(tmp_path, monkeypatch):
+    """A real (tiny) GEMV sweep: the written entry carries the keys the space does not vary with
+    their current values, the kernel's other buckets are copied in, and the table reads back as
+    the user table with every unswept bucket resolving as before."""
+    torch = pytest.importorskip("torch")
+    from autotune import sweep
+    from forge.kernels import matmul
+
+    info = device.detect()
+    out = tmp_path / "t.json"
+    tid = next(t for t, i in matmul.TYPES.items() if i.name == "Q4_K")
+    probe = [(1, n, k) for n, k in ((4096, 14336), (14336, 4096), (128256, 4096), (2048, 2048))]
+    before = [matmul._configs(tid, *d)[0] for d in probe]
+    assert sweep.main(["--kernel", "linear_gemv", "--types", "Q4_K", "--shapes", "4096x4096",
+                       "--max-candidates", "3", "--warmup", "2", "--rep", "10",
+                       "--out", str(out)]) == 0
+    t = json.loads(out.read_text())
+    b = tuning.bucket(T=1, N=4096, K=4096)
+    entry = t["kernels"]["linear_gemv.Q4_K"][b]
+    assert entry["source"].startswith("sweep ")
+    cur = sweep.current_entry("linear_gemv.Q4_K", b, info.arch)
+    for k in set(cur) - {"BLOCK_N", "BLOCK_K", "num_warps", "SPLIT_K", "num_stages", "X_INT8"}:
+        assert entry[k] == cur[k], k
+    served = tuning.serving_table("linear_gemv.Q4_K", info.arch)
+    if served is not None:
+        assert set(served[2]) <= set(t["kernels"]["linear_gemv.Q4_K"])
+    monkeypatch.setenv("FORGE_TUNING_TABLE", str(out))
+    tuning.clear_cache()
+    after = [matmul._configs(tid, *d)[0] for d in probe]
+    assert after == before
+    tuning.clear_cache()
+    del torch
