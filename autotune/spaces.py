@@ -71,9 +71,9 @@ def space(kernel: str, family: str, *, sub: int = 1, lds_bytes: int = 64 * 1024,
     pipelining: 0 off, 1 the next step's weight loads before each decode, behind a fence, 2 the
     same left to ptxas; see matmul.py); None: not an axis (the current value is kept).
     gemv_x_pre: X_PRE values to try for an int8 GEMV (1: x quantized by a kernel before the
-    GEMV, whose time the sweep counts; in a model the producing norm / act_mul / attention
-    usually writes the codes itself, so the sweep's X_PRE 1 times are an upper bound); None:
-    not an axis.
+    GEMV; the timed rotations share one x, so one quantization serves them all (xquant's
+    reuse), as the producing norm / act_mul / attention's codes do in a model: the times are
+    the GEMV's); None: not an axis.
     """
     amd = _is_amd(family)
     warp = warp or (64 if family.startswith(("cdna", "gcn")) else 32)
@@ -297,7 +297,10 @@ def attention_problems(kernel: str) -> list[Problem]:
         if kernel == "attn_prefill":
             cases = [("prefill 1x2048", [2048], [2048]), ("chunk 4x512@4096", [512] * 4, [4096] * 4)]
         else:
-            cases = [("decode 16x4096", [1] * 16, [4096] * 16), ("decode 64x1024", [1] * 64, [1024] * 64)]
+            # batch 1 (a single sequence's decode, timed in a CUDA graph like the others: its
+            # few microseconds would otherwise be launch overhead) and two batches
+            cases = [("decode 1x512", [1], [512]), ("decode 16x4096", [1] * 16, [4096] * 16),
+                     ("decode 64x1024", [1] * 64, [1024] * 64)]
         for label, qlens, klens in cases:
             def setup(dev, dtype, d=d, h=h, hkv=hkv, qlens=qlens, klens=klens):
                 return _attn_setup(dev, dtype, d, h, hkv, qlens, klens)

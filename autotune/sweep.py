@@ -4,14 +4,15 @@
     python -m autotune.sweep --kernel attn_prefill --kernel attn_decode        # -> user table
     FORGE_TUNING_TABLE=my_table.json forge generate ...                          # use it
 
-For each problem of a kernel (autotune/spaces.py: representative shapes, one bucket each) every
-candidate of the family's search space runs through the real launcher (forced with
-`tuning.override`), must reproduce the shipped config's output, and is timed with
-triton.testing.do_bench (warm-up, then the median; the GEMV and kgemm problems replay a CUDA
-graph over weight copies instead). The fastest candidate per bucket is written as a table entry
-with source "sweep <date> <device name>" (merged into --out if it exists), unless no candidate
-beat the current config. Without --out the table goes to ~/.cache/forge/tuning/<arch>.json,
-which get_config reads as the user table. Runs only on a GPU.
+For each problem of a kernel (autotune/spaces.py: representative shapes) every candidate of the
+family's search space runs through the real launcher (forced with `tuning.override`), must
+reproduce the current config's output, and is timed with triton.testing.do_bench (warm-up, then
+the median; the GEMV, kgemm and decode-attention problems replay a CUDA graph instead).
+Problems that share a bucket (attention's cases of one head shape) are scored together: the
+mean over them of time / the current config's time. The best candidate per bucket is written as
+a table entry with source "sweep <date> <device name>" (merged into --out if it exists), unless
+no candidate beat the current config. Without --out the table goes to
+~/.cache/forge/tuning/<arch>.json, which get_config reads as the user table. Runs only on a GPU.
 
 What a sweep keeps:
 - A candidate sets the keys its space varies, laid over the entry the tables give the bucket
@@ -53,11 +54,12 @@ def _time_graph(run: Callable[[], Any], warmup: int, rep: int) -> float:
                     warm_replays=max(2, warmup // 10))
 
 
-GRAPH_TIMED = ("linear_gemv", "linear_kq")
+GRAPH_TIMED = ("linear_gemv", "linear_kq", "attn_decode")
 
 
 def _timer_for(prob) -> Callable:
-    """Graph replay for problems whose runs rotate weights (GEMV, kgemm), do_bench otherwise."""
+    """Graph replay for the kernels of a decode step (GEMV, kgemm, decode attention: no launch
+    overhead in the time; the linear ones rotate weight copies), do_bench otherwise."""
     return _time_graph if prob.space_kernel in GRAPH_TIMED else _time
 
 
@@ -96,6 +98,11 @@ def seed_kernel(table: dict, kernel: str, arch: str) -> int:
     if got is None:
         return 0
     level, path, entries = got
+    try:  # a shipped table by its place in the package, a user's by its path
+        path = f"forge/kernels/configs/{Path(path.split('#')[0]).relative_to(tuning.CONFIG_DIR)}" \
+            + (f"#{path.split('#', 1)[1]}" if "#" in path else "")
+    except ValueError:
+        pass
     for b, e in entries.items():
         copy = dict(e)
         note = f"copied from {path} ({level}) by autotune.sweep: not timed by the sweep"
@@ -131,34 +138,52 @@ def _subsample(cands: list[dict], limit: int | None) -> list[dict]:
     return [cands[int(i * step)] for i in range(limit)]
 
 
-def sweep_problem(prob: spaces.Problem, cands: list[dict], dev, dtype, *, warmup: int, rep: int,
-                  timer=_time, progress=None) -> dict:
-    """Time every candidate on one problem. Returns {"best": cfg|None, "best_ms", "shipped_ms",
-    "tried", "rejected": [(cfg, why)]}."""
+def sweep_bucket(probs: list[spaces.Problem], cands: list[dict], dev, dtype, *, warmup: int,
+                 rep: int, timer=_time, progress=None) -> dict:
+    """Time every candidate on the problems of one bucket (one kernel; e.g. attention's prefill
+    and chunked cases of one head shape). A candidate must reproduce the current config's output
+    on every problem; its score is the mean over the problems of its time / the current
+    config's, so no problem's scale dominates. Returns {"best": cfg|None, "best_score",
+    "best_ms": [per problem], "shipped_ms": [per problem], "tried", "rejected": [(cfg, why)]}."""
     from forge.kernels import tuning
 
-    run = prob.setup(dev, dtype)
-    ref = _first(run())  # the shipped config: the baseline and the correctness reference
-    shipped = timer(run, warmup, rep)
-    best, best_ms, rejected = None, math.inf, []
+    kernel = probs[0].kernel
+    runs = [p.setup(dev, dtype) for p in probs]
+    refs = [_first(run()) for run in runs]  # the current config: baseline and reference
+    shipped = [timer(run, warmup, rep) for run in runs]
+    best, best_score, best_ms, rejected = None, math.inf, None, []
     for cfg in cands:
         try:
-            with tuning.override({prob.kernel: {"*": cfg}}):
-                out = _first(run())
-                if not _close(out, ref, prob.tol):
-                    rejected.append((cfg, "output differs from the shipped config's"))
+            with tuning.override({kernel: {"*": cfg}}):
+                why = next((f"output differs from the shipped config's ({p.name})"
+                            for p, run, ref in zip(probs, runs, refs)
+                            if not _close(_first(run()), ref, p.tol)), None)
+                if why is not None:
+                    rejected.append((cfg, why))
                     continue
-                ms = timer(run, warmup, rep)
+                ms = [timer(run, warmup, rep) for run in runs]
         except Exception as e:  # noqa: BLE001 - out of resources, compile errors: skip the config
             rejected.append((cfg, f"{type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}"))
             continue
         finally:
             if progress is not None:
-                progress.update(1)
-        if ms < best_ms:
-            best, best_ms = cfg, ms
-    return {"best": best, "best_ms": best_ms, "shipped_ms": shipped, "tried": len(cands),
-            "rejected": rejected}
+                progress.update(len(probs))
+        score = sum(m / s for m, s in zip(ms, shipped)) / len(ms)
+        if score < best_score:
+            best, best_score, best_ms = cfg, score, ms
+    return {"best": best, "best_score": best_score, "best_ms": best_ms, "shipped_ms": shipped,
+            "tried": len(cands), "rejected": rejected}
+
+
+def group_by_bucket(probs: list[spaces.Problem]) -> list[list[spaces.Problem]]:
+    """Problems that land in the same (table kernel, bucket), in first-seen order: one entry
+    is written per group, so a group's candidates are scored on all its problems."""
+    from forge.kernels import tuning
+
+    groups: dict[tuple[str, str], list] = {}
+    for p in probs:
+        groups.setdefault((p.kernel, tuning.bucket(**p.dims)), []).append(p)
+    return list(groups.values())
 
 
 def merge_entry(table: dict, kernel: str, bucket: str, entry: dict) -> None:
@@ -256,29 +281,32 @@ def main(argv: list[str] | None = None) -> int:
             keep = {tuple(int(v) for v in sh.split("x")) for sh in args.shapes.split(",") if sh}
             probs = [p for p in probs if (p.dims.get("N"), p.dims.get("K")) in keep]
         plan = []
-        for p in probs:
+        for group in group_by_bucket(probs):
+            p = group[0]
             cands = spaces.space(p.space_kernel, info.family, sub=p.sub, lds_bytes=info.lds_bytes,
                                  elem=torch.tensor([], dtype=dtype).element_size(), warp=info.warp_size,
                                  **({"int8": p.extra["int8"]} if "int8" in p.extra else {}),
                                  **(gemv_axes if p.space_kernel == "linear_gemv" else {}))
             cur = current_entry(p.kernel, tuning.bucket(**p.dims), info.arch)
-            plan.append((p, with_current(_subsample(cands, args.max_candidates), cur)))
-        total = sum(len(c) for _, c in plan)
-        with tqdm(total=total, desc=kernel, unit="cfg") as bar:
-            for p, cands in plan:
-                bar.set_postfix_str(p.name)
-                r = sweep_problem(p, cands, dev, dtype, warmup=args.warmup, rep=args.rep,
-                                  timer=_timer_for(p), progress=bar)
+            plan.append((group, with_current(_subsample(cands, args.max_candidates), cur)))
+        total = sum(len(c) * len(g) for g, c in plan)
+        with tqdm(total=total, desc=kernel, unit="run") as bar:
+            for group, cands in plan:
+                p = group[0]
+                names = " + ".join(q.name for q in group)
+                bar.set_postfix_str(names)
+                r = sweep_bucket(group, cands, dev, dtype, warmup=args.warmup, rep=args.rep,
+                                 timer=_timer_for(p), progress=bar)
                 b = tuning.bucket(**p.dims)
                 if r["best"] is None:
-                    tqdm.write(f"  {p.name}: no candidate ran correctly; bucket {b} left as is")
+                    tqdm.write(f"  {names}: no candidate ran correctly; bucket {b} left as is")
                     continue
-                gain = r["shipped_ms"] / r["best_ms"]
-                tqdm.write(f"  {p.name} [{b}]: {r['best_ms'] * 1e3:.1f} us vs shipped "
-                           f"{r['shipped_ms'] * 1e3:.1f} us ({gain:.2f}x), {len(r['rejected'])} rejected")
-                if r["best_ms"] >= r["shipped_ms"]:
-                    tqdm.write(f"  {p.name}: no candidate beat the current config; bucket {b} "
-                               "left as is")
+                times = ", ".join(f"{q.name} {m * 1e3:.1f} us (current {s * 1e3:.1f})"
+                                  for q, m, s in zip(group, r["best_ms"], r["shipped_ms"]))
+                tqdm.write(f"  [{b}] {times}: {1 / r['best_score']:.2f}x, "
+                           f"{len(r['rejected'])} rejected")
+                if r["best_score"] >= 1.0:
+                    tqdm.write(f"  [{b}]: no candidate beat the current config; left as is")
                     continue
                 entry = dict(r["best"])
                 entry["source"] = src
@@ -286,8 +314,7 @@ def main(argv: list[str] | None = None) -> int:
                 if seeded:
                     tqdm.write(f"  {p.kernel}: copied the {seeded} entries that serve it now "
                                "into the table (buckets not swept keep their configs)")
-                entry["comment"] = (f"{p.name}: median {r['best_ms'] * 1e3:.1f} us, shipped "
-                                    f"{r['shipped_ms'] * 1e3:.1f} us, {r['tried']} candidates")
+                entry["comment"] = f"median {times}, {r['tried']} candidates"
                 merge_entry(table, p.kernel, b, entry)
                 out_path.parent.mkdir(parents=True, exist_ok=True)
                 out_path.write_text(json.dumps(table, indent=1, sort_keys=True) + "\n")  # keep progress

@@ -19,7 +19,8 @@ nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.mem --format=csv 2>&1 
 for stage in "$@"; do
   case "$stage" in
     kernels)
-      python3 -m pytest -q -x -p no:cacheprovider tests/kernels --ignore=tests/kernels/test_amd_compile.py 2>&1 | tee "$OUT/kernels.log" | tail -25
+      xd=""; python3 -c "import xdist" 2>/dev/null && xd="-n 8"
+      OMP_NUM_THREADS=2 python3 -m pytest -q -p no:cacheprovider $xd tests/kernels --ignore=tests/kernels/test_amd_compile.py 2>&1 | tee "$OUT/kernels.log" | tail -25
       for b in bench/bench_matmul.py bench/bench_attention.py bench/bench_small_ops.py; do
         [ -f "$b" ] && timeout 240 python3 "$b" 2>&1 | tee "$OUT/$(basename "$b" .py).log" | tail -40
       done ;;

@@ -3,11 +3,12 @@ quantizer falls back to it for K-quant tensors whose rows are not a multiple of 
 dequantized on the host at load and held as F32, equal to gguf's reference dequantizer."""
 import os
 
-os.environ.setdefault("TRITON_INTERPRET", "1")
+import numpy as np
+import pytest
+import torch
 
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-import torch  # noqa: E402
+if not torch.cuda.is_available():  # (set unconditionally, it turned later-imported kernels of
+    os.environ.setdefault("TRITON_INTERPRET", "1")  # a GPU run into interpreted ones)
 from gguf import GGMLQuantizationType as Q  # noqa: E402
 from gguf import quants  # noqa: E402
 

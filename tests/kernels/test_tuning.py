@@ -436,7 +436,8 @@ def test_sweep_seeds_a_kernel_with_the_entries_that_serve_it(typed_tables):
     assert sweep.seed_kernel(t, "lin.Q4_K", "sm90") == 2
     q = t["kernels"]["lin.Q4_K"]
     assert q["N4096"]["BLOCK"] == 32 and q["N4096"]["source"] == "sweep q"
-    assert "copied from" in q["N4096"]["comment"] and q["N4096"]["comment"].endswith("why")
+    assert q["N4096"]["comment"].startswith("copied from forge/kernels/configs/sm90.json (arch)")
+    assert q["N4096"]["comment"].endswith("why")
     assert q["N16384"]["PDL"] == 0 and "copied from" in q["N16384"]["comment"]
     assert sweep.seed_kernel(t, "lin.Q4_K", "sm90") == 0                  # present: untouched
     # a per-type kernel no table has: the generic kernel's entries
@@ -493,7 +494,7 @@ def test_sweep_refuses_to_run_without_gpu(monkeypatch, capsys):
 
 
 def test_sweep_picks_the_fastest_correct_candidate(tables):
-    """sweep_problem with a fake timer: the run goes through get_config, so the override
+    """sweep_bucket with a fake timer: the run goes through get_config, so the override
     reaches it; a wrong-answer candidate is rejected, a crashing one is skipped."""
     torch = pytest.importorskip("torch")
     from autotune import spaces, sweep
@@ -513,10 +514,49 @@ def test_sweep_picks_the_fastest_correct_candidate(tables):
 
     prob = spaces.Problem("k", "k", "fake", {"N": 8}, setup)
     cands = [{"BLOCK": b} for b in (32, 64, 128, 256)]
-    r = sweep.sweep_problem(prob, cands, "cpu", torch.float32, warmup=1, rep=1, timer=timer)
-    assert r["best"] == {"BLOCK": 128} and r["best_ms"] == 3.0 and r["shipped_ms"] == 5.0
+    r = sweep.sweep_bucket([prob], cands, "cpu", torch.float32, warmup=1, rep=1, timer=timer)
+    assert r["best"] == {"BLOCK": 128} and r["best_ms"] == [3.0] and r["shipped_ms"] == [5.0]
+    assert r["best_score"] == pytest.approx(0.6)
     assert [c["BLOCK"] for c, _ in r["rejected"]] == [32, 64]
     assert "differs" in r["rejected"][0][1] and "out of resources" in r["rejected"][1][1]
+
+
+def test_sweep_scores_the_problems_of_a_bucket_together(tables):
+    """Two problems in one bucket (as attention's cases of one head shape): the winner is the
+    best mean ratio to the current config over both, not the best on the last one (which
+    would have been written before); a candidate wrong on either is rejected."""
+    torch = pytest.importorskip("torch")
+    from autotune import spaces, sweep
+
+    def block():
+        return tuning.get_config("k", "N8", DEFAULT, arch="gfx1100")["BLOCK"]
+
+    def setup_for(wrong_at):
+        def setup(dev, dtype):
+            def run():
+                return torch.full((2,), 2.0 if block() == wrong_at else 1.0)
+            run.case = wrong_at
+            return run
+        return setup
+
+    # current config BLOCK 16: 10 ms on a, 1 ms on b
+    times = {"a": {16: 10.0, 128: 5.0, 256: 9.0, 512: 1.0},
+             "b": {16: 1.0, 128: 0.9, 256: 0.5, 512: 0.1}}
+
+    def timer(fn, warmup, rep):
+        return times["a" if fn.case == 1 else "b"][block()]
+
+    pa = spaces.Problem("k", "k", "a", {"N": 8}, setup_for(1))
+    pb = spaces.Problem("k", "k", "b", {"N": 8}, setup_for(512))   # BLOCK 512 is wrong on b
+    other = spaces.Problem("k", "k", "c", {"N": 64}, setup_for(1))
+    groups = sweep.group_by_bucket([pa, other, pb])
+    assert [[p.name for p in g] for g in groups] == [["a", "b"], ["c"]]
+    cands = [{"BLOCK": b} for b in (128, 256, 512)]
+    r = sweep.sweep_bucket(groups[0], cands, "cpu", torch.float32, warmup=1, rep=1, timer=timer)
+    # 128: (0.5 + 0.9) / 2 = 0.7; 256: (0.9 + 0.5) / 2 = 0.7 (not better: the first stays)
+    assert r["best"] == {"BLOCK": 128} and r["best_score"] == pytest.approx(0.7)
+    assert r["best_ms"] == [5.0, 0.9] and r["shipped_ms"] == [10.0, 1.0]
+    assert [(c["BLOCK"], "(b)" in why) for c, why in r["rejected"]] == [(512, True)]
 
 
 def test_sweep_table_is_read_back_as_user_table(tables, tmp_path, monkeypatch):
@@ -607,7 +647,7 @@ def test_sweep_on_the_gpu_keeps_current_keys_and_unswept_buckets(tmp_path, monke
     """A real (tiny) GEMV sweep: the written entry carries the keys the space does not vary with
     their current values, the kernel's other buckets are copied in, and the table reads back as
     the user table with every unswept bucket resolving as before."""
-    torch = pytest.importorskip("torch")
+    pytest.importorskip("torch")
     from autotune import sweep
     from forge.kernels import matmul
 
@@ -616,6 +656,18 @@ def test_sweep_on_the_gpu_keeps_current_keys_and_unswept_buckets(tmp_path, monke
     tid = next(t for t, i in matmul.TYPES.items() if i.name == "Q4_K")
     probe = [(1, n, k) for n, k in ((4096, 14336), (14336, 4096), (128256, 4096), (2048, 2048))]
     before = [matmul._configs(tid, *d)[0] for d in probe]
+    cur_cfg = matmul._configs(tid, 1, 4096, 4096)[0]
+    real_timer = sweep._time_graph
+
+    def timer(run, warmup, rep):
+        """Times for real, then reports any candidate unlike the current config as faster than
+        it, so that one is written (the test is about what gets written, not which wins)."""
+        ms = real_timer(run, warmup, rep)
+        cfg = matmul._configs(tid, 1, 4096, 4096)[0]
+        same = all(cfg[k] == cur_cfg[k] for k in ("BLOCK_N", "num_warps", "SPLIT_K"))
+        return ms if same else 1e-6
+
+    monkeypatch.setattr(sweep, "_time_graph", timer)
     assert sweep.main(["--kernel", "linear_gemv", "--types", "Q4_K", "--shapes", "4096x4096",
                        "--max-candidates", "3", "--warmup", "2", "--rep", "10",
                        "--out", str(out)]) == 0
@@ -623,6 +675,8 @@ def test_sweep_on_the_gpu_keeps_current_keys_and_unswept_buckets(tmp_path, monke
     b = tuning.bucket(T=1, N=4096, K=4096)
     entry = t["kernels"]["linear_gemv.Q4_K"][b]
     assert entry["source"].startswith("sweep ")
+    assert tuple(entry[k] for k in ("BLOCK_N", "num_warps", "SPLIT_K")) != \
+        tuple(cur_cfg[k] for k in ("BLOCK_N", "num_warps", "SPLIT_K"))
     cur = sweep.current_entry("linear_gemv.Q4_K", b, info.arch)
     for k in set(cur) - {"BLOCK_N", "BLOCK_K", "num_warps", "SPLIT_K", "num_stages", "X_INT8"}:
         assert entry[k] == cur[k], k
@@ -634,4 +688,3 @@ def test_sweep_on_the_gpu_keeps_current_keys_and_unswept_buckets(tmp_path, monke
     after = [matmul._configs(tid, *d)[0] for d in probe]
     assert after == before
     tuning.clear_cache()
-    del torch
