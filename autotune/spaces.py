@@ -98,8 +98,9 @@ def space(kernel: str, family: str, *, sub: int = 1, lds_bytes: int = 64 * 1024,
             c["BLOCK_K"] = sub * warp * c["num_warps"]
         return cands
     if kernel == "linear_kq":
-        # kgemm.py's GEMM on scaled integer codes (Q4_K / Q6_K, T <= 64): BLOCK_M follows T (the
-        # launcher's choice, kept); vary the weight rows per program, warps, stages, K split.
+        # kgemm.py's GEMM on scaled integer codes (Q4_K / Q6_K, T <= 64): BLOCK_M follows T (each
+        # problem fixes it: Problem.extra["fixed"]); vary the weight rows per program, warps,
+        # stages, K split.
         if amd:
             raise ValueError("kernel: linear_kq runs on NVIDIA only (kgemm builds its operands "
                              "with PTX)")
@@ -173,7 +174,8 @@ class Problem:
     setup: Callable[[Any, Any], Callable[[], Any]]
     sub: int = 1
     tol: float = 2e-2    # candidates must match the shipped config's output to this (rel. to max)
-    extra: dict = field(default_factory=dict)
+    extra: dict = field(default_factory=dict)  # "int8": the type's GEMV takes int8 x;
+    # "fixed": keys every candidate of this problem takes (over the current entry)
 
 
 def _qweight(torch, type_name: str, n: int, k: int, dev):
@@ -285,8 +287,11 @@ def kq_problems(types=SWEEP_TYPES) -> list[Problem]:
                     run.rotations = [lambda c=c: call(c) for c in _rotations(w)]
                     return run
 
+                # BLOCK_M follows T (the launcher default's), whatever a nearer-T entry has
+                fixed = {"BLOCK_M": kgemm.kq_default(tid, t, n, k)["BLOCK_M"]}
                 out.append(Problem(f"linear_kq.{tname}", "linear_kq", f"{tname} T{t} N{n} K{k}",
-                                   {"T": t, "N": n, "K": k}, setup, tol=3e-2))
+                                   {"T": t, "N": n, "K": k}, setup, tol=3e-2,
+                                   extra={"fixed": fixed}))
     return out
 
 

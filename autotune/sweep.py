@@ -19,9 +19,16 @@ What a sweep keeps:
   now (`current_entry`): keys no space varies (PDL, FUSE_NORM, KQ_T, ROPE_MIN_B, and PREFETCH /
   X_PRE unless --gemv-prefetch / --gemv-x-pre make them axes) keep their values, in the timed
   config and in the entry written.
+- A bucket is written only when its best candidate beats the current config by --min-gain
+  (1% by default).
 - The first table with an entry for a kernel serves every bucket of that kernel, so before a
-  kernel's first entry goes into the output table, the entries of the table that serves the
-  kernel now are copied in (`seed_kernel`): buckets the sweep did not time keep their configs.
+  kernel's first entry goes into the output table, the entries that serve the kernel now are
+  copied in (`seed_kernel`): those buckets keep their configs. A bucket the sweep adds also
+  serves the shapes nearest to it (tuning's nearest-bucket rule), which a "*" entry or a
+  farther bucket served before.
+- A new output table starts as a copy of the user table lookup reads now, if there is one.
+  While the sweep writes the user table itself, progress goes to <name>.partial.json (moved into
+  place at the end), so that no bucket's baseline is an earlier bucket's fresh winner.
 """
 from __future__ import annotations
 
@@ -86,18 +93,28 @@ def with_current(cands: list[dict], current: dict) -> list[dict]:
 
 
 def seed_kernel(table: dict, kernel: str, arch: str) -> int:
-    """Copy into `table` the entries of the table that serves `kernel` on `arch` now (for a
-    per-type kernel with none of its own, the generic kernel's), unless `table` has the kernel
-    already. Returns how many entries were copied. Each copy says where it came from."""
+    """Copy into `table` the entries that serve `kernel` on `arch` now, unless `table` has the
+    kernel already; returns how many. For a per-type kernel ("linear_gemv.Q4_K") these are its
+    own table's entries where they are laid over the generic kernel's (tuning.typed_wins),
+    else the generic kernel's (which then decide alone: a generic entry of a higher-ranked
+    table, or no per-type table at all). Each copy says where it came from.
+
+    The copies keep every bucket of the serving table as it was. A bucket the sweep adds is new
+    to the kernel, and by the nearest-bucket rule it also serves the shapes nearer to it than to
+    any copied bucket (and those a "*" entry served)."""
     from forge.kernels import tuning
 
     if table.get("kernels", {}).get(kernel):
         return 0
     generic, dot, _ = kernel.partition(".")
-    got = tuning.serving_table(kernel, arch) or (tuning.serving_table(generic, arch) if dot else None)
+    got = tuning.serving_table(kernel, arch)
+    if dot:
+        gen = tuning.serving_table(generic, arch)
+        if gen is not None and (got is None or not tuning.typed_wins(gen[0], got[0])):
+            got = gen
     if got is None:
         return 0
-    level, path, entries = got
+    level, path, source, entries = got
     try:  # a shipped table by its place in the package, a user's by its path
         path = f"forge/kernels/configs/{Path(path.split('#')[0]).relative_to(tuning.CONFIG_DIR)}" \
             + (f"#{path.split('#', 1)[1]}" if "#" in path else "")
@@ -107,7 +124,7 @@ def seed_kernel(table: dict, kernel: str, arch: str) -> int:
         copy = dict(e)
         note = f"copied from {path} ({level}) by autotune.sweep: not timed by the sweep"
         copy["comment"] = f"{note}; {e['comment']}" if e.get("comment") else note
-        copy.setdefault("source", "(no source in the original entry)")
+        copy.setdefault("source", source or "(no source in the original table)")
         merge_entry(table, kernel, b, copy)
     return len(entries)
 
@@ -155,7 +172,7 @@ def sweep_bucket(probs: list[spaces.Problem], cands: list[dict], dev, dtype, *, 
     for cfg in cands:
         try:
             with tuning.override({kernel: {"*": cfg}}):
-                why = next((f"output differs from the shipped config's ({p.name})"
+                why = next((f"output differs from the current config's ({p.name})"
                             for p, run, ref in zip(probs, runs, refs)
                             if not _close(_first(run()), ref, p.tol)), None)
                 if why is not None:
@@ -212,15 +229,21 @@ def main(argv: list[str] | None = None) -> int:
                     "default: each bucket keeps its current value")
     ap.add_argument("--gemv-x-pre", default=None,
                     help="X_PRE values for the NVIDIA int8 linear_gemv candidates (e.g. 0,1: x "
-                    "quantized by a kernel before the GEMV, timed with it); default: each bucket "
-                    "keeps its current value")
+                    "quantized by a kernel before the GEMV; the timed copies share one x, so one "
+                    "quantization serves them all, as a producer kernel's codes do in a model); "
+                    "default: each bucket keeps its current value")
     ap.add_argument("--shapes", default=None,
                     help="only these N x K problems, e.g. 14336x4096,4096x14336 (linear_* sweeps)")
     ap.add_argument("--max-candidates", type=int, default=None,
-                    help="time at most this many candidates per problem (evenly spaced)")
+                    help="time at most this many candidates per bucket (evenly spaced)")
+    ap.add_argument("--min-gain", type=float, default=0.01,
+                    help="write a bucket only if its best candidate beats the current config by "
+                    "this fraction of its time (default 0.01: timing noise is not a win)")
     ap.add_argument("--warmup", type=int, default=25, help="do_bench warm-up, ms (default 25)")
     ap.add_argument("--rep", type=int, default=100, help="do_bench measuring time, ms (default 100)")
     args = ap.parse_args(argv)
+    if not 0.0 <= args.min_gain < 1.0:
+        ap.error(f"--min-gain: a fraction in [0, 1), got {args.min_gain}")
     for k in args.kernel:
         if k not in spaces.SWEEPABLE:
             ap.error(f"--kernel: {k!r} cannot be swept (choose from {', '.join(spaces.SWEEPABLE)})")
@@ -258,16 +281,31 @@ def main(argv: list[str] | None = None) -> int:
     dtype = getattr(torch, args.dtype)
     date = _dt.date.today().isoformat()
     src = f"sweep {date} {info.name}"
-    home_table = Path.home() / ".cache" / "forge" / "tuning" / f"{info.arch}.json"
-    out_path = Path(args.out).expanduser() if args.out else home_table
+    user_path = tuning.user_table_path(info.arch)        # ($FORGE_TUNING_TABLE or ~/.cache/...)
+    out_path = Path(args.out).expanduser() if args.out else user_path
+    writes_user = out_path.resolve() == user_path.resolve()
+    start_from = out_path if out_path.exists() else user_path if user_path.exists() else None
     table = new_table(info.arch, info.family, info.name, date)
-    if out_path.exists():
-        table = json.loads(out_path.read_text())
-        if table.get("arch") not in (None, info.arch):
-            print(f"--out: {out_path} is a table for {table.get('arch')}, this GPU is {info.arch}",
-                  file=sys.stderr)
+    if start_from is not None:
+        try:
+            table = json.loads(start_from.read_text())
+            tuning.parse_table(table, str(start_from))
+        except (OSError, ValueError) as e:
+            print(f"{start_from}: not a valid tuning table ({e})", file=sys.stderr)
             return 2
+        if table.get("arch") not in (None, info.arch):
+            if start_from == out_path:
+                print(f"--out: {out_path} is a table for {table.get('arch')}, this GPU is "
+                      f"{info.arch}", file=sys.stderr)
+                return 2
+            table = new_table(info.arch, info.family, info.name, date)  # (lookup ignores it too)
+        elif start_from != out_path:
+            print(f"starting from a copy of the user table {user_path}, which lookup reads now")
         table["arch"], table["family"] = info.arch, info.family
+    # Progress goes to a side file while the sweep runs when the output is the table lookup reads
+    # (else each bucket's winner would become a later bucket's baseline); moved into place at
+    # the end. Kept if the sweep dies: nothing measured is lost.
+    progress_path = out_path.with_name(out_path.stem + ".partial.json") if writes_user else out_path
     types = tuple(t for t in args.types.split(",") if t)
     if "linear_kq" in args.kernel and info.vendor != "nvidia":
         print("--kernel linear_kq: kgemm runs on NVIDIA only (this GPU is "
@@ -287,8 +325,10 @@ def main(argv: list[str] | None = None) -> int:
                                  elem=torch.tensor([], dtype=dtype).element_size(), warp=info.warp_size,
                                  **({"int8": p.extra["int8"]} if "int8" in p.extra else {}),
                                  **(gemv_axes if p.space_kernel == "linear_gemv" else {}))
-            cur = current_entry(p.kernel, tuning.bucket(**p.dims), info.arch)
-            plan.append((group, with_current(_subsample(cands, args.max_candidates), cur)))
+            cur = {**current_entry(p.kernel, tuning.bucket(**p.dims), info.arch),
+                   **p.extra.get("fixed", {})}
+            cands = [c for c in with_current(cands, cur) if c != cur]   # cur is the baseline
+            plan.append((group, _subsample(cands, args.max_candidates)))
         total = sum(len(c) * len(g) for g, c in plan)
         with tqdm(total=total, desc=kernel, unit="run") as bar:
             for group, cands in plan:
@@ -305,24 +345,28 @@ def main(argv: list[str] | None = None) -> int:
                                   for q, m, s in zip(group, r["best_ms"], r["shipped_ms"]))
                 tqdm.write(f"  [{b}] {times}: {1 / r['best_score']:.2f}x, "
                            f"{len(r['rejected'])} rejected")
-                if r["best_score"] >= 1.0:
-                    tqdm.write(f"  [{b}]: no candidate beat the current config; left as is")
+                if r["best_score"] > 1.0 - args.min_gain:
+                    tqdm.write(f"  [{b}]: no candidate beat the current config by "
+                               f"{args.min_gain:.0%}; left as is")
                     continue
                 entry = dict(r["best"])
                 entry["source"] = src
                 seeded = seed_kernel(table, p.kernel, info.arch)
                 if seeded:
                     tqdm.write(f"  {p.kernel}: copied the {seeded} entries that serve it now "
-                               "into the table (buckets not swept keep their configs)")
+                               "into the table (their buckets keep their configs)")
                 entry["comment"] = f"median {times}, {r['tried']} candidates"
                 merge_entry(table, p.kernel, b, entry)
-                out_path.parent.mkdir(parents=True, exist_ok=True)
-                out_path.write_text(json.dumps(table, indent=1, sort_keys=True) + "\n")  # keep progress
+                progress_path.parent.mkdir(parents=True, exist_ok=True)
+                progress_path.write_text(json.dumps(table, indent=1, sort_keys=True) + "\n")
     tuning.parse_table(table, str(out_path))
     out_path.parent.mkdir(parents=True, exist_ok=True)
     out_path.write_text(json.dumps(table, indent=1, sort_keys=True) + "\n")
-    print(f"wrote {out_path}" + ("" if out_path == home_table else
-                                 f"; use it with FORGE_TUNING_TABLE={out_path} or copy it to {home_table}"))
+    if progress_path != out_path:
+        progress_path.unlink(missing_ok=True)
+    tuning.clear_cache()
+    print(f"wrote {out_path}" + ("" if writes_user else
+                                 f"; use it with FORGE_TUNING_TABLE={out_path} or copy it to {user_path}"))
     return 0
 
 

@@ -334,9 +334,9 @@ def lookup(kernel: str, bucket_: str, arch: str) -> tuple[str, str, str, dict] |
     return level, table.path, key, entry
 
 
-def serving_table(kernel: str, arch: str) -> tuple[str, str, dict] | None:
-    """(level, table path, {bucket: entry}) of the table that serves `kernel` on `arch`
-    (the first in the lookup order that has it, overrides aside); None when none has it."""
+def serving_table(kernel: str, arch: str) -> tuple[str, str, str, dict] | None:
+    """(level, table path, table source, {bucket: entry}) of the table that serves `kernel` on
+    `arch` (the first in the lookup order that has it, overrides aside); None when none has it."""
     from forge.runtime import device
 
     if not device.vendor_of(arch):
@@ -344,7 +344,7 @@ def serving_table(kernel: str, arch: str) -> tuple[str, str, dict] | None:
     with _lock:
         for level, table in _chain(arch)[len(_overrides):]:
             if table.kernels.get(kernel):
-                return level, table.path, table.kernels[kernel]
+                return level, table.path, table.source, table.kernels[kernel]
     return None
 
 

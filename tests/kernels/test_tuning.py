@@ -1,10 +1,10 @@
 """forge.kernels.tuning: buckets, table lookup order, nearest-bucket choice, key filtering, and
-the shipped tables' schema and provenance. CPU only; no GPU, no Triton compile."""
+the shipped tables' schema and provenance; autotune's GPU-free parts (spaces, sweep scoring,
+seeding, current entries). CPU only, no Triton compile, except one GPU-marked sweep test."""
 from __future__ import annotations
 
 import json
 import math
-import warnings
 
 import pytest
 
@@ -378,6 +378,9 @@ def test_gemv_prefetch_and_x_pre_are_opt_in_sweep_axes_on_nvidia(axis, key, valu
     for bad in ("0,3", "zero"):
         with pytest.raises(SystemExit):
             sweep.main(["--kernel", "linear_gemv", flag, bad])
+    for bad in ("1.0", "-0.1"):
+        with pytest.raises(SystemExit):
+            sweep.main(["--kernel", "linear_gemv", "--min-gain", bad])
 
 
 @pytest.fixture
@@ -453,6 +456,55 @@ def test_sweep_seeds_a_kernel_with_the_entries_that_serve_it(typed_tables):
     assert after.config == before.config == {"BLOCK": 1, "PDL": 0, "num_warps": 1}
 
 
+def _typed(generic: str, typed: str, b: str, default: dict, arch: str = "sm90") -> dict:
+    """What matmul._cfg gives: the generic entry, then the per-type one where it wins."""
+    base = tuning.resolve(generic, b, default, arch)
+    spec = tuning.resolve(typed, b, base.config, arch)
+    return spec.config if tuning.typed_wins(base.level, spec.level) else base.config
+
+
+def test_sweep_seeds_from_the_generic_kernel_where_it_decides(typed_tables, tmp_path, monkeypatch):
+    """A user table's generic "lin" outranks the shipped "lin.Q4_K" (which then does not
+    apply). Once the sweep writes "lin.Q4_K" into the user table, both are at the user level
+    and the per-type entries would win: so the seed is the generic kernel's entries, and the
+    buckets the sweep did not time resolve as before."""
+    from autotune import sweep
+
+    user = tmp_path / "user.json"
+    doc = {"arch": "sm90", "source": "mine",
+           "kernels": {"lin": {"N4096": {"BLOCK": 4}, "N65536": {"BLOCK": 2, "num_warps": 8}}}}
+    _write(user, doc)
+    monkeypatch.setenv("FORGE_TUNING_TABLE", str(user))
+    tuning.clear_cache()
+    default = {"BLOCK": 1, "PDL": 1, "X_PRE": 0, "num_warps": 1}
+    probe = ["N4096", "N16384", "N65536", "N1024"]
+    before = [_typed("lin", "lin.Q4_K", b, default) for b in probe]
+    assert before[0] == {"BLOCK": 4, "PDL": 1, "X_PRE": 0, "num_warps": 1}   # the user's, not 32
+    assert sweep.seed_kernel(doc, "lin.Q4_K", "sm90") == 2
+    assert doc["kernels"]["lin.Q4_K"]["N65536"]["source"] == "mine"      # the table's source
+    # a swept bucket nearer to none of the probes than their own (N16384 would take an N8192
+    # one: test_a_new_bucket_serves_the_shapes_nearest_to_it)
+    sweep.merge_entry(doc, "lin.Q4_K", "N128", {"BLOCK": 64, "source": "sweep"})
+    _write(user, doc)
+    tuning.clear_cache()
+    after = [_typed("lin", "lin.Q4_K", b, default) for b in probe]
+    assert after == before
+    assert _typed("lin", "lin.Q4_K", "N128", default)["BLOCK"] == 64
+
+
+def test_a_new_bucket_serves_the_shapes_nearest_to_it(typed_tables):
+    """The documented limit of seeding: a kernel served by "*" alone, or a shape nearer to the
+    new bucket than to any copied one, takes the swept config (nearest-bucket rule)."""
+    from autotune import sweep
+
+    t = sweep.new_table("sm90", "hopper", "H100", "2026-11-23")
+    assert sweep.seed_kernel(t, "other", "sm90") == 1                   # default.json's "*"
+    sweep.merge_entry(t, "other", "N8", {"BLOCK": 128, "source": "sweep"})
+    with tuning.override(t["kernels"]):
+        assert tuning.get_config("other", "N8", {"BLOCK": 1}, arch="sm90")["BLOCK"] == 128
+        assert tuning.get_config("other", "N4096", {"BLOCK": 1}, arch="sm90")["BLOCK"] == 128
+
+
 def test_shipped_sm90_gemv_entries_are_what_a_sweep_keeps():
     """On the real sm90 table: a Q4_K GEMV bucket's current entry carries the keys no default
     space varies (X_PRE, PDL, PREFETCH), which a sweep of it therefore keeps."""
@@ -479,6 +531,7 @@ def test_linear_kq_space_and_problems():
     probs = spaces.problems("linear_kq", ("Q4_K", "Q8_0", "Q6_K"))
     assert {p.kernel for p in probs} == {"linear_kq.Q4_K", "linear_kq.Q6_K"}
     assert {p.dims["T"] for p in probs} == {16, 32, 64}
+    assert all(p.extra["fixed"]["BLOCK_M"] == p.dims["T"] for p in probs)   # BLOCK_M follows T
     assert all(p.space_kernel == "linear_kq" and p.dims["K"] % 256 == 0 for p in probs)
     assert "linear_kq" in spaces.SWEEPABLE and "linear_kq" in spaces.KERNELS
 
@@ -682,9 +735,46 @@ def test_sweep_on_the_gpu_keeps_current_keys_and_unswept_buckets(tmp_path, monke
         assert entry[k] == cur[k], k
     served = tuning.serving_table("linear_gemv.Q4_K", info.arch)
     if served is not None:
-        assert set(served[2]) <= set(t["kernels"]["linear_gemv.Q4_K"])
+        assert set(served[3]) <= set(t["kernels"]["linear_gemv.Q4_K"])
     monkeypatch.setenv("FORGE_TUNING_TABLE", str(out))
     tuning.clear_cache()
     after = [matmul._configs(tid, *d)[0] for d in probe]
     assert after == before
     tuning.clear_cache()
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("to_user", [False, True])
+def test_sweep_starts_from_the_user_table(tmp_path, monkeypatch, to_user):
+    """A new --out table starts as a copy of the user table lookup reads ($FORGE_TUNING_TABLE
+    here), so its other kernels stay; with no --out the sweep writes that table itself (progress
+    beside it while it runs, no progress file left behind)."""
+    pytest.importorskip("torch")
+    from autotune import sweep
+    from forge.kernels import matmul
+
+    info = device.detect()
+    user = tmp_path / "user.json"
+    mine = {"BLOCK_N": 2, "num_warps": 2, "source": "mine"}
+    _write(user, {"arch": info.arch, "kernels": {"rms_norm": {"D4096": mine}}})
+    monkeypatch.setenv("FORGE_TUNING_TABLE", str(user))
+    tuning.clear_cache()
+    tid = next(t for t, i in matmul.TYPES.items() if i.name == "Q8_0")
+    cur = matmul._configs(tid, 1, 4096, 4096)[0]
+
+    def timer(run, warmup, rep):   # any candidate unlike the current config wins
+        run()
+        cfg = matmul._configs(tid, 1, 4096, 4096)[0]
+        return 1.0 if all(cfg[k] == cur[k] for k in ("BLOCK_N", "num_warps", "SPLIT_K")) else 0.5
+
+    monkeypatch.setattr(sweep, "_time_graph", timer)
+    out = user if to_user else tmp_path / "new.json"
+    argv = ["--kernel", "linear_gemv", "--types", "Q8_0", "--shapes", "4096x4096",
+            "--max-candidates", "2"] + ([] if to_user else ["--out", str(out)])
+    assert sweep.main(argv) == 0
+    t = json.loads(out.read_text())
+    assert t["kernels"]["rms_norm"]["D4096"] == mine
+    assert t["kernels"]["linear_gemv.Q8_0"][tuning.bucket(T=1, N=4096, K=4096)]["source"].startswith("sweep")
+    assert not list(tmp_path.glob("*.partial.json"))
+    if not to_user:
+        assert "linear_gemv.Q8_0" not in json.loads(user.read_text())["kernels"]
