@@ -129,6 +129,40 @@ def seed_kernel(table: dict, kernel: str, arch: str) -> int:
     return len(entries)
 
 
+def start_table(out_path: Path, user_path: Path, arch: str, family: str, device_name: str,
+                date: str) -> tuple[dict, str]:
+    """The table a sweep starts from, and a line saying what it is ("" for the output table as
+    it is): the output table if it exists; else a copy of the user table lookup reads now (none
+    where lookup ignores it: invalid or for another arch); else a new one. ValueError when the
+    output table exists but is invalid or for another arch (the sweep would overwrite it)."""
+    from forge.kernels import tuning
+
+    def load(path: Path) -> dict:
+        doc = json.loads(path.read_text())
+        tuning.parse_table(doc, str(path))
+        if doc.get("arch") not in (None, arch):
+            raise ValueError(f"a table for {doc.get('arch')}, this GPU is {arch}")
+        return doc
+
+    fresh = new_table(arch, family, device_name, date)
+    if out_path.exists():
+        try:
+            table, how = load(out_path), ""
+        except (OSError, ValueError) as e:
+            raise ValueError(f"{out_path}: {e}") from None
+    elif user_path.exists():
+        try:
+            table = load(user_path)
+            how = f"starting from a copy of the user table {user_path}, which lookup reads now"
+        except (OSError, ValueError) as e:
+            table = fresh
+            how = f"not starting from the user table {user_path}, which lookup ignores: {e}"
+    else:
+        table, how = fresh, ""
+    table["arch"], table["family"] = arch, family
+    return table, how
+
+
 def _close(a, b, tol: float) -> bool:
     import torch
 
@@ -284,24 +318,13 @@ def main(argv: list[str] | None = None) -> int:
     user_path = tuning.user_table_path(info.arch)        # ($FORGE_TUNING_TABLE or ~/.cache/...)
     out_path = Path(args.out).expanduser() if args.out else user_path
     writes_user = out_path.resolve() == user_path.resolve()
-    start_from = out_path if out_path.exists() else user_path if user_path.exists() else None
-    table = new_table(info.arch, info.family, info.name, date)
-    if start_from is not None:
-        try:
-            table = json.loads(start_from.read_text())
-            tuning.parse_table(table, str(start_from))
-        except (OSError, ValueError) as e:
-            print(f"{start_from}: not a valid tuning table ({e})", file=sys.stderr)
-            return 2
-        if table.get("arch") not in (None, info.arch):
-            if start_from == out_path:
-                print(f"--out: {out_path} is a table for {table.get('arch')}, this GPU is "
-                      f"{info.arch}", file=sys.stderr)
-                return 2
-            table = new_table(info.arch, info.family, info.name, date)  # (lookup ignores it too)
-        elif start_from != out_path:
-            print(f"starting from a copy of the user table {user_path}, which lookup reads now")
-        table["arch"], table["family"] = info.arch, info.family
+    try:
+        table, how = start_table(out_path, user_path, info.arch, info.family, info.name, date)
+    except ValueError as e:
+        print(f"--out: {e}", file=sys.stderr)
+        return 2
+    if how:
+        print(how)
     # Progress goes to a side file while the sweep runs when the output is the table lookup reads
     # (else each bucket's winner would become a later bucket's baseline); moved into place at
     # the end. Kept if the sweep dies: nothing measured is lost.

@@ -778,3 +778,79 @@ def test_sweep_starts_from_the_user_table(tmp_path, monkeypatch, to_user):
     assert not list(tmp_path.glob("*.partial.json"))
     if not to_user:
         assert "linear_gemv.Q8_0" not in json.loads(user.read_text())["kernels"]
+
+
+def test_sweep_start_table(tmp_path):
+    """The table a sweep starts from: the output table; else a copy of the user table lookup
+    reads (not one lookup ignores); else a new one. An output table that is invalid or for
+    another arch stops the sweep (it would be overwritten)."""
+    from autotune import sweep
+
+    out, user = tmp_path / "out.json", tmp_path / "user.json"
+    args = ("sm90", "hopper", "H100", "2026-11-23")
+    t, how = sweep.start_table(out, user, *args)
+    assert t["kernels"] == {} and how == "" and t["arch"] == "sm90"
+    _write(user, {"arch": "sm90", "kernels": {"k": {"*": {"BLOCK": 8}}}})
+    t, how = sweep.start_table(out, user, *args)
+    assert t["kernels"]["k"]["*"]["BLOCK"] == 8 and "copy of the user table" in how
+    for bad in ({"arch": "gfx942", "kernels": {}}, {"arch": "sm90", "kernels": {"k": {"*": {"BLOCK": 3}}}}):
+        _write(user, bad)
+        t, how = sweep.start_table(out, user, *args)
+        assert t["kernels"] == {} and "ignores" in how
+        _write(out, bad)
+        with pytest.raises(ValueError, match="out.json"):
+            sweep.start_table(out, user, *args)
+        out.unlink()
+    _write(out, {"arch": None, "kernels": {"j": {"*": {"BLOCK": 2}}}})
+    t, how = sweep.start_table(out, user, *args)
+    assert t["kernels"]["j"]["*"]["BLOCK"] == 2 and how == "" and t["family"] == "hopper"
+    out.write_text("{not json")
+    with pytest.raises(ValueError, match="out.json"):
+        sweep.start_table(out, user, *args)
+
+
+def test_sweep_main_on_fake_problems(typed_tables, tmp_path, monkeypatch):
+    """sweep.main end to end on the CPU with a fake device, problems and timer: into the user
+    table ($FORGE_TUNING_TABLE), a bucket whose winner beats the current config by --min-gain
+    is written over the current entry's keys, the serving entries are copied in first, a bucket
+    without such a win is left alone, and no progress file remains."""
+    torch = pytest.importorskip("torch")
+    from autotune import spaces, sweep
+
+    info = device.DeviceInfo("nvidia", "sm90", "hopper", 32, 227 << 10, 132, 80 << 30, "Fake H100")
+    monkeypatch.setattr(device, "detect", lambda: info)
+    user = tmp_path / "user.json"
+    _write(user, {"arch": "sm90", "kernels": {"rms_norm": {"D8": {"num_warps": 2}}}})
+    monkeypatch.setenv("FORGE_TUNING_TABLE", str(user))
+    tuning.clear_cache()
+    default = {"BLOCK": 1, "PDL": 1, "X_PRE": 0, "num_warps": 1}
+
+    def setup_for(n):
+        def setup(dev, dtype):
+            def run():
+                return torch.ones(2)
+            run.n = n
+            return run
+        return setup
+
+    probs = [spaces.Problem("lin.Q4_K", "lin", f"N{n}", {"N": n}, setup_for(n)) for n in (4096, 16384)]
+    monkeypatch.setattr(spaces, "problems", lambda kernel, types: probs)
+    monkeypatch.setattr(spaces, "SWEEPABLE", spaces.SWEEPABLE + ("lin",))
+    monkeypatch.setattr(spaces, "space", lambda *a, **k: [{"BLOCK": 64}, {"BLOCK": 128}])
+
+    def timer(run, warmup, rep):   # BLOCK 128 wins by 50% at N4096, by 0.5% at N16384
+        block = tuning.get_config("lin.Q4_K", f"N{run.n}", default, arch="sm90")["BLOCK"]
+        base = 10.0
+        return {128: base * (0.5 if run.n == 4096 else 0.995)}.get(block, base)
+
+    monkeypatch.setattr(sweep, "_time", timer)
+    assert sweep.main(["--kernel", "lin"]) == 0
+    t = json.loads(user.read_text())
+    assert t["kernels"]["rms_norm"] == {"D8": {"num_warps": 2}}              # kept
+    q = t["kernels"]["lin.Q4_K"]
+    assert q["N4096"]["BLOCK"] == 128 and q["N4096"]["source"].startswith("sweep ")
+    assert q["N4096"]["PDL"] == 1 and q["N4096"]["X_PRE"] == 1               # current keys kept
+    assert q["N16384"] == {"PDL": 0, "source": "test",                        # copied, not swept
+                           "comment": "copied from forge/kernels/configs/sm90.json (arch) by "
+                                      "autotune.sweep: not timed by the sweep"}
+    assert not list(tmp_path.glob("*.partial.json"))
