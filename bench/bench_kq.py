@@ -13,7 +13,6 @@ counts the weight bytes. --table writes the best kgemm configs as a tuning table
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import itertools
 import json
 import sys
@@ -23,7 +22,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from autotune.spaces import ROTATE_BYTES, _qweight  # noqa: E402
+from autotune.spaces import _qweight, _rotations  # noqa: E402
 from autotune.timing import graph_ms  # noqa: E402
 from forge.kernels import kgemm, tuning  # noqa: E402
 from forge.kernels import matmul as mm  # noqa: E402
@@ -56,9 +55,7 @@ def main(argv=None) -> int:
             n, k = (int(v) for v in sh.split("x"))
             w, _ = _qweight(torch, tname, n, k, dev)
             nbytes = sum(p.numel() * p.element_size() for p in w.data.values())
-            extra = min(31, -(-ROTATE_BYTES // nbytes) - 1)
-            copies = [w] + [dataclasses.replace(w, data={key: p.clone() for key, p in w.data.items()})
-                            for _ in range(extra)]
+            copies = _rotations(w, cap=31)
             for T in (int(t) for t in a.T.split(",")):
                 x = torch.randn(T, k, device=dev, dtype=torch.bfloat16)
                 out = torch.empty(T, n, device=dev, dtype=torch.bfloat16)

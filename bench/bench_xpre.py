@@ -12,7 +12,6 @@ Prints a table; --json writes the rows, --table writes the best X_PRE configs as
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import itertools
 import json
 import sys
@@ -22,7 +21,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from autotune.spaces import ROTATE_BYTES, _qweight  # noqa: E402
+from autotune.spaces import _qweight, _rotations  # noqa: E402
 from autotune.timing import graph_ms  # noqa: E402
 from forge.kernels import matmul as mm  # noqa: E402
 from forge.kernels import tuning, xquant  # noqa: E402
@@ -56,9 +55,7 @@ def main(argv=None) -> int:
             n, k = (int(v) for v in sh.split("x"))
             w, _ = _qweight(torch, tname, n, k, dev)
             nbytes = sum(p.numel() * p.element_size() for p in w.data.values())
-            extra = min(63, -(-ROTATE_BYTES // nbytes) - 1)
-            copies = [w] + [dataclasses.replace(w, data={key: p.clone() for key, p in w.data.items()})
-                            for _ in range(extra)]
+            copies = _rotations(w)
             x = torch.randn(1, k, device=dev, dtype=torch.bfloat16)
             fns = [lambda c=c: mm.linear(x, c) for c in copies]
             mm.clear_config_cache()

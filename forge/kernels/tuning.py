@@ -218,13 +218,15 @@ def user_table_path(arch: str) -> Path:
     return Path.home() / ".cache" / "forge" / "tuning" / f"{arch}.json"
 
 
-def _chain(arch: str, include_user: bool = True) -> list[tuple[str, Table]]:
+def _chain(arch: str, include_user: bool = True,
+           include_overrides: bool = True) -> list[tuple[str, Table]]:
     """The tables to consult for `arch`, most specific first, as (level, table)."""
     from forge.runtime import device
 
     family = device.family_of(arch)
     vendor = device.vendor_of(arch)
-    chain: list[tuple[str, Table]] = [("override", t) for t in reversed(_overrides)]
+    chain: list[tuple[str, Table]] = \
+        [("override", t) for t in reversed(_overrides)] if include_overrides else []
     up = _load(user_table_path(arch), user=True) if include_user else None
     if up is not None:
         t = up[0]
@@ -327,7 +329,7 @@ def lookup(kernel: str, bucket_: str, arch: str) -> tuple[str, str, str, dict] |
     if not device.vendor_of(arch):
         return None
     with _lock:
-        found = _find(_chain(arch)[len(_overrides):], kernel, bucket_)
+        found = _find(_chain(arch, include_overrides=False), kernel, bucket_)
     if found is None:
         return None
     level, table, key, entry = found
@@ -342,7 +344,7 @@ def serving_table(kernel: str, arch: str) -> tuple[str, str, str, dict] | None:
     if not device.vendor_of(arch):
         return None
     with _lock:
-        for level, table in _chain(arch)[len(_overrides):]:
+        for level, table in _chain(arch, include_overrides=False):
             if table.kernels.get(kernel):
                 return level, table.path, table.source, table.kernels[kernel]
     return None
