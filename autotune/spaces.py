@@ -55,7 +55,8 @@ def _amd_mma(family: str) -> dict:
 def space(kernel: str, family: str, *, sub: int = 1, lds_bytes: int = 64 * 1024,
           elem: int = 2, warp: int | None = None, int8: bool = False,
           gemv_stages: tuple[int, ...] = (1,), gemv_prefetch: tuple[int, ...] | None = None,
-          gemv_x_pre: tuple[int, ...] | None = None) -> list[dict]:
+          gemv_x_pre: tuple[int, ...] | None = None,
+          gemv_l2pf: tuple[int, ...] | None = None) -> list[dict]:
     """Candidate configs for `kernel` ("linear_gemv", ...) on `family` ("cdna3", "hopper", ...).
 
     A candidate holds only the keys the space varies; autotune.sweep lays each over the entry
@@ -74,6 +75,8 @@ def space(kernel: str, family: str, *, sub: int = 1, lds_bytes: int = 64 * 1024,
     GEMV; the timed rotations share one x, so one quantization serves them all (xquant's
     reuse), as the producing norm / act_mul / attention's codes do in a model: the times are
     the GEMV's); None: not an axis.
+    gemv_l2pf: L2PF values to try for the NVIDIA GEMV (the weights prefetched into L2 that many
+    steps ahead, 0 off; see matmul.py); None: not an axis.
     """
     amd = _is_amd(family)
     warp = warp or (64 if family.startswith(("cdna", "gcn")) else 32)
@@ -92,6 +95,8 @@ def space(kernel: str, family: str, *, sub: int = 1, lds_bytes: int = 64 * 1024,
                 extra["PREFETCH"] = tuple(gemv_prefetch)
             if gemv_x_pre is not None and int8:
                 extra["X_PRE"] = tuple(gemv_x_pre)
+            if gemv_l2pf is not None:
+                extra["L2PF"] = tuple(gemv_l2pf)
             cands = _grid(BLOCK_N=(1, 2, 4, 8), num_warps=(1, 2, 4), SPLIT_K=(1, 2, 4),
                           num_stages=tuple(gemv_stages), X_INT8=(1,) if int8 else (0,), **extra)
         for c in cands:

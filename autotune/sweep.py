@@ -17,8 +17,8 @@ no candidate beat the current config. Without --out the table goes to
 What a sweep keeps:
 - A candidate sets the keys its space varies, laid over the entry the tables give the bucket
   now (`current_entry`): keys no space varies (PDL, FUSE_NORM, KQ_T, ROPE_MIN_B, and PREFETCH /
-  X_PRE unless --gemv-prefetch / --gemv-x-pre make them axes) keep their values, in the timed
-  config and in the entry written.
+  X_PRE / L2PF unless --gemv-prefetch / --gemv-x-pre / --gemv-l2pf make them axes) keep their
+  values, in the timed config and in the entry written.
 - A bucket is written only when its best candidate beats the current config by --min-gain
   (1% by default).
 - The first table with an entry for a kernel serves every bucket of that kernel, so before a
@@ -266,6 +266,10 @@ def main(argv: list[str] | None = None) -> int:
                     "quantized by a kernel before the GEMV; the timed copies share one x, so one "
                     "quantization serves them all, as a producer kernel's codes do in a model); "
                     "default: each bucket keeps its current value")
+    ap.add_argument("--gemv-l2pf", default=None,
+                    help="L2PF values for the NVIDIA linear_gemv candidates (e.g. 0,1,2: the "
+                    "weights prefetched into L2 that many steps ahead; see matmul.py); default: "
+                    "each bucket keeps its current value")
     ap.add_argument("--shapes", default=None,
                     help="only these N x K problems, e.g. 14336x4096,4096x14336 (linear_* sweeps)")
     ap.add_argument("--max-candidates", type=int, default=None,
@@ -281,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
     for k in args.kernel:
         if k not in spaces.SWEEPABLE:
             ap.error(f"--kernel: {k!r} cannot be swept (choose from {', '.join(spaces.SWEEPABLE)})")
-    from forge.kernels.tuning import ENUM_KEYS
+    from forge.kernels.tuning import ENUM_KEYS, L2PF_VALUES
 
     def ints(opt: str, text: str | None, allowed=None):
         if text is None:
@@ -296,7 +300,8 @@ def main(argv: list[str] | None = None) -> int:
 
     gemv_axes = {"gemv_stages": ints("--gemv-stages", args.gemv_stages),
                  "gemv_prefetch": ints("--gemv-prefetch", args.gemv_prefetch, ENUM_KEYS["PREFETCH"]),
-                 "gemv_x_pre": ints("--gemv-x-pre", args.gemv_x_pre, ENUM_KEYS["X_PRE"])}
+                 "gemv_x_pre": ints("--gemv-x-pre", args.gemv_x_pre, ENUM_KEYS["X_PRE"]),
+                 "gemv_l2pf": ints("--gemv-l2pf", args.gemv_l2pf, L2PF_VALUES)}
 
     from forge.runtime import device
 

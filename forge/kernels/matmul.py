@@ -160,6 +160,16 @@ def _lanes_mask(ggml_type: int) -> int:
 # which the scheduler does not cross either). Cost: both steps' words are live at once (Q4_K
 # 80 -> 126 registers, Q8_0 56 -> 80 at the sm90 configs for 14336 x 4096; unfenced 96 / 64).
 #
+# L2 prefetch (L2PF, opt-in per config, NVIDIA only; 0 = off, the code unchanged). Each thread
+# issues prefetch.global.L2 for its chunks' addresses in every plane of the step L2PF steps
+# ahead, and for the first L2PF steps at the program's start, before the PDL wait (the weights
+# are constant): weight bytes in flight from DRAM to L2 that hold no register, where the loads
+# above are bounded by the registers they land in. Measured (H100, bench/bench_gemv_floor.py,
+# run 15): within +-3% of the same config without it at the 8B shapes in a stream of GEMVs
+# (Q8_0 4096x4096 7.62 -> 7.37 us, Q4_K 14336x4096 14.19 -> 13.85 us at L2PF 2), 4 steps and
+# more up to 1.5x slower; in the 8B Q8_0 model, L2PF 2 on the o projection made decode slower
+# (303.2 -> 299.7 tok/s). No shipped entry sets it; the sweep takes it as an axis (--gemv-l2pf).
+#
 # Fused prologue and epilogues (NORM, ACT, RESID; `linear`'s norm= / act= / residual=; off in
 # every unfused launch, whose code they leave as it was). rms_norm prologue (NORM): the norm's
 # 1 / sqrt(mean(x^2) + eps) is one factor of the whole dot product, so each program multiplies
@@ -712,6 +722,38 @@ def _gv_xpre(xq_ptr, xs_ptr, t, stride_xq, stride_xs, c0, c_end, V: tl.constexpr
 
 
 @triton.jit
+def _l2_prefetch(ptrs):
+    """prefetch.global.L2 of every address in ptrs (NVIDIA): the line comes into L2 with no
+    register written and nothing waiting for it."""
+    tl.inline_asm_elementwise("prefetch.global.L2 [$1];\n\tmov.u32 $0, 0;", "=r,l", [ptrs],
+                              dtype=tl.int32, is_pure=False, pack=1)
+
+
+@triton.jit
+def _gv_l2pf(q_ptr, qh_ptr, sc_ptr, d_ptr, s_q, s_qh, s_sc, s_d, r3, c0, c_end,
+             TYPE: tl.constexpr, V: tl.constexpr, BB: tl.constexpr):
+    """L2 prefetch of the step at chunk c0 (< c_end): every plane's address of each chunk, the
+    first word of a chunk's q words (16 bytes, 8 of them for the 2-bit types, within one
+    sector) standing for all of them. Chunks past c_end prefetch the last one again."""
+    cb = tl.minimum(c0 + tl.arange(0, BB)[None, None, :], c_end - 1)
+    _l2_prefetch(q_ptr + r3 * s_q + cb * V)
+    if TYPE == Q5_0 or TYPE == Q5_1 or TYPE == Q5_K or TYPE == Q3_K:
+        _l2_prefetch(qh_ptr + r3 * s_qh + cb)
+    if TYPE == Q6_K:
+        _l2_prefetch(qh_ptr + r3 * s_qh + cb * 2)
+    if TYPE == Q8_0:
+        _l2_prefetch(d_ptr + r3 * s_d + cb // 2)
+    elif TYPE == Q4_0 or TYPE == Q5_0 or TYPE == Q4_1 or TYPE == Q5_1:
+        _l2_prefetch(d_ptr + r3 * s_d + cb)
+    elif TYPE == Q4_K or TYPE == Q5_K:
+        _l2_prefetch(sc_ptr + r3 * s_sc + cb)
+        _l2_prefetch(d_ptr + r3 * s_d + cb // 8)
+    elif TYPE == Q6_K or TYPE == Q3_K or TYPE == Q2_K:
+        _l2_prefetch(sc_ptr + r3 * s_sc + cb * 2)
+        _l2_prefetch(d_ptr + r3 * s_d + cb // 8)
+
+
+@triton.jit
 def _anchor_q(q, dep, E: tl.constexpr):
     """Packed int8 x with the dependency anchor (0) ORed into its first word."""
     if E == 4:
@@ -861,6 +903,7 @@ def _linear_gemv_kernel(
     res_ptr=None, nw_ptr=None,      # RESID: [T, N] (row stride stride_r); NORM: [K] norm weights
     stride_r=0, eps=0.0,
     NORM: tl.constexpr = False, RESID: tl.constexpr = False, ACT: tl.constexpr = 0,
+    L2PF: tl.constexpr = 0,
 ):
     """BLOCK_K: columns per step = BB chunks of V x E elements (one chunk per thread).
     EVEN: every step whole (no masks). X_PAIRS: see `_gv_xpiece`. X_INT8: int8 activations
@@ -875,7 +918,10 @@ def _linear_gemv_kernel(
     input of an rms_norm (weights nw_ptr, eps) and the GEMV is that of its output. ACT (1 silu,
     2 gelu_tanh): the weight is [gate; up] (2N rows, gate rows first) and out [T, N] = act(x @
     gate^T) * (x @ up^T); each program takes BLOCK_N / 2 rows of each. RESID: out = res + the
-    product."""
+    product.
+    L2PF (NVIDIA, with ASM): the weights of the program's first L2PF steps are prefetched into
+    L2 before anything else (before the PDL wait: they are constant), and each step prefetches
+    the one L2PF steps ahead (see "L2 prefetch" in the GEMV notes)."""
     pdl_launch(PDL)
     tl.static_assert(BLOCK_T == 1 or BLOCK_T == 2, "BLOCK_T must be 1 or 2")
     BB: tl.constexpr = BLOCK_K // (V * E)
@@ -909,6 +955,10 @@ def _linear_gemv_kernel(
     else:
         ss0 = tl.zeros((1, 1, 1), tl.float32)
         ss1 = ss0
+    if L2PF and ASM:
+        for c0 in range(c_begin, tl.minimum(c_begin + L2PF * BB, c_end), BB):
+            _gv_l2pf(q_ptr, qh_ptr, sc_ptr, d_ptr, s_q, s_qh, s_sc, s_d, r3, c0, c_end, TYPE, V,
+                     BB)
     if PREFETCH:
         # (see "prefetch" in the GEMV notes) step c0 + BB's weight words are loaded before step
         # c0's decode and carried to the next iteration; the last step is peeled off the loop
@@ -917,6 +967,10 @@ def _linear_gemv_kernel(
                                 c_begin, c_end, TYPE, V, BB, EVEN)
         pdl_wait(PDL)
         for c0 in range(c_begin, c_last, BB):
+            if L2PF and ASM:
+                if c0 + L2PF * BB < c_end:
+                    _gv_l2pf(q_ptr, qh_ptr, sc_ptr, d_ptr, s_q, s_qh, s_sc, s_d, r3,
+                             c0 + L2PF * BB, c_end, TYPE, V, BB)
             wn, hn, scn, dn = _gv_loads(q_ptr, qh_ptr, sc_ptr, d_ptr, s_q, s_qh, s_sc, s_d,
                                         r3, c0 + BB, c_end, TYPE, V, BB, EVEN)
             if PREFETCH == 1:   # the fence: a store that never runs, before this step's x loads
@@ -933,6 +987,10 @@ def _linear_gemv_kernel(
     else:
         pdl_wait(PDL)
         for c0 in range(c_begin, c_end, BB):
+            if L2PF and ASM:
+                if c0 + L2PF * BB < c_end:
+                    _gv_l2pf(q_ptr, qh_ptr, sc_ptr, d_ptr, s_q, s_qh, s_sc, s_d, r3,
+                             c0 + L2PF * BB, c_end, TYPE, V, BB)
             w, h, sc, d = _gv_loads(q_ptr, qh_ptr, sc_ptr, d_ptr, s_q, s_qh, s_sc, s_d, r3,
                                     c0, c_end, TYPE, V, BB, EVEN)
             acc0, acc1, ss0, ss1 = _gv_step(
@@ -1100,7 +1158,7 @@ def gemv_default(ggml_type: int, T: int, N: int, K: int, cus: int = 16, warp: in
     chunk and the codes multiplied with dp4a; `exact` (float32 activations, which always take
     the exact float32 decode) keeps the float path's rows per thread.
     PREFETCH 0 (1 and 2 pipeline the weight loads one step ahead, see the GEMV notes: opt-in
-    through a table until measured).
+    through a table until measured); L2PF 0 (no L2 prefetch: opt-in through a table).
     Under the CPU interpreter: 64 rows, one warp (fewer, larger programs run faster there).
     """
     info = TYPES[int(ggml_type)]
@@ -1110,8 +1168,8 @@ def gemv_default(ggml_type: int, T: int, N: int, K: int, cus: int = 16, warp: in
     bt = 1 if T <= 1 else MAX_BLOCK_T
     if interpreter:
         return {"BLOCK_N": 64, "BLOCK_K": epc * warp, "SPLIT_K": 1, "MAX_T": MAX_BLOCK_T,
-                "X_INT8": 0, "PREFETCH": 0, "X_PRE": 0, "PDL": 1, "FUSE_NORM": 1, "num_warps": 1,
-                "num_stages": 1}
+                "X_INT8": 0, "PREFETCH": 0, "X_PRE": 0, "PDL": 1, "FUSE_NORM": 1, "L2PF": 0,
+                "num_warps": 1, "num_stages": 1}
     nw = None
     for cand in (4, 2, 8, 1):
         if nch % (warp * cand) == 0:
@@ -1142,8 +1200,8 @@ def gemv_default(ggml_type: int, T: int, N: int, K: int, cus: int = 16, warp: in
     while bn > 1 and warps(bn, split) < target:
         bn //= 2
     return {"BLOCK_N": bn, "BLOCK_K": bb * epc, "SPLIT_K": split, "MAX_T": MAX_BLOCK_T,
-            "X_INT8": x_int8, "PREFETCH": 0, "X_PRE": 0, "PDL": 1, "FUSE_NORM": 1, "num_warps": nw,
-            "num_stages": 1}
+            "X_INT8": x_int8, "PREFETCH": 0, "X_PRE": 0, "PDL": 1, "FUSE_NORM": 1, "L2PF": 0,
+            "num_warps": nw, "num_stages": 1}
 
 
 # T at and above which quantized weights take dequantize + torch.matmul on NVIDIA. The fused GEMM
@@ -1469,6 +1527,7 @@ def _gemv(x: torch.Tensor, w: QTensor, bias, out: torch.Tensor, gv: dict,
         X_PAIRS=x.dtype == torch.bfloat16 and x.stride(0) % 2 == 0 and x.data_ptr() % 4 == 0,
         X_INT8=x_int8, ASM=not _INTERPRET and torch.version.hip is None,
         PREFETCH=int(gv.get("PREFETCH", 0)), X_PRE=x_pre,
+        L2PF=int(gv.get("L2PF", 0)),
         num_warps=gv["num_warps"], num_stages=gv["num_stages"],
         **pdl.launch_args(bool(gv.get("PDL", 1))), **fused)   # (a table may turn PDL off)
     if split > 1:
@@ -1677,6 +1736,9 @@ SPEC_PREFETCH = (("Q4_K", "nvidia", 32, 132, 1), ("Q8_0", "nvidia", 32, 132, 1),
 # The GEMV on pre-quantized x (X_PRE, NVIDIA, opt-in through tables): (type, PREFETCH, BLOCK_T).
 SPEC_XPRE = (("Q4_K", 0, 1), ("Q4_K", 2, 1), ("Q8_0", 2, 1), ("Q6_K", 0, 1), ("Q4_K", 0, 2),
              ("Q5_K", 0, 1), ("Q4_0", 0, 1))
+# The GEMV with L2 prefetch (L2PF, NVIDIA, opt-in through tables): (type, PREFETCH, X_PRE, L2PF).
+SPEC_L2PF = (("Q4_K", 2, True, 2), ("Q8_0", 2, True, 2), ("F16", 0, False, 1),
+             ("Q6_K", 0, True, 64))
 # The GEMV with its fusions (NORM, RESID, ACT: the decode layer's norm + qkv, gate_up + act and
 # residual-adding output projections; on AMD every type reads x as it is, so every type fuses):
 # (type, vendor, warp size, CUs, NORM, RESID, ACT, BLOCK_T).
@@ -1744,9 +1806,12 @@ def _compile_specs() -> list[dict]:
                           for t, pf, bt in SPEC_XPRE if t == info.name]
         gemv_variants += [("*bf16", bt, False, warp, vendor, cus, 0, False, (nm, rs, ac))
                           for t, vendor, warp, cus, nm, rs, ac, bt in SPEC_FUSED if t == info.name]
-        for act, bt, split, warp, vendor, cus, pf, xpre, (nm, rs, ac) in gemv_variants:
+        gemv_variants += [("*bf16", 1, False, 32, "nvidia", 132, pf, xpre, nofuse, l2)
+                          for t, pf, xpre, l2 in SPEC_L2PF if t == info.name]
+        for act, bt, split, warp, vendor, cus, pf, xpre, (nm, rs, ac), *l2pf in gemv_variants:
+            l2 = l2pf[0] if l2pf else 0
             # NVIDIA's prefetching / pre-quantized forms as they launch on Hopper: with PDL
-            pdl_on = vendor == "nvidia" and (pf > 0 or xpre)
+            pdl_on = vendor == "nvidia" and (pf > 0 or xpre or l2 > 0)
             act, _, out = act.partition(">")   # "*bf16>fp32": bf16 x, float32 out
             gv = gemv_default(tid, bt, 4096, 4096, cus=cus, warp=warp, vendor=vendor,
                               exact=act == "*fp32")
@@ -1756,7 +1821,8 @@ def _compile_specs() -> list[dict]:
             specs.append({
                 "name": (f"_linear_gemv_kernel[{info.name},{act[1:]}{'>' + out if out else ''},T{bt}"
                          f"{',split' if split else ''}{f',prefetch{pf}' if pf else ''}"
-                         f"{',xpre' if xpre else ''}{',pdl' if pdl_on else ''}"
+                         f"{',xpre' if xpre else ''}{f',l2pf{l2}' if l2 else ''}"
+                         f"{',pdl' if pdl_on else ''}"
                          f"{',norm' if nm else ''}{',resid' if rs else ''}"
                          f"{(',' + ACT_KINDS[ac - 1]) if ac else ''},{family}]"),
                 "fn": _linear_gemv_kernel, "signature": sig, "derive": _derive_gemv,
@@ -1766,7 +1832,8 @@ def _compile_specs() -> list[dict]:
                                "HAS_BIAS": not split, "SPLIT": split, "EVEN": True,
                                "X_PAIRS": act == "*bf16", "X_INT8": x_int8,
                                "ASM": vendor == "nvidia", "PREFETCH": pf, "X_PRE": xpre,
-                               "PDL": pdl_on, "NORM": nm, "RESID": rs, "ACT": ac},
+                               "PDL": pdl_on, "NORM": nm, "RESID": rs, "ACT": ac,
+                               "L2PF": l2},
                 "attrs": jit_attrs(_linear_gemv_kernel, sig, GEMV_DIVISIBLE),
                 "num_warps": gv["num_warps"], "num_stages": gv["num_stages"],
                 # informational: the arch family whose launcher default this is

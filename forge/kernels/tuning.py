@@ -46,6 +46,8 @@ NOTE_KEYS = frozenset({"source", "comment"})
 # where kernels/pdl.py enables it, 0 never; FUSE_NORM 1 an rms_norm before the GEMV runs in its
 # prologue where it can, 0 stays a kernel of its own).
 ENUM_KEYS = {"PREFETCH": (0, 1, 2), "X_PRE": (0, 1), "PDL": (0, 1), "FUSE_NORM": (0, 1)}
+# L2PF (matmul.py's GEMV, NVIDIA): how many steps ahead the weights are prefetched into L2 (0 off).
+L2PF_VALUES = range(0, 4097)
 
 _DIM_NAME = re.compile(r"[A-Za-z][A-Za-z_]*\Z")
 _BUCKET_PART = re.compile(r"(?:^|_)([A-Za-z][A-Za-z_]*?)(\d+)(?=_|$)")
@@ -132,6 +134,9 @@ def _validate_entry(where: str, entry: Any) -> dict:
             raise ValueError(f"{where}.{k}: block sizes must be powers of two, got {v!r}")
         if k in ENUM_KEYS and (not isinstance(v, int) or v not in ENUM_KEYS[k]):
             raise ValueError(f"{where}.{k}: must be one of {ENUM_KEYS[k]}, got {v!r}")
+        if k == "L2PF" and (not isinstance(v, int) or v not in L2PF_VALUES):
+            raise ValueError(f"{where}.L2PF: must be an int in 0 .. {L2PF_VALUES[-1]} (steps), "
+                             f"got {v!r}")
     return entry
 
 

@@ -234,6 +234,37 @@ def test_gemv_prefetch(name, rng, tuning_table, monkeypatch):
                 assert rel_err(got[pf], got[0].double().cpu().numpy()) < 1e-5
 
 
+@pytest.mark.parametrize("name", ["F16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q4_K", "Q5_K", "Q6_K",
+                                  "Q2_K", "Q3_K"])
+def test_gemv_l2_prefetch(name, rng, tuning_table, monkeypatch):
+    """L2PF (weights prefetched into L2 a few steps ahead; the first steps before the PDL wait)
+    changes where the weights come from, never the arithmetic: the same result as L2PF 0,
+    bit for bit, and within the float64 reference's tolerance. Distances 1 (the next step), 2
+    and 64 (past the last step: every step at the start), with PREFETCH 0 and 2, a masked tail,
+    split-K with an uneven last split. (On the CPU the prefetch compiles away: this checks the
+    key reaches the kernel; a GPU run checks the prefetching kernel.)"""
+    tid = int(gguf_type(name))
+    V, E = mm.gemv_shape(tid)
+    odd, _, bb = PREFETCH_SHAPES.get(name, (256 * 5, 256 * 3, 16))
+    spy = KwargSpy(mm._linear_gemv_kernel)
+    monkeypatch.setattr(mm, "_linear_gemv_kernel", spy)
+    qt, w64 = make_weight(name, 37, odd, rng)
+    K = w64.shape[1]
+    x = torch.from_numpy(rng.standard_normal((1, K)).astype(np.float32)).to(torch.bfloat16)
+    ref = x.double().numpy() @ w64.T
+    x8 = int(name in mm.INT8_TYPES)
+    for split, pf in ((1, 0), (2, 2)):
+        got = {}
+        for l2 in (0, 1, 2, 64):
+            tuning_table({"linear_gemv": {"*": {
+                "BLOCK_N": 32, "BLOCK_K": bb * V * E, "SPLIT_K": split, "MAX_T": 4,
+                "X_INT8": x8, "PREFETCH": pf, "L2PF": l2, "num_warps": 1}}})
+            got[l2] = mm.linear(x.to(DEV), qt)
+            assert spy.calls[-1]["L2PF"] == l2 and spy.calls[-1]["PREFETCH"] == pf
+            assert rel_err(got[l2], ref) < 2e-2, f"split {split} PREFETCH {pf} L2PF {l2}"
+            assert torch.equal(got[l2], got[0]), f"split {split} PREFETCH {pf}: L2PF {l2} != 0"
+
+
 def test_gemv_prefetch_config_key(tuning_table):
     """gemv_default keeps PREFETCH 0; a table entry sets it (a generic override outranks the
     shipped per-type entries); values other than 0, 1, 2 are refused when a table is read."""
@@ -246,6 +277,11 @@ def test_gemv_prefetch_config_key(tuning_table):
     for bad in (3, -1, 1.0, "1"):
         with pytest.raises(ValueError, match="PREFETCH"):
             with tuning.override({"linear_gemv": {"*": {"PREFETCH": bad}}}):
+                pass
+    assert mm.gemv_default(tid, 1, 14336, 4096, 132, 32, "nvidia")["L2PF"] == 0
+    for bad in (-1, 2.0, "2", 4097):
+        with pytest.raises(ValueError, match="L2PF"):
+            with tuning.override({"linear_gemv": {"*": {"L2PF": bad}}}):
                 pass
 
 

@@ -356,12 +356,14 @@ def test_search_spaces_are_valid_tables(family, kernel):
 
 
 @pytest.mark.parametrize("axis,key,values", [("gemv_prefetch", "PREFETCH", (0, 1, 2)),
-                                              ("gemv_x_pre", "X_PRE", (0, 1))])
+                                              ("gemv_x_pre", "X_PRE", (0, 1)),
+                                              ("gemv_l2pf", "L2PF", (0, 1, 2, 64))])
 def test_gemv_prefetch_and_x_pre_are_opt_in_sweep_axes_on_nvidia(axis, key, values):
-    """gemv_prefetch / gemv_x_pre (sweep --gemv-prefetch / --gemv-x-pre) multiply the NVIDIA GEMV
-    candidates; by default the key is not in the candidates at all (the bucket's current value
-    is kept, see test_sweep_candidates_keep_the_keys_no_space_varies); AMD's space has neither,
-    and X_PRE is an axis only for a type with an int8 GEMV."""
+    """gemv_prefetch / gemv_x_pre / gemv_l2pf (sweep --gemv-prefetch / --gemv-x-pre /
+    --gemv-l2pf) multiply the NVIDIA GEMV candidates; by default the key is not in the
+    candidates at all (the bucket's current value is kept, see
+    test_sweep_candidates_keep_the_keys_no_space_varies); AMD's space has none of them, and
+    X_PRE is an axis only for a type with an int8 GEMV."""
     from autotune import spaces, sweep
 
     base = spaces.space("linear_gemv", "hopper", sub=32, int8=True)
@@ -375,7 +377,7 @@ def test_gemv_prefetch_and_x_pre_are_opt_in_sweep_axes_on_nvidia(axis, key, valu
     if key == "X_PRE":
         assert all(key not in c for c in spaces.space("linear_gemv", "hopper", sub=1, **{axis: (0, 1)}))
     flag = "--" + axis.replace("_", "-")
-    for bad in ("0,3", "zero"):
+    for bad in ("0,5000" if key == "L2PF" else "0,3", "-1", "zero"):
         with pytest.raises(SystemExit):
             sweep.main(["--kernel", "linear_gemv", flag, bad])
     for bad in ("1.0", "-0.1"):
