@@ -23,7 +23,9 @@ for stage in "$@"; do
       OMP_NUM_THREADS=2 python3 -m pytest -q -p no:cacheprovider $xd tests/kernels --ignore=tests/kernels/test_amd_compile.py 2>&1 | tee "$OUT/kernels.log" | tail -25
       for b in bench/bench_matmul.py bench/bench_attention.py bench/bench_small_ops.py; do
         [ -f "$b" ] && timeout 240 python3 "$b" 2>&1 | tee "$OUT/$(basename "$b" .py).log" | tail -40
-      done ;;
+      done
+      timeout 300 python3 bench/bench_gemv_floor.py --no-variants --types F16,Q8_0,Q4_K,Q6_K \
+        --json "$OUT/gemv_floor.json" 2>&1 | tee "$OUT/gemv_floor.log" | tail -20 ;;
     smoke)
       python3 - <<'PY' 2>&1 | tee "$OUT/smoke.log" | tail -30
 import time, numpy as np
