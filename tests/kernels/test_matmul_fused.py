@@ -130,6 +130,33 @@ def test_fused_gemv_matches_float64(name, rng, tuning_table, monkeypatch):
 
 
 @pytest.mark.parametrize("name", ["F16", "Q4_K"])
+def test_fused_gemv_prefetch(name, rng, tuning_table, monkeypatch):
+    """The fusions with PREFETCH 1 and 2 (as sm90 ships F16's attn_output: residual added,
+    PREFETCH 1): the result of PREFETCH 0 (bit for bit: only the load schedule differs) and
+    within tolerance of the float64 reference; a masked tail and 3+ steps per row."""
+    spy = KwargSpy(mm._linear_gemv_kernel)
+    monkeypatch.setattr(mm, "_linear_gemv_kernel", spy)
+    V, E = mm.gemv_shape(int(gguf_type(name)))
+    qt, w64 = make_weight(name, 74, SHAPES[name], rng)
+    bb = {"F16": 8, "Q4_K": 4}[name]
+    assert -(-w64.shape[1] // (bb * V * E)) >= 3
+    for fuse in ({"resid": 1}, {"norm": 1, "act": "silu"}, {"norm": 1, "resid": 1}):
+        x, bias, kw, ref_kw = _inputs(w64, 1, torch.bfloat16, rng, fuse)
+        got = {}
+        for pf in (0, 1, 2):
+            tuning_table({"linear_gemv": {"*": {"BLOCK_N": 4, "BLOCK_K": bb * V * E, "X_INT8": 0,
+                                                "MAX_T": 4, "SPLIT_K": 1, "PREFETCH": pf,
+                                                "num_warps": 1}}})
+            got[pf] = mm.linear(x, qt, **kw)
+            c = spy.calls[-1]
+            assert c["PREFETCH"] == pf and (c["NORM"], c["RESID"]) == ("norm" in fuse,
+                                                                       "resid" in fuse)
+            err = rel_err(got[pf], reference(x, w64, **ref_kw))
+            assert err < TOL[torch.bfloat16], f"{fuse} PREFETCH {pf}: {err:.3e}"
+            assert torch.equal(got[pf], got[0]), f"{fuse}: PREFETCH {pf} != 0"
+
+
+@pytest.mark.parametrize("name", ["F16", "Q4_K"])
 def test_fused_gemv_whole_steps_and_wide_programs(name, rng, tuning_table):
     """Rows of whole steps (EVEN: no masks), a program per 32 rows (16 pairs) and a single
     pair per program (BLOCK_N 1 in the table: raised to 2 for act)."""
