@@ -10,7 +10,8 @@ is, by CUDA-graph replay over rotated copies (nothing comes from L2), each launc
 - with PDL, its first loads issued before the wait for the previous kernel (`griddepcontrol`,
   kernels/pdl.py): the loads of one kernel overlap the drain of the one before, as the GEMV's
   PDL + PREFETCH configs do with their weights.
-Next to it, the GEMV under the shipped config and under every (PDL, PREFETCH) variant of it.
+Next to it, the GEMV under the shipped config and under variants of it (PDL, PREFETCH, L2PF,
+or a --configs grid), and torch's bf16 GEMV (cuBLAS, x @ W.T) timed the same way.
 
     python bench/bench_gemv_floor.py                         # F16, Q8_0, Q4_K at the 8B shapes
     python bench/bench_gemv_floor.py --types Q4_K --shapes 4096x4096 --json out.json
@@ -121,6 +122,22 @@ def copy_bandwidth() -> float:
     return 2 * n / ms / 1e6
 
 
+def torch_gemv_us(N: int, K: int, dev, gen) -> float:
+    """Graph time per call of torch's x @ W.T at batch 1 with a bf16 weight (cuBLAS), over
+    rotated copies like the GEMV's."""
+    n = max(1, min(63, -(-ROTATE_BYTES // (N * K * 2))))
+    ws = [(torch.randn((N, K), device=dev, generator=gen) * 0.02).to(torch.bfloat16)
+          for _ in range(n)]
+    x = torch.randn((1, K), device=dev, generator=gen).to(torch.bfloat16)
+    outs = [torch.empty((1, N), device=dev, dtype=torch.bfloat16) for _ in ws]
+
+    def calls():
+        for w, o in zip(ws, outs):
+            torch.matmul(x, w.t(), out=o)
+
+    return graph_ms([calls]) / n * 1e3   # (the copies are freed on return)
+
+
 def gemv_us(ws, x, outs, cfg: dict | None) -> float:
     """Graph time per GEMV over the rotated weights ws (cfg: a full linear_gemv config laid
     over every table, else the tables as they are)."""
@@ -164,6 +181,7 @@ def main(argv=None) -> int:
                     "one and timed instead of the built-in variants (e.g. '[{\"BLOCK_N\": 1, "
                     "\"num_warps\": 4, \"BLOCK_K\": 4096, \"L2PF\": 2}]')")
     ap.add_argument("--no-floor", action="store_true", help="skip the pure-read floors")
+    ap.add_argument("--no-torch", action="store_true", help="skip torch's bf16 GEMV")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
@@ -186,6 +204,13 @@ def main(argv=None) -> int:
     gen = torch.Generator(device=dev).manual_seed(0)
     for sname in args.shapes.split(","):
         N, K = SHAPES[sname]
+        if not args.no_torch:
+            t_us = torch_gemv_us(N, K, dev, gen)
+            tb = N * K * 2
+            print(f"{sname:>12} {'torch':>5} {tb / 1e6:7.1f} | torch.matmul, bf16 weight: "
+                  f"{t_us:7.2f} us {tb / 1e3 / t_us / copy:6.1%}", flush=True)
+            rows.append({"shape": sname, "type": "torch_bf16", "N": N, "K": K, "bytes": tb,
+                         "copy_GBps": copy, "gemv_us": t_us})
         for tname in args.types.split(","):
             w, _ = _qweight(torch, tname, N, K, dev)
             nbytes = sum(p.numel() * p.element_size() for p in w.data.values())
