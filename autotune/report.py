@@ -446,6 +446,8 @@ def inspect_cuda(cubin: bytes, ptx: str, shared: int, num_warps: int) -> dict:
         "wgmma": len(re.findall(r"\bwgmma\.mma_async", ptx)),
         "mma": len(re.findall(r"\bmma\.sync", ptx)) + len(re.findall(r"\bwgmma\.mma_async", ptx)),
         "hgmma_sass": len(re.findall(r"\bHGMMA\b", sass)),
+        # L2 prefetches that reached the SASS (the GEMV's L2PF: CCTL.E.PF2)
+        "l2_prefetch": len(re.findall(r"\bCCTL\.E\.PF2\b", sass)),
     }
 
 

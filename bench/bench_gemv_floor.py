@@ -53,9 +53,10 @@ def _read_kernel(src_ptr, out_ptr, WORDS: tl.constexpr, STEPS: tl.constexpr,
     pdl_launch(PDL)
     base = tl.program_id(0).to(tl.int64) * (WORDS * STEPS)
     offs = tl.arange(0, WORDS)
-    if PRE == 2:
+    if PRE == 2:    # one prefetch per 16 bytes, as the GEMV's L2PF issues one per chunk
+        offs4 = tl.arange(0, WORDS // 4) * 4
         for s in range(0, STEPS):
-            _l2_prefetch(src_ptr + base + s * WORDS + offs)
+            _l2_prefetch(src_ptr + base + s * WORDS + offs4)
     if PRE:
         acc = tl.load(src_ptr + base + offs)
         pdl_wait(PDL)
@@ -81,8 +82,12 @@ def read_floor_us(nbytes: int, pdl_mode: str, pool: torch.Tensor) -> tuple[float
     """Best graph time (us per kernel) of reading nbytes (rounded up to whole programs) with
     the read kernel, over READ_CONFIGS, each launch reading the next slab of `pool` (read_pool).
     pdl_mode: "off", "wait" (PDL, wait first), "pre" (PDL, first load before the wait) or "l2"
-    (PDL, the whole slab prefetched into L2 before the wait, then as "pre")."""
+    (PDL, the whole slab prefetched into L2 before the wait, then as "pre"). Without PDL
+    (kernels/pdl.py's enabled(): Hopper and later, FORGE_PDL unset) the PDL modes launch
+    without it; "l2" needs NVIDIA's prefetch instruction (NaN elsewhere)."""
     best, best_cfg = float("inf"), {}
+    if pdl_mode == "l2" and torch.version.hip is not None:
+        return float("nan"), {}
     for nw, per_prog in READ_CONFIGS:
         words = nw * 32 * 4
         steps = per_prog // (words * 4)
@@ -93,7 +98,7 @@ def read_floor_us(nbytes: int, pdl_mode: str, pool: torch.Tensor) -> tuple[float
         n = min(64, pool.numel() * 4 // slab)
         srcs = [pool[i * slab // 4:(i + 1) * slab // 4] for i in range(n)]
         out = torch.empty(progs, dtype=torch.int32, device=pool.device)
-        on = pdl_mode != "off"
+        on = pdl_mode != "off" and pdl.enabled()
         kw = {"launch_pdl": True} if on else {}
 
         def calls(srcs=srcs, out=out, progs=progs, words=words, steps=steps, nw=nw, kw=kw,
@@ -171,6 +176,27 @@ def variants(shipped: dict) -> list[dict]:
     return out
 
 
+def parse_configs(ap, text: str) -> list[dict]:
+    """--configs: a JSON list of partial linear_gemv configs, each key one the GEMV launcher
+    reads, each value as a tuning table would hold it."""
+    try:
+        extra = json.loads(text)
+    except json.JSONDecodeError as e:
+        ap.error(f"--configs: not JSON ({e})")
+    if not isinstance(extra, list) or not all(isinstance(c, dict) for c in extra):
+        ap.error("--configs: expected a JSON list of objects")
+    known = set(mm.gemv_default(mm.Q4_K, 1, 4096, 4096)) | tuning.LAUNCH_KEYS
+    for i, c in enumerate(extra):
+        bad = sorted(set(c) - known)
+        if bad:
+            ap.error(f"--configs[{i}]: unknown keys {bad} (the GEMV reads {sorted(known)})")
+        try:
+            tuning._validate_entry(f"--configs[{i}]", c)
+        except ValueError as e:
+            ap.error(str(e))
+    return extra
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--types", default="F16,Q8_0,Q4_K")
@@ -184,15 +210,15 @@ def main(argv=None) -> int:
     ap.add_argument("--no-torch", action="store_true", help="skip torch's bf16 GEMV")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
+    extra = parse_configs(ap, args.configs) if args.configs else None
+    if extra is not None and args.no_variants:
+        ap.error("--configs and --no-variants: choose one")
     if not torch.cuda.is_available():
         print("bench_gemv_floor: needs a GPU", file=sys.stderr)
         return 2
     if not pdl.enabled():
-        print("note: PDL is not available here; the PDL columns repeat the plain launch")
-    extra = json.loads(args.configs) if args.configs else None
-    if extra is not None and (not isinstance(extra, list)
-                              or not all(isinstance(c, dict) for c in extra)):
-        ap.error("--configs: expected a JSON list of objects")
+        print("note: PDL is not available here (kernels/pdl.py): the PDL columns launch without "
+              "it, as the GEMVs do")
     dev = torch.device("cuda")
     copy = copy_bandwidth()
     print(f"device: {torch.cuda.get_device_name()}; device-to-device copy: {copy:.0f} GB/s")
@@ -233,7 +259,7 @@ def main(argv=None) -> int:
                 for cfg in extra if extra is not None else variants(shipped):
                     cfg = dict(shipped, **cfg)
                     res["variants"].append(dict({k: cfg.get(k, 0) for k in VARIED + GRID},
-                                                us=gemv_us(ws, x, outs, cfg)))
+                                                us=gemv_us(ws, x, outs, cfg), config=cfg))
             del ws, outs
             torch.cuda.empty_cache()
             gb = nbytes / 1e3
@@ -251,6 +277,8 @@ def main(argv=None) -> int:
                 print(f"{'':>28}" + " ".join(f"{k} {v[k]}" for k in shown) +
                       f": {v['us']:.2f} us ({gb / v['us'] / copy:.1%})")
             rows.append(res)
+            if args.json:   # after every row: a timeout or a failure keeps what was measured
+                Path(args.json).write_text(json.dumps(rows, indent=1))
     print("read us: the pure read of the weight's bytes, no PDL; pre: with PDL, the first load "
           "before the wait; l2: with PDL, the whole slab prefetched into L2 before the wait; "
           "%copy: bytes / time / copy GB/s.")

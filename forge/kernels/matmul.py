@@ -164,11 +164,14 @@ def _lanes_mask(ggml_type: int) -> int:
 # issues prefetch.global.L2 for its chunks' addresses in every plane of the step L2PF steps
 # ahead, and for the first L2PF steps at the program's start, before the PDL wait (the weights
 # are constant): weight bytes in flight from DRAM to L2 that hold no register, where the loads
-# above are bounded by the registers they land in. Measured (H100, bench/bench_gemv_floor.py,
-# run 15): within +-3% of the same config without it at the 8B shapes in a stream of GEMVs
-# (Q8_0 4096x4096 7.62 -> 7.37 us, Q4_K 14336x4096 14.19 -> 13.85 us at L2PF 2), 4 steps and
-# more up to 1.5x slower; in the 8B Q8_0 model, L2PF 2 on the o projection made decode slower
-# (303.2 -> 299.7 tok/s). No shipped entry sets it; the sweep takes it as an axis (--gemv-l2pf).
+# above are bounded by the registers they land in. With PREFETCH, step c0 + BB is loaded into
+# registers right after the L2 prefetch of step c0 + L2PF * BB: the L2 lead is L2PF - 1 steps
+# (L2PF 1 prefetches what the register prefetch then loads). Measured (H100,
+# bench/bench_gemv_floor.py, run 15) in a stream of GEMVs at the 8B shapes, 1-2 steps ahead:
+# from 3% faster (Q8_0 4096x4096 7.62 -> 7.37 us, Q4_K 14336x4096 14.19 -> 13.85 us) to 16%
+# slower (F16 4096x14336); 4 steps and more up to 1.6x slower. In the 8B Q8_0 model, L2PF 2 on
+# the o projection made decode slower (303.2 -> 299.7 tok/s). No shipped entry sets it; the
+# sweep takes it as an axis (--gemv-l2pf).
 #
 # Fused prologue and epilogues (NORM, ACT, RESID; `linear`'s norm= / act= / residual=; off in
 # every unfused launch, whose code they leave as it was). rms_norm prologue (NORM): the norm's
@@ -754,6 +757,17 @@ def _gv_l2pf(q_ptr, qh_ptr, sc_ptr, d_ptr, s_q, s_qh, s_sc, s_d, r3, c0, c_end,
 
 
 @triton.jit
+def _gv_l2pf_ahead(q_ptr, qh_ptr, sc_ptr, d_ptr, s_q, s_qh, s_sc, s_d, r3, c0, c_end,
+                   TYPE: tl.constexpr, V: tl.constexpr, BB: tl.constexpr, L2PF: tl.constexpr):
+    """In the loop at step c0: the L2 prefetch of the step L2PF steps ahead, if the program has
+    one (L2PF 0: nothing)."""
+    if L2PF:
+        if c0 + L2PF * BB < c_end:
+            _gv_l2pf(q_ptr, qh_ptr, sc_ptr, d_ptr, s_q, s_qh, s_sc, s_d, r3, c0 + L2PF * BB,
+                     c_end, TYPE, V, BB)
+
+
+@triton.jit
 def _anchor_q(q, dep, E: tl.constexpr):
     """Packed int8 x with the dependency anchor (0) ORed into its first word."""
     if E == 4:
@@ -921,7 +935,8 @@ def _linear_gemv_kernel(
     product.
     L2PF (NVIDIA, with ASM): the weights of the program's first L2PF steps are prefetched into
     L2 before anything else (before the PDL wait: they are constant), and each step prefetches
-    the one L2PF steps ahead (see "L2 prefetch" in the GEMV notes)."""
+    the one L2PF steps ahead (with PREFETCH, one of them is the step it loads next: see "L2
+    prefetch" in the GEMV notes)."""
     pdl_launch(PDL)
     tl.static_assert(BLOCK_T == 1 or BLOCK_T == 2, "BLOCK_T must be 1 or 2")
     BB: tl.constexpr = BLOCK_K // (V * E)
@@ -967,10 +982,8 @@ def _linear_gemv_kernel(
                                 c_begin, c_end, TYPE, V, BB, EVEN)
         pdl_wait(PDL)
         for c0 in range(c_begin, c_last, BB):
-            if L2PF and ASM:
-                if c0 + L2PF * BB < c_end:
-                    _gv_l2pf(q_ptr, qh_ptr, sc_ptr, d_ptr, s_q, s_qh, s_sc, s_d, r3,
-                             c0 + L2PF * BB, c_end, TYPE, V, BB)
+            _gv_l2pf_ahead(q_ptr, qh_ptr, sc_ptr, d_ptr, s_q, s_qh, s_sc, s_d, r3, c0, c_end,
+                           TYPE, V, BB, L2PF if ASM else 0)
             wn, hn, scn, dn = _gv_loads(q_ptr, qh_ptr, sc_ptr, d_ptr, s_q, s_qh, s_sc, s_d,
                                         r3, c0 + BB, c_end, TYPE, V, BB, EVEN)
             if PREFETCH == 1:   # the fence: a store that never runs, before this step's x loads
@@ -987,10 +1000,8 @@ def _linear_gemv_kernel(
     else:
         pdl_wait(PDL)
         for c0 in range(c_begin, c_end, BB):
-            if L2PF and ASM:
-                if c0 + L2PF * BB < c_end:
-                    _gv_l2pf(q_ptr, qh_ptr, sc_ptr, d_ptr, s_q, s_qh, s_sc, s_d, r3,
-                             c0 + L2PF * BB, c_end, TYPE, V, BB)
+            _gv_l2pf_ahead(q_ptr, qh_ptr, sc_ptr, d_ptr, s_q, s_qh, s_sc, s_d, r3, c0, c_end,
+                           TYPE, V, BB, L2PF if ASM else 0)
             w, h, sc, d = _gv_loads(q_ptr, qh_ptr, sc_ptr, d_ptr, s_q, s_qh, s_sc, s_d, r3,
                                     c0, c_end, TYPE, V, BB, EVEN)
             acc0, acc1, ss0, ss1 = _gv_step(

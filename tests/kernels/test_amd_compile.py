@@ -107,6 +107,10 @@ def test_compile(compiled, case_id):
             f"{where}: ptxas spills {r['spill_stores']} B stored / {r['spill_loads']} B loaded " \
             f"(stack {r['stack']} B, {r['spill_insts']} STL/LDL)"
         assert r["smem"] <= limit, f"{where}: shared memory {r['smem']} B > {limit} B"
+        if case.kernel == "linear_gemv":   # the GEMV's L2PF prefetches exist exactly when set
+            l2pf = case.constexprs.get("L2PF", 0) and case.constexprs.get("ASM")
+            assert (r["l2_prefetch"] > 0) == bool(l2pf), \
+                f"{where}: {r['l2_prefetch']} L2 prefetch instructions with L2PF {l2pf}"
         wgmma_tile = case.constexprs.get("BLOCK_M", 0) >= 64 and case.options["num_warps"] % 4 == 0
         if case.expect_mma and case.kernel == "linear_gemm" and wgmma_tile:
             assert r["wgmma"] > 0, f"{where}: no wgmma.mma_async in the GEMM's PTX"
