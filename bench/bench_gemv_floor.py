@@ -28,16 +28,16 @@ import triton
 import triton.language as tl
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from autotune.spaces import _qweight, _rotations  # noqa: E402
 from autotune.timing import graph_ms  # noqa: E402
+from bench_matmul import SHAPES, copy_bandwidth  # noqa: E402
 from forge.kernels import matmul as mm  # noqa: E402
 from forge.kernels import pdl, tuning  # noqa: E402
 from forge.kernels.matmul import _l2_prefetch  # noqa: E402
 from forge.kernels.pdl import pdl_launch, pdl_wait  # noqa: E402
 
-SHAPES = {"14336x4096": (14336, 4096), "4096x14336": (4096, 14336), "4096x4096": (4096, 4096),
-          "128256x4096": (128256, 4096)}
 ROTATE_BYTES = 512 << 20
 # (num_warps, bytes per program) of the read kernel: the best of these is the floor
 READ_CONFIGS = [(w, b) for w in (1, 2, 4) for b in (4096, 8192, 16384, 32768)]
@@ -113,18 +113,6 @@ def read_floor_us(nbytes: int, pdl_mode: str, pool: torch.Tensor) -> tuple[float
             best, best_cfg = us, {"num_warps": nw, "bytes_per_program": per_prog,
                                   "bytes_read": slab}
     return best, best_cfg
-
-
-def copy_bandwidth() -> float:
-    """GB/s of a 1 GiB device-to-device copy (bytes read + bytes written), as bench_matmul."""
-    import triton.testing
-
-    n = 1 << 30
-    src = torch.empty(n, dtype=torch.uint8, device="cuda")
-    dst = torch.empty_like(src)
-    ms = float(triton.testing.do_bench(lambda: dst.copy_(src), warmup=25, rep=200,
-                                       return_mode="median"))
-    return 2 * n / ms / 1e6
 
 
 def torch_gemv_us(N: int, K: int, dev, gen) -> float:
