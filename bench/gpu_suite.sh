@@ -25,7 +25,9 @@ for stage in "$@"; do
         [ -f "$b" ] && timeout 240 python3 "$b" 2>&1 | tee "$OUT/$(basename "$b" .py).log" | tail -40
       done
       timeout 300 python3 bench/bench_gemv_floor.py --no-variants --types F16,Q8_0,Q4_K,Q6_K \
-        --json "$OUT/gemv_floor.json" 2>&1 | tee "$OUT/gemv_floor.log" | tail -20 ;;
+        --json "$OUT/gemv_floor.json" 2>&1 | tee "$OUT/gemv_floor.log" | tail -20
+      timeout 300 python3 bench/bench_gemv_parts.py --json "$OUT/gemv_parts.json" 2>&1 \
+        | tee "$OUT/gemv_parts.log" | tail -12 ;;
     smoke)
       python3 - <<'PY' 2>&1 | tee "$OUT/smoke.log" | tail -30
 import time, numpy as np
