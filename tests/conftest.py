@@ -68,10 +68,11 @@ def model_path():
 
 @pytest.fixture
 def rng(request):
-    """A fresh random generator per test; the seed is printed on failure."""
+    """A fresh random generator per test; the seed is printed on failure, and FORGE_TEST_SEED
+    replays it."""
     import numpy as np
 
-    seed = int.from_bytes(os.urandom(4), "little")
+    seed = int(os.environ.get("FORGE_TEST_SEED") or int.from_bytes(os.urandom(4), "little"))
     request.node.user_properties.append(("seed", seed))
     print(f"rng seed: {seed}")
     return np.random.default_rng(seed)
