@@ -70,7 +70,8 @@ def space(kernel: str, family: str, *, sub: int = 1, lds_bytes: int = 64 * 1024,
     its K loop; 1 = the kernel's own load ordering only).
     gemv_prefetch: PREFETCH values to try for the NVIDIA GEMV (the kernel's own software
     pipelining: 0 off, 1 the next step's weight loads before each decode, behind a fence, 2 the
-    same left to ptxas; see matmul.py); None: not an axis (the current value is kept).
+    same left to ptxas, 4 and 3 the same two steps per loop iteration; see matmul.py); None: not
+    an axis (the current value is kept).
     gemv_x_pre: X_PRE values to try for an int8 GEMV (1: x quantized by a kernel before the
     GEMV; the timed rotations share one x, so one quantization serves them all (xquant's
     reuse), as the producing norm / act_mul / attention's codes do in a model: the times are

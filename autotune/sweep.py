@@ -258,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--gemv-stages", default="1",
                     help="num_stages values for the NVIDIA linear_gemv candidates (e.g. 1,2,3)")
     ap.add_argument("--gemv-prefetch", default=None,
-                    help="PREFETCH values for the NVIDIA linear_gemv candidates (e.g. 0,1,2: "
+                    help="PREFETCH values for the NVIDIA linear_gemv candidates (e.g. 0,1,2,3,4: "
                     "the next step's weight loads issued during each decode; see matmul.py); "
                     "default: each bucket keeps its current value")
     ap.add_argument("--gemv-x-pre", default=None,

@@ -159,6 +159,15 @@ def _lanes_mask(ggml_type: int) -> int:
 # step's dp4a / float work (sm90 SASS, every type and path; on AMD the store becomes a branch,
 # which the scheduler does not cross either). Cost: both steps' words are live at once (Q4_K
 # 80 -> 126 registers, Q8_0 56 -> 80 at the sm90 configs for 14336 x 4096; unfenced 96 / 64).
+# PREFETCH 3 (unfenced) / 4 (fenced) run two steps per loop iteration. In the one-step loop the
+# prefetched words become the next iteration's words through a register copy at the loop's end,
+# and a copy waits for its load: Nsight Compute's stall sampling of the sm90 Q4_K 4096 x 14336
+# GEMV (PREFETCH 2, run 16) puts 41% of its samples on those MOVs. With two steps per iteration
+# the second step's words are loaded into the registers the first step's decode freed, so
+# nothing is copied (an odd step before the last one is peeled off). Measured (H100, run 16),
+# the stall moves rather than goes: Q4_K 4096 x 14336 14.46 us at PREFETCH 2, 14.62 at 3, 15.28
+# at 4 (its 40 registers cost a quarter of the occupancy); faster only on a few shapes (Q6_K
+# 4096 x 4096 7.23 -> 6.78 us, the F16 head 344 -> 337 us). No shipped entry sets them.
 #
 # L2 prefetch (L2PF, opt-in per config, NVIDIA only; 0 = off, the code unchanged). Each thread
 # issues prefetch.global.L2 for its chunks' addresses in every plane of the step L2PF steps
@@ -768,6 +777,37 @@ def _gv_l2pf_ahead(q_ptr, qh_ptr, sc_ptr, d_ptr, s_q, s_qh, s_sc, s_d, r3, c0, c
 
 
 @triton.jit
+def _gv_fence(out_ptr, zero, FENCE: tl.constexpr):
+    """PREFETCH 1 / 4's fence: a store that never runs (zero is 0), placed between a step's
+    prefetch loads and its x loads (see "Prefetch" in the GEMV notes)."""
+    if FENCE:
+        tl.store(out_ptr, zero.to(out_ptr.dtype.element_ty), mask=zero != 0)
+
+
+@triton.jit
+def _gv_pf_step(acc0, acc1, ss0, ss1, w, h, sc, d, c0, x_ptr, xq_ptr, xs_ptr, nw_ptr,
+                q_ptr, qh_ptr, sc_ptr, d_ptr, s_q, s_qh, s_sc, s_d, r3, out_ptr, zero, t0, t1, K,
+                stride_x, stride_xq, stride_xs, c_end, mg, lm, zu, TYPE: tl.constexpr,
+                V: tl.constexpr, E: tl.constexpr, BB: tl.constexpr, BLOCK_T: tl.constexpr,
+                EVEN: tl.constexpr, X_PAIRS: tl.constexpr, X_INT8: tl.constexpr,
+                ASM: tl.constexpr, X_PRE: tl.constexpr, NORM: tl.constexpr,
+                FENCE: tl.constexpr, L2PF: tl.constexpr):
+    """One step of the PREFETCH loop: the L2 prefetch L2PF steps ahead, step c0 + BB's weight
+    loads, the fence (FENCE), then step c0's decode of its words (w, h, sc, d, loaded a step
+    before). Returns the accumulators and step c0 + BB's words."""
+    _gv_l2pf_ahead(q_ptr, qh_ptr, sc_ptr, d_ptr, s_q, s_qh, s_sc, s_d, r3, c0, c_end, TYPE, V,
+                   BB, L2PF if ASM else 0)
+    wn, hn, scn, dn = _gv_loads(q_ptr, qh_ptr, sc_ptr, d_ptr, s_q, s_qh, s_sc, s_d, r3, c0 + BB,
+                                c_end, TYPE, V, BB, EVEN)
+    _gv_fence(out_ptr, zero, FENCE)
+    acc0, acc1, ss0, ss1 = _gv_step(
+        acc0, acc1, ss0, ss1, w, h, sc, d, x_ptr, xq_ptr, xs_ptr, nw_ptr, t0, t1, K, stride_x,
+        stride_xq, stride_xs, c0, c_end, mg, lm, zu, TYPE, V, E, BB, BLOCK_T, EVEN, X_PAIRS,
+        X_INT8, ASM, X_PRE, NORM)
+    return acc0, acc1, ss0, ss1, wn, hn, scn, dn
+
+
+@triton.jit
 def _anchor_q(q, dep, E: tl.constexpr):
     """Packed int8 x with the dependency anchor (0) ORed into its first word."""
     if E == 4:
@@ -923,7 +963,8 @@ def _linear_gemv_kernel(
     EVEN: every step whole (no masks). X_PAIRS: see `_gv_xpiece`. X_INT8: int8 activations
     and dp4a (see the notes above `_dp4a`; ASM: real dp4a, else emulated). PREFETCH: 0 = one
     step's loads at a time; 1 = the next step's weight loads issued before each decode, behind
-    a fence; 2 = the same without the fence (ptxas places them) (see the GEMV notes).
+    a fence; 2 = the same without the fence (ptxas places them); 4 / 3 = 1 / 2 with two steps
+    per loop iteration (see the GEMV notes).
     X_PRE: x comes quantized (xq_ptr, xs_ptr: `quantize_x`), not from x_ptr (X_INT8 types).
     PDL: launched with programmatic dependent launch (kernels/pdl.py): the weights are constant,
     so with PREFETCH the first step's weight loads are issued before the wait for the previous
@@ -978,21 +1019,38 @@ def _linear_gemv_kernel(
         # (see "prefetch" in the GEMV notes) step c0 + BB's weight words are loaded before step
         # c0's decode and carried to the next iteration; the last step is peeled off the loop
         c_last = c_begin + (tl.cdiv(c_end - c_begin, BB) - 1) * BB
+        FENCE: tl.constexpr = PREFETCH == 1 or PREFETCH == 4
         w, h, sc, d = _gv_loads(q_ptr, qh_ptr, sc_ptr, d_ptr, s_q, s_qh, s_sc, s_d, r3,
                                 c_begin, c_end, TYPE, V, BB, EVEN)
         pdl_wait(PDL)
-        for c0 in range(c_begin, c_last, BB):
-            _gv_l2pf_ahead(q_ptr, qh_ptr, sc_ptr, d_ptr, s_q, s_qh, s_sc, s_d, r3, c0, c_end,
-                           TYPE, V, BB, L2PF if ASM else 0)
-            wn, hn, scn, dn = _gv_loads(q_ptr, qh_ptr, sc_ptr, d_ptr, s_q, s_qh, s_sc, s_d,
-                                        r3, c0 + BB, c_end, TYPE, V, BB, EVEN)
-            if PREFETCH == 1:   # the fence: a store that never runs, before this step's x loads
-                tl.store(out_ptr, zero.to(out_ptr.dtype.element_ty), mask=zero != 0)
-            acc0, acc1, ss0, ss1 = _gv_step(
-                acc0, acc1, ss0, ss1, w, h, sc, d, x_ptr, xq_ptr, xs_ptr, nw_ptr, t0, t1, K,
-                stride_x, stride_xq, stride_xs, c0, c_end, mg, lm, zu, TYPE, V, E, BB, BLOCK_T,
-                EVEN, X_PAIRS, X_INT8, ASM, X_PRE, NORM)
-            w, h, sc, d = wn, hn, scn, dn
+        if PREFETCH >= 3:
+            # two steps per iteration, the second's words loaded into the registers the first
+            # freed: nothing is carried in a register copy (see "Prefetch" in the GEMV notes)
+            c_pairs = c_begin + (c_last - c_begin) // (2 * BB) * (2 * BB)
+            for c0 in range(c_begin, c_pairs, 2 * BB):
+                acc0, acc1, ss0, ss1, wn, hn, scn, dn = _gv_pf_step(
+                    acc0, acc1, ss0, ss1, w, h, sc, d, c0, x_ptr, xq_ptr, xs_ptr, nw_ptr,
+                    q_ptr, qh_ptr, sc_ptr, d_ptr, s_q, s_qh, s_sc, s_d, r3, out_ptr, zero, t0,
+                    t1, K, stride_x, stride_xq, stride_xs, c_end, mg, lm, zu, TYPE, V, E, BB,
+                    BLOCK_T, EVEN, X_PAIRS, X_INT8, ASM, X_PRE, NORM, FENCE, L2PF)
+                acc0, acc1, ss0, ss1, w, h, sc, d = _gv_pf_step(
+                    acc0, acc1, ss0, ss1, wn, hn, scn, dn, c0 + BB, x_ptr, xq_ptr, xs_ptr,
+                    nw_ptr, q_ptr, qh_ptr, sc_ptr, d_ptr, s_q, s_qh, s_sc, s_d, r3, out_ptr,
+                    zero, t0, t1, K, stride_x, stride_xq, stride_xs, c_end, mg, lm, zu, TYPE, V,
+                    E, BB, BLOCK_T, EVEN, X_PAIRS, X_INT8, ASM, X_PRE, NORM, FENCE, L2PF)
+            if c_pairs < c_last:    # an odd number of steps before the last
+                acc0, acc1, ss0, ss1, w, h, sc, d = _gv_pf_step(
+                    acc0, acc1, ss0, ss1, w, h, sc, d, c_pairs, x_ptr, xq_ptr, xs_ptr, nw_ptr,
+                    q_ptr, qh_ptr, sc_ptr, d_ptr, s_q, s_qh, s_sc, s_d, r3, out_ptr, zero, t0,
+                    t1, K, stride_x, stride_xq, stride_xs, c_end, mg, lm, zu, TYPE, V, E, BB,
+                    BLOCK_T, EVEN, X_PAIRS, X_INT8, ASM, X_PRE, NORM, FENCE, L2PF)
+        else:
+            for c0 in range(c_begin, c_last, BB):
+                acc0, acc1, ss0, ss1, w, h, sc, d = _gv_pf_step(
+                    acc0, acc1, ss0, ss1, w, h, sc, d, c0, x_ptr, xq_ptr, xs_ptr, nw_ptr,
+                    q_ptr, qh_ptr, sc_ptr, d_ptr, s_q, s_qh, s_sc, s_d, r3, out_ptr, zero, t0,
+                    t1, K, stride_x, stride_xq, stride_xs, c_end, mg, lm, zu, TYPE, V, E, BB,
+                    BLOCK_T, EVEN, X_PAIRS, X_INT8, ASM, X_PRE, NORM, FENCE, L2PF)
         acc0, acc1, ss0, ss1 = _gv_step(
             acc0, acc1, ss0, ss1, w, h, sc, d, x_ptr, xq_ptr, xs_ptr, nw_ptr, t0, t1, K,
             stride_x, stride_xq, stride_xs, c_last, c_end, mg, lm, zu, TYPE, V, E, BB, BLOCK_T,
@@ -1743,7 +1801,9 @@ SPEC_FULL_TYPES = ("F16", "Q8_0", "Q4_K", "Q6_K")
 # (type, vendor, warp size, CUs, PREFETCH), NVIDIA's fenced and unfenced forms, AMD's fenced one.
 SPEC_PREFETCH = (("Q4_K", "nvidia", 32, 132, 1), ("Q8_0", "nvidia", 32, 132, 1),
                  ("Q4_K", "nvidia", 32, 132, 2), ("Q8_0", "nvidia", 32, 132, 2),
-                 ("Q4_K", "amd", 64, 304, 1), ("Q4_K", "amd", 32, 96, 1))
+                 ("Q4_K", "nvidia", 32, 132, 3), ("Q4_K", "nvidia", 32, 132, 4),
+                 ("Q4_K", "amd", 64, 304, 1), ("Q4_K", "amd", 32, 96, 1),
+                 ("Q4_K", "amd", 64, 304, 4), ("Q6_K", "amd", 32, 96, 3))
 # The GEMV on pre-quantized x (X_PRE, NVIDIA, opt-in through tables): (type, PREFETCH, BLOCK_T).
 SPEC_XPRE = (("Q4_K", 0, 1), ("Q4_K", 2, 1), ("Q8_0", 2, 1), ("Q6_K", 0, 1), ("Q4_K", 0, 2),
              ("Q5_K", 0, 1), ("Q4_0", 0, 1))

@@ -41,11 +41,12 @@ AMD_ONLY_KEYS = frozenset({"waves_per_eu", "matrix_instr_nonkdim", "kpack"})
 LAUNCH_KEYS = frozenset({"num_warps", "num_stages", "num_ctas"})
 NOTE_KEYS = frozenset({"source", "comment"})
 # Constexpr keys that select a code path: the values the kernels define (matmul.py's GEMV:
-# PREFETCH 0 off, 1 prefetch + fence, 2 prefetch left to ptxas; X_PRE 0 x converted in the
+# PREFETCH 0 off, 1 prefetch + fence, 2 prefetch left to ptxas, 4 / 3 the same two steps per
+# loop iteration (no register copy of the prefetched words); X_PRE 0 x converted in the
 # GEMV, 1 x quantized to int8 once before it; PDL 1 launched with programmatic dependent launch
 # where kernels/pdl.py enables it, 0 never; FUSE_NORM 1 an rms_norm before the GEMV runs in its
 # prologue where it can, 0 stays a kernel of its own).
-ENUM_KEYS = {"PREFETCH": (0, 1, 2), "X_PRE": (0, 1), "PDL": (0, 1), "FUSE_NORM": (0, 1)}
+ENUM_KEYS = {"PREFETCH": (0, 1, 2, 3, 4), "X_PRE": (0, 1), "PDL": (0, 1), "FUSE_NORM": (0, 1)}
 # L2PF (matmul.py's GEMV, NVIDIA): how many steps ahead the weights are prefetched into L2 (0 off).
 L2PF_VALUES = range(0, 4097)
 

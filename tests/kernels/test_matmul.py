@@ -195,8 +195,9 @@ class KwargSpy:
 @pytest.mark.parametrize("name", ["F32", "F16", "Q8_0", "Q4_0", "Q5_0", "Q4_K", "Q5_K", "Q6_K",
                                   "Q2_K", "Q3_K"])
 def test_gemv_prefetch(name, rng, tuning_table, monkeypatch):
-    """PREFETCH 1 (with the ordering fence) and 2 against the float64 reference and against
-    PREFETCH 0 (identical under the interpreter: only the load schedule differs): masked tail
+    """PREFETCH 1 (with the ordering fence) and 2, and their two-steps-per-iteration forms 4
+    and 3, against the float64 reference and against PREFETCH 0 (identical under the
+    interpreter: only the load schedule differs): masked tail
     and whole steps, split-K (uneven: the last split has fewer steps, down to one, where the
     loop body never runs), 1, 2 and 3 token rows (BLOCK_T 2), int8 and float activations."""
     tid = int(gguf_type(name))
@@ -215,7 +216,7 @@ def test_gemv_prefetch(name, rng, tuning_table, monkeypatch):
         x = torch.from_numpy(rng.standard_normal((T, K)).astype(np.float32)).to(dtype)
         ref = x.double().numpy() @ w64.T
         got = {}
-        for pf in (0, 1, 2) if i == 0 else (0, 1):
+        for pf in (0, 1, 2, 3, 4) if i == 0 else (0, 1, 3):
             tuning_table({"linear_gemv": {"*": {
                 "BLOCK_N": 32, "BLOCK_K": blk * V * E, "SPLIT_K": split, "MAX_T": 4,
                 "X_INT8": x8, "PREFETCH": pf, "num_warps": 1}}})
@@ -232,6 +233,54 @@ def test_gemv_prefetch(name, rng, tuning_table, monkeypatch):
                 assert torch.equal(got[pf], got[0]), f"{cols} T={T} PREFETCH {pf} != 0"
             else:
                 assert rel_err(got[pf], got[0].double().cpu().numpy()) < 1e-5
+
+
+@pytest.mark.parametrize("name", ["Q8_0", "Q4_K"])
+def test_gemv_prefetch_pairs(name, rng, tuning_table, monkeypatch):
+    """PREFETCH 3 / 4 run two steps per loop iteration, with an odd step before the last one
+    peeled off: every step count from 1 to 6 per program (no pair, pairs only, pairs and the odd
+    step; whole steps and a masked tail), 1 and 2 token rows, against PREFETCH 0 (bit for bit on
+    the CPU) and the float64 reference; PREFETCH 4 with the L2 prefetch on too (a no-op on the
+    CPU). (Every type takes PREFETCH 3 and 4 in test_gemv_prefetch.)"""
+    tid = int(gguf_type(name))
+    V, E = mm.gemv_shape(tid)
+    epc = V * E
+    blk = dq.TYPES[tid].block
+    # chunks per step: two quant blocks (or two chunks), so that a masked tail of one block
+    # (or chunk) leaves the last step half full
+    half = max(blk, epc)
+    bb = 2 * half // epc
+    spy = KwargSpy(mm._linear_gemv_kernel)
+    monkeypatch.setattr(mm, "_linear_gemv_kernel", spy)
+    for steps in range(1, 7):
+        for tail in (False, True):
+            K = steps * bb * epc - (half if tail else 0)
+            qt, w64 = make_weight(name, 5, K, rng)
+            for T in (1, 2):
+                x = torch.from_numpy(rng.standard_normal((T, K)).astype(np.float32)) \
+                    .to(torch.bfloat16)
+                # (int8 x: the reference takes x as the kernel quantizes it, see check_linear)
+                ref = quantized_x(x.double().numpy(), V, E) @ w64.T
+                got = {}
+                for pf, l2 in ((0, 0), (3, 0), (4, 1)):
+                    tuning_table({"linear_gemv": {"*": {
+                        "BLOCK_N": 2, "BLOCK_K": bb * epc, "SPLIT_K": 1, "MAX_T": 4,
+                        "X_INT8": 1, "X_PRE": 1, "PREFETCH": pf,
+                        "L2PF": l2, "num_warps": 1}}})
+                    got[pf, l2] = mm.linear(x.to(DEV), qt)
+                    kw = spy.calls[-1]
+                    assert kw["PREFETCH"] == pf and kw["EVEN"] == (not tail)
+                    assert triton_cdiv(triton_cdiv(K, epc), kw["BLOCK_K"] // epc) == steps
+                    err = rel_err(got[pf, l2], ref)
+                    assert err < 1.25 * 2.0 ** -7, \
+                        f"{steps} steps tail {tail} T={T} PREFETCH {pf}: {err:.3e}"
+                    if pf == 0:
+                        continue
+                    if DEV == "cpu":
+                        assert torch.equal(got[pf, l2], got[0, 0]), \
+                            f"{steps} steps tail {tail} T={T} PREFETCH {pf} L2PF {l2} != 0"
+                    else:
+                        assert rel_err(got[pf, l2], got[0, 0].double().cpu().numpy()) < 1e-5
 
 
 @pytest.mark.parametrize("name", ["F16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q4_K", "Q5_K", "Q6_K",
@@ -267,14 +316,14 @@ def test_gemv_l2_prefetch(name, rng, tuning_table, monkeypatch):
 
 def test_gemv_prefetch_config_key(tuning_table):
     """gemv_default keeps PREFETCH 0; a table entry sets it (a generic override outranks the
-    shipped per-type entries); values other than 0, 1, 2 are refused when a table is read."""
+    shipped per-type entries); values other than 0 .. 4 are refused when a table is read."""
     tid = int(gguf_type("Q4_K"))
     for vendor in ("nvidia", "amd"):
         assert mm.gemv_default(tid, 1, 14336, 4096, 132, 32, vendor)["PREFETCH"] == 0
     assert mm.gemv_default(tid, 1, 64, 256, interpreter=True)["PREFETCH"] == 0
     tuning_table({"linear_gemv": {"*": {"PREFETCH": 1}}})
     assert mm._configs(tid, 1, 14336, 4096)[0]["PREFETCH"] == 1
-    for bad in (3, -1, 1.0, "1"):
+    for bad in (5, -1, 1.0, "1"):
         with pytest.raises(ValueError, match="PREFETCH"):
             with tuning.override({"linear_gemv": {"*": {"PREFETCH": bad}}}):
                 pass
@@ -603,7 +652,7 @@ def test_gemv_xpre_equals_in_kernel_int8(name, rng, tuning_table, monkeypatch):
     """X_PRE (x quantized by quantize_x, read as codes) against the in-kernel X_INT8 path: the
     same chunks, rounding and integer dots, so the same result (bit-identical on the CPU);
     and against the float64 reference. Masked tail and whole steps, 1-3 token rows, split-K
-    with an uneven last split, PREFETCH 0 and 2."""
+    with an uneven last split, PREFETCH 0, 2, 3 and 4."""
     tid = int(gguf_type(name))
     V, E = mm.gemv_shape(tid)
     spy = KwargSpy(mm._linear_gemv_kernel)
@@ -611,7 +660,8 @@ def test_gemv_xpre_equals_in_kernel_int8(name, rng, tuning_table, monkeypatch):
     legacy = PREFETCH_SHAPES["Q4_0"] if dq.TYPES[tid].block == 32 else (256 * 5, 256 * 3, 16)
     odd, even, bb = PREFETCH_SHAPES.get(name, legacy)
     runs = [("odd", 1, torch.bfloat16, 1, 0), ("even", 2, torch.float16, 1, 2),
-            ("odd", 3, torch.bfloat16, 3, 2), ("even", 1, torch.bfloat16, 2, 0)]
+            ("odd", 3, torch.bfloat16, 3, 2), ("even", 1, torch.bfloat16, 2, 0),
+            ("odd", 1, torch.bfloat16, 1, 3), ("even", 2, torch.bfloat16, 3, 4)]
     weights = {"odd": make_weight(name, 37, odd, rng), "even": make_weight(name, 37, even, rng)}
     for cols, T, dtype, split, pf in runs:
         qt, w64 = weights[cols]

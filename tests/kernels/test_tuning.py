@@ -355,7 +355,7 @@ def test_search_spaces_are_valid_tables(family, kernel):
         spaces.space("nope", family)
 
 
-@pytest.mark.parametrize("axis,key,values", [("gemv_prefetch", "PREFETCH", (0, 1, 2)),
+@pytest.mark.parametrize("axis,key,values", [("gemv_prefetch", "PREFETCH", (0, 1, 2, 3, 4)),
                                               ("gemv_x_pre", "X_PRE", (0, 1)),
                                               ("gemv_l2pf", "L2PF", (0, 1, 2, 64))])
 def test_gemv_prefetch_and_x_pre_are_opt_in_sweep_axes_on_nvidia(axis, key, values):
@@ -377,7 +377,7 @@ def test_gemv_prefetch_and_x_pre_are_opt_in_sweep_axes_on_nvidia(axis, key, valu
     if key == "X_PRE":
         assert all(key not in c for c in spaces.space("linear_gemv", "hopper", sub=1, **{axis: (0, 1)}))
     flag = "--" + axis.replace("_", "-")
-    for bad in ("0,5000" if key == "L2PF" else "0,3", "-1", "zero"):
+    for bad in ({"L2PF": "0,5000", "PREFETCH": "0,5"}.get(key, "0,3"), "-1", "zero"):
         with pytest.raises(SystemExit):
             sweep.main(["--kernel", "linear_gemv", flag, bad])
     for bad in ("1.0", "-0.1"):
