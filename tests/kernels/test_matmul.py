@@ -128,12 +128,11 @@ def test_gemv_defaults_cover_llama_shapes(name):
         assert cfg["MAX_T"] == mm.MAX_BLOCK_T
 
 
-def quantized_x(x: np.ndarray, V: int, E: int, fused: bool = False) -> np.ndarray:
+def quantized_x(x: np.ndarray, V: int, E: int) -> np.ndarray:
     """x [T, K] as the GEMV's int8 path sees it: `_xq_reference`'s codes times their chunk
     scales, float64. (A GPU build may fuse x * inv + 1.5 * 2^23 into one FMA: a code at a
-    rounding tie can then be one step off, ~1e-3 of one product. fused: the codes as that
-    build rounds them.)"""
-    codes, scales = _xq_reference(x.astype(np.float32), V, E, fused)
+    rounding tie can then be one step off, ~1e-3 of one product.)"""
+    codes, scales = _xq_reference(x.astype(np.float32), V, E)
     scale = np.repeat(scales.astype(np.float64), V * E, axis=1)
     return (codes.astype(np.float64) * scale)[:, :x.shape[1]]
 
@@ -160,8 +159,6 @@ def test_gemv_int8_activations(name, rng, tuning_table):
             x64 = x.double().numpy()
             got = mm.linear(x.to(DEV), qt)
             err = rel_err(got, quantized_x(x64, V, E) @ w64.T)
-            if DEV != "cpu":    # a GPU build rounds the codes one way or the other throughout
-                err = min(err, rel_err(got, quantized_x(x64, V, E, fused=True) @ w64.T))
             ulp = 2.0 ** -7 if dtype == torch.bfloat16 else 2.0 ** -10
             assert err < 1.25 * ulp, f"T={T} {dtype}: relative error {err:.3e} (quantized x)"
             # and the quantization itself stays a small change of x (8 bits of a chunk maximum)
@@ -600,13 +597,10 @@ def test_type_entry_yields_to_a_higher_generic_table(monkeypatch, generic, speci
 # --- X_PRE: x quantized to int8 once per GEMV (quantize_x), then read by the GEMV ------------
 
 
-def _xq_reference(x: np.ndarray, V: int, E: int,
-                  fused: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def _xq_reference(x: np.ndarray, V: int, E: int) -> tuple[np.ndarray, np.ndarray]:
     """NumPy twin of the chunk quantization, in float32 as the kernels do it (scale =
     max|x| / 127; codes = round-half-even(x * (127 / max|x|))): (codes int8 [T, NCH * V * E],
-    in element order, scales float32 [T, NCH]). fused: the product is not rounded to float32
-    before the rounding to an integer (x * inv + 1.5 * 2^23 as one FMA; the float64 product
-    of two float32 values is exact)."""
+    in element order, scales float32 [T, NCH])."""
     T, K = x.shape
     epc = V * E
     nch = -(-K // epc)
@@ -617,11 +611,7 @@ def _xq_reference(x: np.ndarray, V: int, E: int,
     with np.errstate(divide="ignore"):
         inv = np.where(amax > 0, np.float32(127.0) / np.maximum(amax, np.float32(1e-30)),
                        np.float32(0)).astype(np.float32)
-    if fused:
-        codes = np.rint(ch.astype(np.float64) * inv[:, :, None].astype(np.float64))
-    else:
-        codes = np.rint((ch * inv[:, :, None]).astype(np.float32))
-    codes = codes.astype(np.int8)
+    codes = np.rint((ch * inv[:, :, None]).astype(np.float32)).astype(np.int8)
     return codes.reshape(T, -1), (amax * np.float32(1.0 / 127.0)).astype(np.float32)
 
 
