@@ -137,6 +137,30 @@ def quantized_x(x: np.ndarray, V: int, E: int) -> np.ndarray:
     return (codes.astype(np.float64) * scale)[:, :x.shape[1]]
 
 
+def tie_slack(x: np.ndarray, V: int, E: int, w64: np.ndarray, near: float = 4e-5) -> float:
+    """How far (norm-wise, relative to the quantized-x product) a GPU's int8 path may lawfully
+    stray from `quantized_x`: there the chunk's 127 / max|x| is an approximate division (PTX
+    div.full.f32, within 2 ulp) and x * inv + 1.5 * 2^23 may be one FMA, so a code whose x * inv
+    lies within `near` of a rounding tie can come out one step the other way (|x * inv| <= 127:
+    2 ulp of the inverse move it by up to 3.0e-5, the unrounded product by 7.6e-6 more). Returns the norm of those elements' possible contributions (|w| times the chunk scale,
+    per output) over the norm of the product; 0 when no code is that close to a tie."""
+    T, K = x.shape
+    epc = V * E
+    codes, scales = _xq_reference(x.astype(np.float32), V, E)
+    nch = scales.shape[1]
+    xp = np.zeros((T, nch * epc), np.float32)
+    xp[:, :K] = x
+    amax = np.abs(xp.reshape(T, nch, epc)).max(axis=2)
+    with np.errstate(divide="ignore"):
+        inv = np.where(amax > 0, np.float32(127.0) / np.maximum(amax, np.float32(1e-30)),
+                       np.float32(0)).astype(np.float32)
+    y = xp.astype(np.float64) * np.repeat(inv.astype(np.float64), epc, axis=1)
+    tie = (np.abs(y - np.floor(y) - 0.5) < near)[:, :K]
+    step = np.repeat(scales.astype(np.float64), epc, axis=1)[:, :K] * tie
+    ref = quantized_x(x, V, E) @ w64.T
+    return float(np.linalg.norm(step @ np.abs(w64).T) / np.linalg.norm(ref))
+
+
 @pytest.mark.parametrize("name", mm.INT8_TYPES)
 def test_gemv_int8_activations(name, rng, tuning_table):
     """The GEMV with bf16/fp16 activations quantized to int8 per chunk and dp4a (the NVIDIA
@@ -144,6 +168,7 @@ def test_gemv_int8_activations(name, rng, tuning_table):
     quantized that way (`quantized_x`) up to the rounding of its bf16/fp16 output: at most one
     unit in the last place (2^-7 / 2^-10 relative; the interpreter's float32 -> bf16 conversion
     may truncate), with a quarter of it to spare, masked and whole steps, 1 and 2 token rows.
+    (On a GPU, plus `tie_slack`: codes at a rounding tie may round either way there.)
     (Against unquantized x the error is
     ~0.5% typically but not bounded: the rounding error of x enters every row alike, so where
     W's rows share a large common part (the K-quants' mins) the result can cancel while the error
@@ -160,7 +185,10 @@ def test_gemv_int8_activations(name, rng, tuning_table):
             got = mm.linear(x.to(DEV), qt)
             err = rel_err(got, quantized_x(x64, V, E) @ w64.T)
             ulp = 2.0 ** -7 if dtype == torch.bfloat16 else 2.0 ** -10
-            assert err < 1.25 * ulp, f"T={T} {dtype}: relative error {err:.3e} (quantized x)"
+            # (on a GPU, codes at a rounding tie may go either way: see tie_slack; usually 0)
+            slack = 0.0 if DEV == "cpu" else tie_slack(x64, V, E, w64)
+            assert err < 1.25 * ulp + slack, \
+                f"T={T} {dtype}: relative error {err:.3e} (quantized x; tie slack {slack:.1e})"
             # and the quantization itself stays a small change of x (8 bits of a chunk maximum)
             assert np.linalg.norm(quantized_x(x64, V, E) - x64) < 1e-2 * np.linalg.norm(x64)
         check_linear(qt, w64, 1, torch.float32, rng)
