@@ -1,4 +1,4 @@
-"""Where the batch-1 GEMV's time goes between a pure read and the full kernel, on a GPU (not a test).
+"""Where the batch-1 GEMV's time goes between a pure read and the full kernel, on a GPU (no test).
 
 bench_gemv_floor.py puts the GEMV next to a kernel that only reads the same number of bytes. This
 script takes the GEMV apart instead: one kernel with the GEMV's grid, program shape, loads, PDL
@@ -7,7 +7,8 @@ first step's before the PDL wait), at growing levels of work:
 
     q       the "q" plane's words only, ORed together (the bytes that carry the codes)
     planes  every weight plane of the step (q, qh, sc, d: `_gv_loads`), ORed together
-    x       planes, and the step's pre-quantized x (`_gv_xpre`: codes, sums, scales), ORed
+    x       planes, and the step's pre-quantized x (`_gv_xpre`: codes and scales loaded, the
+            sums of the codes computed with dp4a against 0x01010101), ORed
     full    the GEMV's own step (`_gv_step`, X_PRE), summed per row and stored
     nosum   timing only: full, with the sums of x's codes (dp4a against 0x01010101, per word and
             step) replaced by one 4-byte load per chunk, as if quantize_x stored them; its
@@ -16,7 +17,11 @@ first step's before the PDL wait), at growing levels of work:
 Each level is timed like the GEMV: CUDA-graph replay over rotated copies of the weight, so
 nothing comes from L2. Next to them: the shipped GEMV (`linear`) and the pure-read floor of
 bench_gemv_floor.py with the first load before the PDL wait. A step from one level to the next
-is the cost of what that level adds: loads of other planes and of x, or the decode.
+is the cost of what that level adds: loads of other planes, x (its loads and the sums of its
+codes), or the decode. The levels are not additive parts: nosum - full is what the sums cost
+inside the full step, which is more than their share of x - planes. The parts kernel always has
+one program per row block (SPLIT_K 1) and the PREFETCH 2 loop, whatever the shipped config says
+(where the shipped entry has another PREFETCH or SPLIT_K, "full" and "GEMV" differ by that).
 
     python bench/bench_gemv_parts.py                    # Q4_K, Q8_0 at the 8B shapes
     python bench/bench_gemv_parts.py --types Q4_K --shapes 4096x14336 --json out.json
@@ -169,7 +174,8 @@ def parts_calls(ws, xq, xs, K: int, gv: dict, level: int):
                                 mm.MAGIC, mm._lanes_mask(w0.ggml_type), 0, -1,
                                 TYPE=w0.ggml_type, V=V, E=E, BLOCK_N=bn, BLOCK_K=bb * V * E,
                                 EVEN=nch % bb == 0 and K % (V * E) == 0,
-                                ASM=not mm._INTERPRET and torch.version.hip is None, PDL=on, LEVEL=level,
+                                ASM=not mm._INTERPRET and torch.version.hip is None, PDL=on,
+                                LEVEL=level,
                                 num_warps=gv["num_warps"], num_stages=1, **kw)
 
     return calls, out
@@ -241,7 +247,8 @@ def main(argv=None) -> int:
             print(f"{sname:>11} {tname:>5} {nbytes / 1e6:5.1f} | {cell(floor)} | " +
                   " | ".join(cell(res["levels_us"][lv]) for lv in LEVELS) +
                   f" | {cell(res['gemv_us'])} | BLOCK_N {gv['BLOCK_N']} BLOCK_K "
-                  f"{gv['BLOCK_K']} warps {gv['num_warps']} (full vs linear: "
+                  f"{gv['BLOCK_K']} warps {gv['num_warps']}; shipped PREFETCH "
+                  f"{gv.get('PREFETCH', 0)} SPLIT_K {gv.get('SPLIT_K', 1)} (full vs linear: "
                   f"{res['full_vs_linear_rel_err']:.1e})", flush=True)
             rows.append(res)
             if args.json:

@@ -166,8 +166,9 @@ def _lanes_mask(ggml_type: int) -> int:
 # the second step's words are loaded into the registers the first step's decode freed, so
 # nothing is copied (an odd step before the last one is peeled off). Measured (H100, run 16),
 # the stall moves rather than goes: Q4_K 4096 x 14336 14.46 us at PREFETCH 2, 14.62 at 3, 15.28
-# at 4 (its 40 registers cost a quarter of the occupancy); faster only on a few shapes (Q6_K
-# 4096 x 4096 7.23 -> 6.78 us, the F16 head 344 -> 337 us). No shipped entry sets them.
+# at 4 (34 and 40 registers, both allocated as 40: 48 of 64 warps per SM, against 64 at 32);
+# faster only on a few shapes (Q6_K 4096 x 4096 7.23 -> 6.78 us, the F16 head 344 -> 337 us).
+# No shipped entry sets them.
 #
 # L2 prefetch (L2PF, opt-in per config, NVIDIA only; 0 = off, the code unchanged). Each thread
 # issues prefetch.global.L2 for its chunks' addresses in every plane of the step L2PF steps
@@ -1798,7 +1799,8 @@ def linear(x: torch.Tensor, w: QTensor, bias: torch.Tensor | None = None,
 # representative subset of types (they share every type-specific line with the ones above).
 SPEC_FULL_TYPES = ("F16", "Q8_0", "Q4_K", "Q6_K")
 # The GEMV with PREFETCH (not a launcher default: opt-in through tables), batch 1, bf16:
-# (type, vendor, warp size, CUs, PREFETCH), NVIDIA's fenced and unfenced forms, AMD's fenced one.
+# (type, vendor, warp size, CUs, PREFETCH): NVIDIA's fenced and unfenced forms, one and two
+# steps per iteration; AMD's fenced one, and the two-step forms.
 SPEC_PREFETCH = (("Q4_K", "nvidia", 32, 132, 1), ("Q8_0", "nvidia", 32, 132, 1),
                  ("Q4_K", "nvidia", 32, 132, 2), ("Q8_0", "nvidia", 32, 132, 2),
                  ("Q4_K", "nvidia", 32, 132, 3), ("Q4_K", "nvidia", 32, 132, 4),
