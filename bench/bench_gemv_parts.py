@@ -49,22 +49,10 @@ from bench_matmul import SHAPES, copy_bandwidth  # noqa: E402
 from forge.kernels import matmul as mm  # noqa: E402
 from forge.kernels import pdl  # noqa: E402
 from forge.kernels.matmul import (_anchor_q, _gv_apply_q, _gv_dep, _gv_ipart,  # noqa: E402
-                                  _gv_loads, _gv_step, _gv_xpre, _or_all)
+                                  _gv_loads, _gv_qwords, _gv_step, _gv_xpre, _or_all)
 from forge.kernels.pdl import pdl_launch, pdl_wait  # noqa: E402
 
 LEVELS = ("q", "planes", "x", "full", "nosum")
-
-
-@triton.jit
-def _q_words(q_ptr, s_q, r3, c0, c_end, V: tl.constexpr, BB: tl.constexpr, EVEN: tl.constexpr):
-    """The q plane's words of the step at chunk c0 (as `_gv_loads` reads them)."""
-    cb = c0 + tl.arange(0, BB)[None, None, :]
-    woff = r3 * s_q + cb * V + tl.arange(0, V)[:, None, None]
-    if EVEN:
-        w = tl.load(q_ptr + woff)
-    else:
-        w = tl.load(q_ptr + woff, mask=cb < c_end, other=0)
-    return w.to(tl.uint32, bitcast=True)
 
 
 @triton.jit
@@ -72,7 +60,8 @@ def _parts_loads(q_ptr, qh_ptr, sc_ptr, d_ptr, s_q, s_qh, s_sc, s_d, r3, c0, c_e
                  TYPE: tl.constexpr, V: tl.constexpr, BB: tl.constexpr, EVEN: tl.constexpr,
                  LEVEL: tl.constexpr):
     if LEVEL == 0:
-        w = _q_words(q_ptr, s_q, r3, c0, c_end, V, BB, EVEN)
+        w, _ = _gv_qwords(q_ptr, s_q, r3, c0, c_end, V, BB, EVEN)    # (as `_gv_loads`)
+        w = w.to(tl.uint32, bitcast=True)
         h, sc, d = 0, 0, 0
     else:
         w, h, sc, d = _gv_loads(q_ptr, qh_ptr, sc_ptr, d_ptr, s_q, s_qh, s_sc, s_d, r3, c0,

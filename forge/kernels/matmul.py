@@ -677,10 +677,11 @@ def _gv_store(acc, ss, t, T, rows, cols, bias_ptr, out_ptr, res_ptr, stride_o, s
 
 
 @triton.jit
-def _gv_loads(q_ptr, qh_ptr, sc_ptr, d_ptr, s_q, s_qh, s_sc, s_d, r3, c0, c_end,
-              TYPE: tl.constexpr, V: tl.constexpr, BB: tl.constexpr, EVEN: tl.constexpr):
-    """The weight loads of the step at chunk c0 (< c_end): w [V, BN, BB] and the small planes
-    (h, sc, d: `_gv_small`)."""
+def _gv_qwords(q_ptr, s_q, r3, c0, c_end, V: tl.constexpr, BB: tl.constexpr,
+               EVEN: tl.constexpr):
+    """The "q" plane's words of the step at chunk c0 (< c_end), w [V, BN, BB] as stored (0 past
+    c_end), and each chunk's index clamped to a real chunk (where its scales are read; its x
+    reads as 0)."""
     cb = c0 + tl.arange(0, BB)[None, None, :]
     woff = r3 * s_q + cb * V + tl.arange(0, V)[:, None, None]
     if EVEN:
@@ -688,7 +689,16 @@ def _gv_loads(q_ptr, qh_ptr, sc_ptr, d_ptr, s_q, s_qh, s_sc, s_d, r3, c0, c_end,
         cs = cb
     else:
         w = tl.load(q_ptr + woff, mask=cb < c_end, other=0)
-        cs = tl.minimum(cb, c_end - 1)      # scales of a real chunk (its x reads as 0)
+        cs = tl.minimum(cb, c_end - 1)
+    return w, cs
+
+
+@triton.jit
+def _gv_loads(q_ptr, qh_ptr, sc_ptr, d_ptr, s_q, s_qh, s_sc, s_d, r3, c0, c_end,
+              TYPE: tl.constexpr, V: tl.constexpr, BB: tl.constexpr, EVEN: tl.constexpr):
+    """The weight loads of the step at chunk c0 (< c_end): w [V, BN, BB] and the small planes
+    (h, sc, d: `_gv_small`)."""
+    w, cs = _gv_qwords(q_ptr, s_q, r3, c0, c_end, V, BB, EVEN)
     if TYPE != F32:
         w = w.to(tl.uint32, bitcast=True)
     h, sc, d = _gv_small(qh_ptr, sc_ptr, d_ptr, s_qh, s_sc, s_d, r3, cs, TYPE, V)
@@ -793,11 +803,12 @@ def _gv_pf_step(acc0, acc1, ss0, ss1, w, h, sc, d, c0, x_ptr, xq_ptr, xs_ptr, nw
                 EVEN: tl.constexpr, X_PAIRS: tl.constexpr, X_INT8: tl.constexpr,
                 ASM: tl.constexpr, X_PRE: tl.constexpr, NORM: tl.constexpr,
                 FENCE: tl.constexpr, L2PF: tl.constexpr):
-    """One step of the PREFETCH loop: the L2 prefetch L2PF steps ahead, step c0 + BB's weight
-    loads, the fence (FENCE), then step c0's decode of its words (w, h, sc, d, loaded a step
-    before). Returns the accumulators and step c0 + BB's words."""
+    """One step of the PREFETCH loop: the L2 prefetch L2PF steps ahead (0: none; the kernel
+    passes 0 without ASM), step c0 + BB's weight loads, the fence (FENCE), then step c0's decode
+    of its words (w, h, sc, d, loaded a step before). Returns the accumulators and step
+    c0 + BB's words."""
     _gv_l2pf_ahead(q_ptr, qh_ptr, sc_ptr, d_ptr, s_q, s_qh, s_sc, s_d, r3, c0, c_end, TYPE, V,
-                   BB, L2PF if ASM else 0)
+                   BB, L2PF)
     wn, hn, scn, dn = _gv_loads(q_ptr, qh_ptr, sc_ptr, d_ptr, s_q, s_qh, s_sc, s_d, r3, c0 + BB,
                                 c_end, TYPE, V, BB, EVEN)
     _gv_fence(out_ptr, zero, FENCE)
@@ -1012,8 +1023,9 @@ def _linear_gemv_kernel(
     else:
         ss0 = tl.zeros((1, 1, 1), tl.float32)
         ss1 = ss0
-    if L2PF and ASM:
-        for c0 in range(c_begin, tl.minimum(c_begin + L2PF * BB, c_end), BB):
+    L2: tl.constexpr = L2PF if ASM else 0     # (the L2 prefetch is NVIDIA's PTX)
+    if L2:
+        for c0 in range(c_begin, tl.minimum(c_begin + L2 * BB, c_end), BB):
             _gv_l2pf(q_ptr, qh_ptr, sc_ptr, d_ptr, s_q, s_qh, s_sc, s_d, r3, c0, c_end, TYPE, V,
                      BB)
     if PREFETCH:
@@ -1033,25 +1045,25 @@ def _linear_gemv_kernel(
                     acc0, acc1, ss0, ss1, w, h, sc, d, c0, x_ptr, xq_ptr, xs_ptr, nw_ptr,
                     q_ptr, qh_ptr, sc_ptr, d_ptr, s_q, s_qh, s_sc, s_d, r3, out_ptr, zero, t0,
                     t1, K, stride_x, stride_xq, stride_xs, c_end, mg, lm, zu, TYPE, V, E, BB,
-                    BLOCK_T, EVEN, X_PAIRS, X_INT8, ASM, X_PRE, NORM, FENCE, L2PF)
+                    BLOCK_T, EVEN, X_PAIRS, X_INT8, ASM, X_PRE, NORM, FENCE, L2)
                 acc0, acc1, ss0, ss1, w, h, sc, d = _gv_pf_step(
                     acc0, acc1, ss0, ss1, wn, hn, scn, dn, c0 + BB, x_ptr, xq_ptr, xs_ptr,
                     nw_ptr, q_ptr, qh_ptr, sc_ptr, d_ptr, s_q, s_qh, s_sc, s_d, r3, out_ptr,
                     zero, t0, t1, K, stride_x, stride_xq, stride_xs, c_end, mg, lm, zu, TYPE, V,
-                    E, BB, BLOCK_T, EVEN, X_PAIRS, X_INT8, ASM, X_PRE, NORM, FENCE, L2PF)
+                    E, BB, BLOCK_T, EVEN, X_PAIRS, X_INT8, ASM, X_PRE, NORM, FENCE, L2)
             if c_pairs < c_last:    # an odd number of steps before the last
                 acc0, acc1, ss0, ss1, w, h, sc, d = _gv_pf_step(
                     acc0, acc1, ss0, ss1, w, h, sc, d, c_pairs, x_ptr, xq_ptr, xs_ptr, nw_ptr,
                     q_ptr, qh_ptr, sc_ptr, d_ptr, s_q, s_qh, s_sc, s_d, r3, out_ptr, zero, t0,
                     t1, K, stride_x, stride_xq, stride_xs, c_end, mg, lm, zu, TYPE, V, E, BB,
-                    BLOCK_T, EVEN, X_PAIRS, X_INT8, ASM, X_PRE, NORM, FENCE, L2PF)
+                    BLOCK_T, EVEN, X_PAIRS, X_INT8, ASM, X_PRE, NORM, FENCE, L2)
         else:
             for c0 in range(c_begin, c_last, BB):
                 acc0, acc1, ss0, ss1, w, h, sc, d = _gv_pf_step(
                     acc0, acc1, ss0, ss1, w, h, sc, d, c0, x_ptr, xq_ptr, xs_ptr, nw_ptr,
                     q_ptr, qh_ptr, sc_ptr, d_ptr, s_q, s_qh, s_sc, s_d, r3, out_ptr, zero, t0,
                     t1, K, stride_x, stride_xq, stride_xs, c_end, mg, lm, zu, TYPE, V, E, BB,
-                    BLOCK_T, EVEN, X_PAIRS, X_INT8, ASM, X_PRE, NORM, FENCE, L2PF)
+                    BLOCK_T, EVEN, X_PAIRS, X_INT8, ASM, X_PRE, NORM, FENCE, L2)
         acc0, acc1, ss0, ss1 = _gv_step(
             acc0, acc1, ss0, ss1, w, h, sc, d, x_ptr, xq_ptr, xs_ptr, nw_ptr, t0, t1, K,
             stride_x, stride_xq, stride_xs, c_last, c_end, mg, lm, zu, TYPE, V, E, BB, BLOCK_T,
@@ -1060,7 +1072,7 @@ def _linear_gemv_kernel(
         pdl_wait(PDL)
         for c0 in range(c_begin, c_end, BB):
             _gv_l2pf_ahead(q_ptr, qh_ptr, sc_ptr, d_ptr, s_q, s_qh, s_sc, s_d, r3, c0, c_end,
-                           TYPE, V, BB, L2PF if ASM else 0)
+                           TYPE, V, BB, L2)
             w, h, sc, d = _gv_loads(q_ptr, qh_ptr, sc_ptr, d_ptr, s_q, s_qh, s_sc, s_d, r3,
                                     c0, c_end, TYPE, V, BB, EVEN)
             acc0, acc1, ss0, ss1 = _gv_step(
