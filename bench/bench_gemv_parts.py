@@ -44,7 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from autotune.spaces import _qweight, _rotations  # noqa: E402
 from autotune.timing import graph_ms  # noqa: E402
-from bench_gemv_floor import ROTATE_BYTES, read_floor_us, read_pool  # noqa: E402
+from bench_gemv_floor import ROTATE_BYTES, gemv_us, read_floor_us, read_pool  # noqa: E402
 from bench_matmul import SHAPES, copy_bandwidth  # noqa: E402
 from forge.kernels import matmul as mm  # noqa: E402
 from forge.kernels import pdl  # noqa: E402
@@ -220,12 +220,7 @@ def main(argv=None) -> int:
                     err = (out - ref).abs().max().item() / max(ref.abs().max().item(), 1e-9)
                     res["full_vs_linear_rel_err"] = err
             outs = [torch.empty((1, N), device=dev, dtype=torch.bfloat16) for _ in ws]
-
-            def gemv(ws=ws, outs=outs, x=x):
-                for ww, o in zip(ws, outs):
-                    mm.linear(x, ww, out=o)
-
-            res["gemv_us"] = graph_ms([gemv]) / len(ws) * 1e3
+            res["gemv_us"] = gemv_us(ws, x, outs, None)
             del ws, outs
             torch.cuda.empty_cache()
             gb = nbytes / 1e3
