@@ -137,28 +137,22 @@ def quantized_x(x: np.ndarray, V: int, E: int) -> np.ndarray:
     return (codes.astype(np.float64) * scale)[:, :x.shape[1]]
 
 
-def tie_slack(x: np.ndarray, V: int, E: int, w64: np.ndarray, near: float = 4e-5) -> float:
+def tie_slack(x: np.ndarray, V: int, E: int, w64: np.ndarray, ref: np.ndarray,
+              near: float = 4e-5) -> float:
     """How far (norm-wise, relative to the quantized-x product) a GPU's int8 path may lawfully
     stray from `quantized_x`: there the chunk's 127 / max|x| is an approximate division (PTX
     div.full.f32, within 2 ulp) and x * inv + 1.5 * 2^23 may be one FMA, so a code whose x * inv
     lies within `near` of a rounding tie can come out one step the other way (|x * inv| <= 127:
     2 ulp of the inverse move it by up to 3.0e-5, the unrounded product by 7.6e-6 more).
     Returns the norm of those elements' possible contributions (|w| times the chunk scale, per
-    output) over the norm of the product; 0 when no code is that close to a tie."""
+    output) over the norm of ref (the product with `quantized_x`); 0 when no code is that close
+    to a tie."""
     T, K = x.shape
-    epc = V * E
-    codes, scales = _xq_reference(x.astype(np.float32), V, E)
-    nch = scales.shape[1]
-    xp = np.zeros((T, nch * epc), np.float32)
-    xp[:, :K] = x
-    amax = np.abs(xp.reshape(T, nch, epc)).max(axis=2)
-    with np.errstate(divide="ignore"):
-        inv = np.where(amax > 0, np.float32(127.0) / np.maximum(amax, np.float32(1e-30)),
-                       np.float32(0)).astype(np.float32)
-    y = xp.astype(np.float64) * np.repeat(inv.astype(np.float64), epc, axis=1)
-    tie = (np.abs(y - np.floor(y) - 0.5) < near)[:, :K]
-    step = np.repeat(scales.astype(np.float64), epc, axis=1)[:, :K] * tie
-    ref = quantized_x(x, V, E) @ w64.T
+    ch, amax, inv = _xq_chunks(x.astype(np.float32), V, E)
+    y = ch.astype(np.float64) * inv[:, :, None].astype(np.float64)     # (exact)
+    tie = (np.abs(y - np.floor(y) - 0.5) < near).reshape(T, -1)[:, :K]
+    scale = (amax * np.float32(1.0 / 127.0)).astype(np.float64)
+    step = np.repeat(scale, V * E, axis=1)[:, :K] * tie
     return float(np.linalg.norm(step @ np.abs(w64).T) / np.linalg.norm(ref))
 
 
@@ -184,10 +178,11 @@ def test_gemv_int8_activations(name, rng, tuning_table):
             x = torch.from_numpy(rng.standard_normal((T, cols)).astype(np.float32)).to(dtype)
             x64 = x.double().numpy()
             got = mm.linear(x.to(DEV), qt)
-            err = rel_err(got, quantized_x(x64, V, E) @ w64.T)
+            ref = quantized_x(x64, V, E) @ w64.T
+            err = rel_err(got, ref)
             ulp = 2.0 ** -7 if dtype == torch.bfloat16 else 2.0 ** -10
             # (on a GPU, codes at a rounding tie may go either way: see tie_slack; usually 0)
-            slack = 0.0 if DEV == "cpu" else tie_slack(x64, V, E, w64)
+            slack = 0.0 if DEV == "cpu" else tie_slack(x64, V, E, w64, ref)
             assert err < 1.25 * ulp + slack, \
                 f"T={T} {dtype}: relative error {err:.3e} (quantized x; tie slack {slack:.1e})"
             # and the quantization itself stays a small change of x (8 bits of a chunk maximum)
@@ -294,7 +289,7 @@ def test_gemv_prefetch_pairs(name, rng, tuning_table, monkeypatch):
                 # (int8 x: the reference takes x as the kernel quantizes it, see check_linear;
                 # on a GPU codes at a rounding tie may go either way, see tie_slack)
                 ref = quantized_x(x64, V, E) @ w64.T
-                slack = 0.0 if DEV == "cpu" else tie_slack(x64, V, E, w64)
+                slack = 0.0 if DEV == "cpu" else tie_slack(x64, V, E, w64, ref)
                 got = {}
                 for pf, l2 in ((0, 0), (3, 0), (4, 1)):
                     tuning_table({"linear_gemv": {"*": {
@@ -632,10 +627,9 @@ def test_type_entry_yields_to_a_higher_generic_table(monkeypatch, generic, speci
 # --- X_PRE: x quantized to int8 once per GEMV (quantize_x), then read by the GEMV ------------
 
 
-def _xq_reference(x: np.ndarray, V: int, E: int) -> tuple[np.ndarray, np.ndarray]:
-    """NumPy twin of the chunk quantization, in float32 as the kernels do it (scale =
-    max|x| / 127; codes = round-half-even(x * (127 / max|x|))): (codes int8 [T, NCH * V * E],
-    in element order, scales float32 [T, NCH])."""
+def _xq_chunks(x: np.ndarray, V: int, E: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """x float32 [T, K] in chunks of V x E elements, the last padded with 0: (chunks [T, NCH,
+    V * E], their max|x| [T, NCH], 127 / max|x| or 0 [T, NCH]), all float32."""
     T, K = x.shape
     epc = V * E
     nch = -(-K // epc)
@@ -646,6 +640,15 @@ def _xq_reference(x: np.ndarray, V: int, E: int) -> tuple[np.ndarray, np.ndarray
     with np.errstate(divide="ignore"):
         inv = np.where(amax > 0, np.float32(127.0) / np.maximum(amax, np.float32(1e-30)),
                        np.float32(0)).astype(np.float32)
+    return ch, amax, inv
+
+
+def _xq_reference(x: np.ndarray, V: int, E: int) -> tuple[np.ndarray, np.ndarray]:
+    """NumPy twin of the chunk quantization, in float32 as the kernels do it (scale =
+    max|x| / 127; codes = round-half-even(x * (127 / max|x|))): (codes int8 [T, NCH * V * E],
+    in element order, scales float32 [T, NCH])."""
+    T = x.shape[0]
+    ch, amax, inv = _xq_chunks(x, V, E)
     codes = np.rint((ch * inv[:, :, None]).astype(np.float32)).astype(np.int8)
     return codes.reshape(T, -1), (amax * np.float32(1.0 / 127.0)).astype(np.float32)
 
