@@ -23,7 +23,7 @@ inside the full step, which is more than their share of x - planes. The parts ke
 one program per row block (SPLIT_K 1) and the PREFETCH 2 loop, whatever the shipped config says
 (where the shipped entry has another PREFETCH or SPLIT_K, "full" and "GEMV" differ by that).
 Where the shipped entry runs 1-warp programs of 2 rows (Q4_K 14336x4096 and 4096x4096 on sm90),
-"full" ran 0.6-1.1 us slower than the shipped GEMV with the same config and arithmetic
+"full" ran 0.5-1.1 us slower than the shipped GEMV with the same config and arithmetic
 (sessions 12 and 13), so a difference between levels there need not carry over to the GEMV.
 "nosum" (the sums of x's codes loaded, not computed) saved 9% at 4096x4096 here; built into
 the GEMV (quantize_x storing the sums) it saved nothing there, and 8B decode got 1% slower
