@@ -66,8 +66,11 @@ def space(kernel: str, family: str, *, sub: int = 1, lds_bytes: int = 64 * 1024,
     sub: the GGML type's sub-block (BLOCK_S counts sub-blocks; for linear_gemv, the columns one
     thread takes per step, matmul.gemv_block); elem: activation bytes; warp: the wave size;
     int8: the GEMV of this type can take int8 activations (matmul.INT8_TYPES; NVIDIA only);
-    gemv_stages: num_stages values to try for the NVIDIA GEMV (Triton's software pipeliner on
-    its K loop; 1 = the kernel's own load ordering only).
+    gemv_stages: num_stages values to try for the NVIDIA GEMV. The GEMV's K loop has no tl.dot,
+    and Triton's software pipeliner takes a dot-less loop only when the loop carries its own
+    num_stages (tl.range), so the kernel-wide value compiles to the same sm90 SASS for 1, 2
+    and 3 (checked in session 14): the axis re-times one kernel. The loop-level form was
+    measured 1.03-2.6x slower than the shipped GEMV (bench/results/run18) and is not built in.
     gemv_prefetch: PREFETCH values to try for the NVIDIA GEMV (the kernel's own software
     pipelining: 0 off, 1 the next step's weight loads before each decode, behind a fence, 2 the
     same left to ptxas, 4 and 3 the same two steps per loop iteration; see matmul.py); None: not

@@ -256,7 +256,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--types", default=",".join(spaces.SWEEP_TYPES),
                     help="GGML types for linear_* sweeps (comma-separated)")
     ap.add_argument("--gemv-stages", default="1",
-                    help="num_stages values for the NVIDIA linear_gemv candidates (e.g. 1,2,3)")
+                    help="num_stages values for the NVIDIA linear_gemv candidates (e.g. 1,2,3); "
+                    "the GEMV has no tl.dot, so on sm90 every value compiles to the same code "
+                    "(see spaces.space)")
     ap.add_argument("--gemv-prefetch", default=None,
                     help="PREFETCH values for the NVIDIA linear_gemv candidates (e.g. 0,1,2,3,4: "
                     "the next step's weight loads issued during each decode; see matmul.py); "
