@@ -294,8 +294,6 @@ def build_cases(targets: list[str], kernels: list[str] | None = None,
     specs nearest to it (by bucket distance), so every returnable entry is compiled at a shape
     it is meant for. Specs whose bucket is unknown get every entry.
     """
-    from forge.kernels import tuning
-
     specs = load_specs() if specs is None else specs
     by_kernel: dict[str, list] = {}
     for mod, idx, spec in specs:
