@@ -159,6 +159,17 @@ def _sorted_pick(z: np.ndarray, keff: np.ndarray, top_p: np.ndarray, min_p: np.n
         # the top c by value, then in id order so that ties sort by id whatever c is
         cand = np.sort(np.argpartition(z, v - c, axis=1)[:, v - c:], axis=1)
         zc = np.take_along_axis(z, cand, axis=1)
+        # argpartition keeps an arbitrary few of the values tied with the c-th largest; the
+        # rule is the lowest ids (else a row's pick would depend on c, i.e. on its batch)
+        t = zc.min(axis=1)
+        split = (z == t[:, None]).sum(axis=1) > (zc == t[:, None]).sum(axis=1)
+        if split.any():
+            zt, ts = z[split], t[split][:, None]
+            above, eq = zt > ts, zt == ts
+            room = c - above.sum(axis=1, keepdims=True)        # tied places left, by id
+            keep = above | (eq & (np.cumsum(eq, axis=1) <= room))
+            cand[split] = np.nonzero(keep)[1].reshape(-1, c)
+            zc = np.take_along_axis(z, cand, axis=1)
         order = np.argsort(-zc, axis=1, kind="stable")
         ids_sorted = np.take_along_axis(cand, order, axis=1)
         zs = np.take_along_axis(zc, order, axis=1)

@@ -96,6 +96,39 @@ def test_row_result_depends_only_on_its_own_row(rng):
         assert sample(logits[i:i + 1], one)[0][0] == ids[i]
 
 
+def test_top_k_boundary_ties_keep_the_lowest_ids(rng):
+    """Tokens tied with the k-th largest value: the lowest ids are kept, whatever the number of
+    candidates sorted (a row alone sorts k of them, in a batch with a larger top-k more): a row's
+    pick must not depend on its batch (seed 4252383077 of the test above drew token 245 alone and
+    126 in its batch, two tokens with the same float32 logit at the top-5 boundary)."""
+    v, k = 97, 6
+    for _ in range(20):
+        z = rng.standard_normal(v).astype(np.float32)
+        top = np.argsort(-z, kind="stable")
+        # the k-th largest value given to 4 more tokens, at random places (some below its id)
+        tied = rng.choice(top[k:], 4, replace=False)
+        z[tied] = z[top[k - 1]]
+        group = np.sort(np.append(tied, top[k - 1]))
+        want_kept = set(top[:k - 1]) | {group[0]}
+        u = np.linspace(0, 1, 41, endpoint=False)
+        rows = np.repeat(z[None, :], u.size, axis=0)
+        picks = {}
+        for c in (k, k + 2, k + 4, 40, v):
+            ids, ok = sampling._sorted_pick(rows.copy(), np.full(u.size, k),
+                                            np.ones(u.size, np.float32),
+                                            np.zeros(u.size, np.float32), u, c)
+            assert ok.all()
+            assert set(ids) == want_kept, (c, sorted(set(ids)), sorted(want_kept))
+            picks[c] = ids
+        for c in picks:
+            np.testing.assert_array_equal(picks[c], picks[v])
+        # and through sample(): alone, and in a batch whose other row sorts 50 candidates
+        sb = batch(2, temperature=1.0, top_k=[k, 50], seeds=[11, 12], steps=[3, 4])
+        both = sample(np.stack([z, z]), sb)[0]
+        alone = sample(z[None, :], batch(1, temperature=1.0, top_k=k, seeds=11, steps=3))[0]
+        assert both[0] == alone[0] and both[0] in want_kept
+
+
 def chi2(counts, probs):
     n = counts.sum()
     expected = probs * n
