@@ -243,6 +243,21 @@ def test_same_seed_step_same_ids_independent_of_batch_position(rng):
     assert c.cpu().tolist() == d.cpu().tolist()
 
 
+def test_top_k_boundary_ties_keep_the_lowest_id(rng):
+    """Four tokens tied at the top-2 boundary: the lowest of their ids is the one kept, on the
+    device as in forge/cpu (where a row's pick once depended on its batch for this reason).
+    32 draws: each is the top token or that id; both appear (the tied one has p = 0.38, so it
+    is missing from all 32 with probability 2e-7)."""
+    v, n = 97, 32
+    row = np.full(v, -20.0, np.float32)
+    ids = rng.permutation(v)
+    top, tied = int(ids[0]), np.sort(ids[1:5])
+    row[top], row[tied] = 1.0, 0.5
+    sb = make_sb(n, temp=1.0, top_k=2, seeds=rng.integers(0, 1 << 50, n), steps=np.arange(n))
+    got, _ = smp.sample(torch.as_tensor(np.repeat(row[None], n, axis=0)).to(DEV), sb)
+    assert set(got.cpu().tolist()) == {top, int(tied[0])}
+
+
 def test_filters_never_pick_excluded_tokens(rng):
     """12 draws from one row under top-p + min-p: each lands in the reference kept set."""
     v, n = 300, 12
