@@ -1,0 +1,225 @@
+"""The batch-1 Q4_K GEMV with its weights staged through shared memory by async copies (NVIDIA).
+
+matmul.py's GEMV carries at most one step of weights ahead, in registers (PREFETCH), so what
+it has in flight per SM is bounded by registers; run 16's stall sampling put 41% of the Q4_K
+GEMV's samples on that prefetch. Here every thread copies its own chunks of the next S - 1 steps
+into a ring of S slots in shared memory with `cp.async` (Gluon: Triton's explicit-layout
+dialect, NVIDIA sm80+) and reads back only what it copied itself: no register holds a load in
+flight, and the depth is S - 1 steps. Triton's loop pipeliner could not be told this (run 18:
+it waited for every group at 2 stages, kept the 16-bit planes as plain loads and staged x
+through shared memory with a barrier per step); here the 16-bit sc plane is copied as 32-bit
+pairs and each thread takes its half.
+
+Same inputs and arithmetic as matmul.py's X_PRE path for Q4_K: the repacked planes (dequant.py)
+and x quantized per 32-element chunk by `matmul.quantize_x` (int8 codes, one float32 scale per
+chunk); per chunk the integer dot (dp4a) times x's scale, the sub-block scale and d, minus the
+min term with the sum of x's codes. Results equal the Triton GEMV's up to the order of the
+float32 sums.
+
+Launch config ("linear_gemv" table keys, matmul.gemv_default): ASYNC = S, the ring's slots (0:
+this path off, the default); ASYNC_BN rows per program; ASYNC_WARPS warps per program (a step
+is 32 chunks of 32 elements per warp); ASYNC_XA 1: x's codes and scales go through the ring
+too, 0: plain loads each step. `eligible` says which calls can take it: Q4_K, one token row,
+x pre-quantized, no split, no bias, no norm or act fusion (a residual add is fused), whole
+steps (K / 32 a multiple of 32 x warps) and N a multiple of ASYNC_BN.
+
+Measured (H100, bench/gluon_gemv.py and bench/bench_gemv_floor.py; bench/results/run19).
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+
+try:  # Gluon ships with Triton >= 3.5; its async copy API moved between versions
+    from triton.experimental import gluon
+    from triton.experimental.gluon import language as gl
+    from triton.experimental.gluon.language.nvidia.ampere import async_copy as _cp
+    from triton.language.extra import cuda as _tlcuda
+
+    _cp_load = _cp.async_load if hasattr(_cp, "async_load") else _cp.async_copy_global_to_shared
+    AVAILABLE = True
+except Exception:  # noqa: BLE001 - no Gluon: the path is never taken
+    AVAILABLE = False
+
+from forge.kernels import pdl
+
+Q4_K = 12
+CHUNK = 32          # elements per chunk: one thread's 4 words of the q plane per step
+MAX_STAGES = 8
+
+if AVAILABLE:
+    @gluon.jit
+    def _dp4a(a, b, c):
+        return gl.inline_asm_elementwise("dp4a.u32.s32 $0, $1, $2, $3;", "=r,r,r,r", [a, b, c],
+                                         dtype=gl.int32, is_pure=True, pack=1)
+
+    @gluon.jit
+    def _issue_w(qs, scs, ds, slot, j, nsteps, q_ptr, sc_ptr, d_ptr, qoff, scoff, doff,
+                 BB: gl.constexpr):
+        """Async copies of step j's weight words (if the step exists) into ring slot `slot`."""
+        if j < nsteps:
+            c0 = j * BB
+            _cp_load(qs.index(slot), q_ptr + (qoff + c0 * 4))
+            _cp_load(scs.index(slot), sc_ptr + (scoff + c0 // 2))
+            _cp_load(ds.index(slot), d_ptr + (doff + c0 // 8))
+
+    @gluon.jit
+    def _issue_x(xes, xos, xss, slot, j, nsteps, xq_ptr, xs_ptr, xoff, xsoff, BB: gl.constexpr):
+        """Async copies of step j's x codes (even and odd words) and scales into slot `slot`."""
+        if j < nsteps:
+            c0 = j * BB
+            _cp_load(xes.index(slot), xq_ptr + (xoff + c0 * 8))
+            _cp_load(xos.index(slot), xq_ptr + (xoff + c0 * 8 + 128))
+            _cp_load(xss.index(slot), xs_ptr + (xsoff + c0))
+
+    @gluon.jit
+    def _gemv_q4k_async_kernel(xq_ptr, xs_ptr, q_ptr, sc_ptr, d_ptr, s_q, s_sc, s_d, out_ptr,
+                               res_ptr, N, NCH, BN: gl.constexpr, W: gl.constexpr,
+                               S: gl.constexpr, XA: gl.constexpr, PDL: gl.constexpr,
+                               RESID: gl.constexpr):
+        """out[rows] = x . W[rows]: BN rows per program, 32 * W chunks of 32 elements per step
+        (one chunk per thread), a ring of S steps in shared memory with S - 1 in flight.
+        q_ptr: the q plane as int32 words [N, K / 8]; sc_ptr: the int16 sc plane as int32 pairs
+        [N, K / 64]; d_ptr: int32 (d, dmin) [N, K / 256]; xq_ptr / xs_ptr: quantize_x's codes
+        (xquant._xq_word order) and chunk scales. Whole steps only (NCH % (32 W) == 0).
+        RESID: out[rows] = res[rows] + the product (res_ptr: [N], row contiguous)."""
+        if PDL:
+            _tlcuda.gdc_launch_dependents()
+        BB: gl.constexpr = 32 * W
+        L3: gl.constexpr = gl.BlockedLayout([BN, 1, 4], [1, 32, 1], [1, W, 1], [2, 1, 0])
+        L2: gl.constexpr = gl.SliceLayout(2, L3)                # [BN, BB]
+        LX: gl.constexpr = gl.SliceLayout(0, L3)                # [BB, 4]
+        LR: gl.constexpr = gl.SliceLayout(1, L2)                # [BN]
+        LC: gl.constexpr = gl.SliceLayout(0, L2)                # [BB]
+        # one ring slot's layouts: unswizzled, each thread reads back what it copied
+        SH3: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, [2, 1, 0])
+        SH2: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, [1, 0])
+        SH1: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, [0])
+
+        rows = gl.program_id(0) * BN + gl.arange(0, BN, layout=LR)
+        r2 = gl.expand_dims(rows.to(gl.int64), 1)               # [BN, 1]
+        cb2 = gl.expand_dims(gl.arange(0, BB, layout=LC), 0)    # [1, BB]
+        v = gl.arange(0, 4, layout=gl.SliceLayout(0, gl.SliceLayout(0, L3)))
+        v3 = gl.expand_dims(gl.expand_dims(v, 0), 0)            # [1, 1, 4]
+        qoff = gl.expand_dims(r2 * s_q + cb2 * 4, 2) + v3       # [BN, BB, 4] words
+        scoff = r2 * s_sc + cb2 // 2                            # [BN, BB]
+        doff = r2 * s_d + cb2 // 8
+        xc = gl.arange(0, BB, layout=gl.SliceLayout(1, LX))
+        xv = gl.arange(0, 4, layout=gl.SliceLayout(0, LX))
+        # chunk c's even-element word v at (c // 32) * 256 + (c % 32) * 4 + v, its odd one 128 on
+        xoff = gl.expand_dims((xc // 32) * 256 + (xc % 32) * 4, 1) + gl.expand_dims(xv, 0)
+        xsoff = gl.arange(0, BB, layout=LC)
+        nsteps = NCH // BB
+
+        qs = gl.allocate_shared_memory(gl.int32, [S, BN, BB, 4], SH3)
+        scs = gl.allocate_shared_memory(gl.int32, [S, BN, BB], SH2)
+        ds = gl.allocate_shared_memory(gl.int32, [S, BN, BB], SH2)
+        if XA:
+            xes = gl.allocate_shared_memory(gl.int32, [S, BB, 4], SH2)
+            xos = gl.allocate_shared_memory(gl.int32, [S, BB, 4], SH2)
+            xss = gl.allocate_shared_memory(gl.float32, [S, BB], SH1)
+        else:
+            xes = qs
+            xos = qs
+            xss = qs
+
+        # the weights are constant: the first steps' copies start before the wait for the
+        # previous kernel (which wrote x); one commit group per step, x joining the first groups
+        for j in gl.static_range(S - 1):
+            _issue_w(qs, scs, ds, j, j, nsteps, q_ptr, sc_ptr, d_ptr, qoff, scoff, doff, BB)
+        if PDL:
+            _tlcuda.gdc_wait()
+        for j in gl.static_range(S - 1):
+            if XA:
+                _issue_x(xes, xos, xss, j, j, nsteps, xq_ptr, xs_ptr, xoff, xsoff, BB)
+            _cp.commit_group()
+
+        acc = gl.zeros([BN, BB], gl.float32, L2)
+        ones = gl.full([1, BB, 4], 0x01010101, gl.int32, L3)
+        par = (cb2 % 2) * 16                                    # chunk c's half of its sc pair
+        for i in range(nsteps):
+            nxt = i + S - 1         # into the slot step i - 1 used (read an iteration ago)
+            _issue_w(qs, scs, ds, nxt % S, nxt, nsteps, q_ptr, sc_ptr, d_ptr, qoff, scoff, doff,
+                     BB)
+            if XA:
+                _issue_x(xes, xos, xss, nxt % S, nxt, nsteps, xq_ptr, xs_ptr, xoff, xsoff, BB)
+            _cp.commit_group()
+            _cp.wait_group(S - 1)   # step i's group is complete
+            slot = i % S
+            w = qs.index(slot).load(L3)
+            scw = scs.index(slot).load(L2)
+            dw = ds.index(slot).load(L2)
+            if XA:
+                ev = xes.index(slot).load(LX)
+                od = xos.index(slot).load(LX)
+                xsc = gl.expand_dims(xss.index(slot).load(LC), 0)
+            else:
+                c0 = i * BB
+                ev = gl.load(xq_ptr + (xoff + c0 * 8))
+                od = gl.load(xq_ptr + (xoff + c0 * 8 + 128))
+                xsc = gl.expand_dims(gl.load(xs_ptr + (xsoff + c0)), 0)
+            ev3 = gl.expand_dims(ev, 0)
+            od3 = gl.expand_dims(od, 0)
+            p = _dp4a(w & 0x0F0F0F0F, ev3, gl.zeros_like(w))
+            p = _dp4a((w >> 4) & 0x0F0F0F0F, od3, p)
+            dot = gl.sum(p, axis=2)                              # [BN, BB]
+            xsum = gl.sum(_dp4a(ones, od3, _dp4a(ones, ev3, gl.zeros_like(ev3))), axis=2)
+            sc = (scw >> par) & 0xFFFF                           # scale | min << 8
+            dd = (dw & 0xFFFF).to(gl.uint16).to(gl.float16, bitcast=True).to(gl.float32)
+            dmin = ((dw >> 16) & 0xFFFF).to(gl.uint16).to(gl.float16, bitcast=True).to(gl.float32)
+            acc += dot.to(gl.float32) * (xsc * (dd * (sc & 255).to(gl.float32))) \
+                - (dmin * (sc >> 8).to(gl.float32)) * (xsum.to(gl.float32) * xsc)
+        _cp.wait_group(0)
+        y = gl.sum(acc, axis=1)                                  # [BN]
+        if RESID:
+            y += gl.load(res_ptr + rows, mask=rows < N, other=0.0).to(gl.float32)
+        gl.store(out_ptr + rows, y.to(out_ptr.dtype.element_ty), mask=rows < N)
+
+
+def supported(device: torch.device | None = None) -> bool:
+    """Gluon present, not the CPU interpreter, an NVIDIA GPU of compute capability >= 8.0."""
+    if not AVAILABLE or os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+        return False
+    if torch.version.hip is not None or not torch.cuda.is_available():
+        return False
+    dev = device if device is not None else torch.device("cuda")
+    return dev.type == "cuda" and torch.cuda.get_device_capability(dev)[0] >= 8
+
+
+def check_config(gv: dict) -> tuple[int, int, int, int]:
+    """(S, BN, W, XA) of a config's ASYNC keys; ValueError on values the kernel cannot take."""
+    s, bn, w, xa = (int(gv.get("ASYNC", 0)), int(gv.get("ASYNC_BN", 2)),
+                    int(gv.get("ASYNC_WARPS", 1)), int(gv.get("ASYNC_XA", 1)))
+    if s and not 2 <= s <= MAX_STAGES:
+        raise ValueError(f"ASYNC: ring slots must be 0 (off) or 2 .. {MAX_STAGES}, got {s}")
+    if bn not in (1, 2, 4) or w not in (1, 2, 4, 8) or xa not in (0, 1):
+        raise ValueError(f"ASYNC_BN must be 1, 2 or 4, ASYNC_WARPS 1, 2, 4 or 8, ASYNC_XA 0 or 1; "
+                         f"got {bn}, {w}, {xa}")
+    return s, bn, w, xa
+
+
+def eligible(ggml_type: int, T: int, N: int, K: int, gv: dict, x_pre: bool) -> bool:
+    """Whether a GEMV call of this shape takes this path under config gv (the caller checks the
+    rest: no split, bias, norm or act fusion; a residual is fine)."""
+    s, bn, w, _ = check_config(gv)
+    return (s > 0 and int(ggml_type) == Q4_K and T == 1 and x_pre and K % CHUNK == 0
+            and (K // CHUNK) % (32 * w) == 0 and N % bn == 0)
+
+
+def launch(xq: torch.Tensor, xs: torch.Tensor, planes: dict, N: int, K: int, out: torch.Tensor,
+           gv: dict, residual: torch.Tensor | None = None) -> None:
+    """out [1, N] (row contiguous) = x . W^T (+ residual [1, N]) from quantize_x's (xq, xs) and
+    a Q4_K weight's repacked planes (dequant.repack: "q" uint8, "sc" int16, "d" int32)."""
+    if residual is not None and residual.stride(-1) != 1:
+        residual = residual.contiguous()
+    s, bn, w, xa = check_config(gv)
+    q = planes["q"].view(torch.int32)
+    sc = planes["sc"].view(torch.int32)
+    d = planes["d"]
+    kw = pdl.launch_args(bool(gv.get("PDL", 1)))
+    use_pdl = kw.pop("PDL")
+    _gemv_q4k_async_kernel[(N // bn,)](
+        xq, xs, q, sc, d, q.stride(0), sc.stride(0), d.stride(0), out,
+        residual if residual is not None else out, N, K // CHUNK,
+        BN=bn, W=w, S=s, XA=xa, PDL=use_pdl, RESID=residual is not None, num_warps=w, **kw)

@@ -1,0 +1,170 @@
+"""forge.kernels.gemv_async: the shared-memory (cp.async) Q4_K GEMV, NVIDIA only.
+
+On the CPU: its config keys are validated, `eligible` admits only the calls the kernel can
+take, and every shipped sm90 ASYNC config compiles for sm90 (Gluon needs no GPU to compile) with
+cp.async (LDGSTS), no local-memory spills and shared memory within the 227 KiB an sm90 program
+may have. On a GPU (@gpu): through `linear`, on fresh random Q4_K blocks, against the float64
+product of the dequantized weight with x as the int8 path quantizes it (at most one bf16 ulp
+plus the tie slack, as test_matmul's int8 test), against the Triton GEMV (the same arithmetic
+up to the order of float32 sums), with and without the fused residual, over rows per program,
+warps, ring slots and both x paths; and calls it cannot take fall back to the Triton GEMV.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from test_matmul import DEV, make_weight, quantized_x, rel_err, tie_slack  # noqa: E402
+
+from forge.kernels import gemv_async  # noqa: E402
+from forge.kernels import matmul as mm  # noqa: E402
+from forge.kernels import tuning  # noqa: E402
+
+Q4_K = 12
+SM90 = Path(mm.__file__).resolve().parent / "configs" / "sm90.json"
+
+
+def _async_entries() -> list[tuple[str, dict]]:
+    doc = json.loads(SM90.read_text())
+    return [(b, e) for b, e in doc["kernels"].get("linear_gemv.Q4_K", {}).items()
+            if e.get("ASYNC")]
+
+
+def test_config_keys_are_validated():
+    base = {"ASYNC": 4, "ASYNC_BN": 2, "ASYNC_WARPS": 1, "ASYNC_XA": 1}
+    assert gemv_async.check_config(base) == (4, 2, 1, 1)
+    assert gemv_async.check_config({})[0] == 0
+    for bad in ({"ASYNC": 1}, {"ASYNC": 9}, {"ASYNC_BN": 3}, {"ASYNC_WARPS": 16},
+                {"ASYNC_XA": 2}):
+        with pytest.raises(ValueError):
+            gemv_async.check_config(dict(base, **bad))
+        with pytest.raises(ValueError):
+            tuning.parse_table({"arch": "sm90", "kernels": {"linear_gemv": {"*": dict(base, **bad)}}})
+    tuning.parse_table({"arch": "sm90", "kernels": {"linear_gemv": {"*": base}}})
+    # the launcher default carries the keys (so a table may set them), with the path off
+    gv = mm.gemv_default(Q4_K, 1, 4096, 4096)
+    assert gv["ASYNC"] == 0 and {"ASYNC_BN", "ASYNC_WARPS", "ASYNC_XA"} <= gv.keys()
+
+
+def test_eligible_calls():
+    gv = {"ASYNC": 4, "ASYNC_BN": 2, "ASYNC_WARPS": 2}
+    assert gemv_async.eligible(Q4_K, 1, 4096, 14336, gv, True)
+    assert not gemv_async.eligible(Q4_K, 1, 4096, 14336, dict(gv, ASYNC=0), True)   # off
+    assert not gemv_async.eligible(13, 1, 4096, 14336, gv, True)                     # Q5_K
+    assert not gemv_async.eligible(Q4_K, 2, 4096, 14336, gv, True)                   # 2 rows of x
+    assert not gemv_async.eligible(Q4_K, 1, 4096, 14336, gv, False)                  # x not int8
+    assert not gemv_async.eligible(Q4_K, 1, 4095, 14336, gv, True)                   # N % BN
+    assert not gemv_async.eligible(Q4_K, 1, 4096, 14336 - 1024, gv, True)            # part step
+    assert gemv_async.eligible(Q4_K, 1, 4096, 14336 - 1024, dict(gv, ASYNC_WARPS=1), True)
+
+
+def test_not_supported_under_the_interpreter(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert not gemv_async.supported()
+
+
+def test_shipped_sm90_entries_exist_and_validate():
+    entries = _async_entries()
+    assert entries, "sm90.json ships no ASYNC entry for linear_gemv.Q4_K"
+    for bucket, e in entries:
+        s, bn, w, xa = gemv_async.check_config(e)
+        assert s >= 2 and e.get("X_PRE") == 1, bucket    # the path reads pre-quantized x
+
+
+@pytest.mark.skipif(not gemv_async.AVAILABLE, reason="this Triton has no Gluon")
+@pytest.mark.parametrize("resid", [False, True])
+def test_shipped_configs_compile_for_sm90(resid):
+    """Every shipped ASYNC config, compiled for sm90 on the CPU (bench/gluon_gemv.py --check, in
+    a process without TRITON_INTERPRET: kernels imported for the interpreter cannot be
+    compiled): cp.async, dp4a, no spills, shared memory within an sm90 program's 227 KiB."""
+    grid = sorted({gemv_async.check_config(e) for _, e in _async_entries()})
+    spec = ",".join(f"{bn}:{w}:{s}:{xa}" for s, bn, w, xa in grid)
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    root = Path(__file__).resolve().parents[2]
+    out = subprocess.run([sys.executable, str(root / "bench" / "gluon_gemv.py"), "--check",
+                          "--grid", spec] + (["--resid"] if resid else []),
+                         capture_output=True, text=True, env=env, cwd=root, timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+    assert len(rows) == len(grid)
+    for r in rows:
+        assert r["LDGSTS"] > 0 and r["IDP"] > 0, r
+        assert r["spills"] == 0 and r["STL"] == 0, r
+        assert r["shared"] <= 227 * 1024, r
+
+
+# (rows, columns, ASYNC, ASYNC_BN, ASYNC_WARPS, ASYNC_XA): 1 to 4 steps per row (the 1-step
+# cases have more ring slots than steps), several programs of BN rows each
+GPU_CASES = [(6, 2048, 2, 2, 1, 1), (12, 3072, 3, 4, 1, 0), (10, 4096, 4, 2, 2, 1),
+             (4, 8192, 6, 1, 4, 0), (14, 1024, 8, 2, 1, 1), (8, 2048, 3, 4, 2, 1)]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("case", GPU_CASES)
+def test_matches_float64_and_the_triton_gemv(case, rng, tuning_table):
+    N, K, s, bn, w, xa = case
+    cfg = {"X_INT8": 1, "X_PRE": 1, "PDL": 1, "ASYNC": s, "ASYNC_BN": bn, "ASYNC_WARPS": w,
+           "ASYNC_XA": xa}
+    qt, w64 = make_weight("Q4_K", N, K, rng)
+    assert gemv_async.eligible(Q4_K, 1, N, K, dict(cfg), True) and gemv_async.supported()
+    x = torch.from_numpy(rng.standard_normal((1, K)).astype(np.float32)).to(torch.bfloat16)
+    res = torch.from_numpy(rng.standard_normal((1, N)).astype(np.float32)).to(torch.bfloat16)
+    x64 = x.double().numpy()
+    ref = quantized_x(x64, 4, 8) @ w64.T
+    slack = tie_slack(x64, 4, 8, w64, ref)
+    calls = []
+    real = gemv_async.launch
+
+    def spy(*a, **k):
+        calls.append(a)
+        return real(*a, **k)
+
+    tuning_table({"linear_gemv": {"*": dict(cfg, ASYNC=0)}})
+    y_tri = mm.linear(x.to(DEV), qt)
+    tuning_table({"linear_gemv": {"*": cfg}})
+    gemv_async.launch = spy
+    try:
+        y = mm.linear(x.to(DEV), qt)
+        y_res = mm.linear(x.to(DEV), qt, residual=res.to(DEV))
+    finally:
+        gemv_async.launch = real
+    assert len(calls) == 2, "linear did not take the async path"
+    assert rel_err(y, ref) < 1.25 * 2.0 ** -7 + slack
+    assert rel_err(y, y_tri.double().cpu().numpy()) < 2.0 ** -7
+    res64 = res.double().numpy()
+    assert rel_err(y_res, ref + res64) < 1.25 * 2.0 ** -7 + slack
+
+
+@pytest.mark.gpu
+def test_ineligible_calls_fall_back(rng, tuning_table):
+    """A bias, two token rows or a partial step keep the Triton GEMV (and its results)."""
+    cfg = {"X_INT8": 1, "X_PRE": 1, "ASYNC": 4, "ASYNC_BN": 2, "ASYNC_WARPS": 1}
+    tuning_table({"linear_gemv": {"*": cfg}})
+    calls = []
+    real = gemv_async.launch
+    gemv_async.launch = lambda *a, **k: calls.append(a) or real(*a, **k)
+    try:
+        for N, K, T, bias in ((6, 2048, 1, True), (6, 2048, 2, False), (7, 2048, 1, False),
+                              (6, 256 * 5, 1, False)):
+            qt, w64 = make_weight("Q4_K", N, K, rng)
+            x = torch.from_numpy(rng.standard_normal((T, K)).astype(np.float32)).to(torch.bfloat16)
+            b = torch.from_numpy(rng.standard_normal(N).astype(np.float32)) if bias else None
+            y = mm.linear(x.to(DEV), qt, None if b is None else b.to(DEV))
+            ref = quantized_x(x.double().numpy(), 4, 8) @ w64.T
+            if b is not None:
+                ref = ref + b.double().numpy()
+            assert rel_err(y, ref) < 2e-2
+    finally:
+        gemv_async.launch = real
+    assert not calls
