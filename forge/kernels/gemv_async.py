@@ -23,7 +23,12 @@ too, 0: plain loads each step. `eligible` says which calls can take it: Q4_K, on
 x pre-quantized, no split, no bias, no norm or act fusion (a residual add is fused), whole
 steps (K / 32 a multiple of 32 x warps) and N a multiple of ASYNC_BN.
 
-Measured (H100, bench/gluon_gemv.py and bench/bench_gemv_floor.py; bench/results/run19).
+Gluon's barrier analysis still places a BAR.SYNC before each step's reads and copies (sm90
+SASS); with 1-2 warps per program they cost little.
+
+Measured (H100, bench/results/run19; us per GEMV, against the Triton GEMV): 4096x14336 13.41-13.69
+vs 14.43 (84.6%-82.9% of the copy rate), 14336x4096 13.02-13.16 vs 14.03-14.06, 4096x4096
+4.13-4.15 vs 5.37-5.49 (78%; a pure read of those bytes: 4.04); 8B Q4_K_M tg128 400.6 vs 395.4.
 """
 from __future__ import annotations
 
