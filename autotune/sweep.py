@@ -18,7 +18,8 @@ What a sweep keeps:
 - A candidate sets the keys its space varies, laid over the entry the tables give the bucket
   now (`current_entry`): keys no space varies (PDL, FUSE_NORM, KQ_T, ROPE_MIN_B, and PREFETCH /
   X_PRE / L2PF unless --gemv-prefetch / --gemv-x-pre / --gemv-l2pf make them axes) keep their
-  values, in the timed config and in the entry written.
+  values, in the timed config and in the entry written. The GEMV's candidates set ASYNC 0 (they
+  are matmul.py's GEMV); an entry that sets ASYNC (kernels/gemv_async.py) is their baseline.
 - A bucket is written only when its best candidate beats the current config by --min-gain
   (1% by default).
 - The first table with an entry for a kernel serves every bucket of that kernel, so before a

@@ -32,6 +32,7 @@ vs 14.43 (84.6%-82.9% of the copy rate), 14336x4096 13.02-13.16 vs 14.03-14.06, 
 """
 from __future__ import annotations
 
+import functools
 import os
 
 import torch
@@ -47,11 +48,13 @@ try:  # Gluon ships with Triton >= 3.5; its async copy API moved between version
 except Exception:  # noqa: BLE001 - no Gluon: the path is never taken
     AVAILABLE = False
 
-from forge.kernels import pdl
+from forge.kernels import pdl, tuning
 
 Q4_K = 12
 CHUNK = 32          # elements per chunk: one thread's 4 words of the q plane per step
-MAX_STAGES = 8
+# off unless a table entry sets ASYNC (its ring slots); the other keys are its program shape
+ASYNC_DEFAULT = {"ASYNC": 0, "ASYNC_BN": 2, "ASYNC_WARPS": 1, "ASYNC_XA": 1}
+_INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 if AVAILABLE:
     @gluon.jit
@@ -182,26 +185,33 @@ if AVAILABLE:
         gl.store(out_ptr + rows, y.to(out_ptr.dtype.element_ty), mask=rows < N)
 
 
+@functools.lru_cache(maxsize=None)
+def _supported_on(index: int) -> bool:
+    return torch.cuda.get_device_capability(index)[0] >= 8
+
+
 def supported(device: torch.device | None = None) -> bool:
-    """Gluon present, not the CPU interpreter, an NVIDIA GPU of compute capability >= 8.0."""
-    if not AVAILABLE or os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
-        return False
-    if torch.version.hip is not None or not torch.cuda.is_available():
+    """Gluon present, not the CPU interpreter, an NVIDIA GPU of compute capability >= 8.0 (per
+    device, asked once: this runs on every eligible GEMV call)."""
+    if not AVAILABLE or _INTERPRET or torch.version.hip is not None:
         return False
     dev = device if device is not None else torch.device("cuda")
-    return dev.type == "cuda" and torch.cuda.get_device_capability(dev)[0] >= 8
+    if dev.type != "cuda" or not torch.cuda.is_available():
+        return False
+    return _supported_on(dev.index if dev.index is not None else torch.cuda.current_device())
+
+
+KEYS = ("ASYNC", "ASYNC_BN", "ASYNC_WARPS", "ASYNC_XA")
 
 
 def check_config(gv: dict) -> tuple[int, int, int, int]:
-    """(S, BN, W, XA) of a config's ASYNC keys; ValueError on values the kernel cannot take."""
-    s, bn, w, xa = (int(gv.get("ASYNC", 0)), int(gv.get("ASYNC_BN", 2)),
-                    int(gv.get("ASYNC_WARPS", 1)), int(gv.get("ASYNC_XA", 1)))
-    if s and not 2 <= s <= MAX_STAGES:
-        raise ValueError(f"ASYNC: ring slots must be 0 (off) or 2 .. {MAX_STAGES}, got {s}")
-    if bn not in (1, 2, 4) or w not in (1, 2, 4, 8) or xa not in (0, 1):
-        raise ValueError(f"ASYNC_BN must be 1, 2 or 4, ASYNC_WARPS 1, 2, 4 or 8, ASYNC_XA 0 or 1; "
-                         f"got {bn}, {w}, {xa}")
-    return s, bn, w, xa
+    """(S, BN, W, XA) of a config's ASYNC keys (missing ones: the launcher default); ValueError
+    on values the kernel cannot take (those tuning.ENUM_KEYS refuses in a table)."""
+    vals = tuple(int(gv.get(k, ASYNC_DEFAULT[k])) for k in KEYS)
+    for k, v in zip(KEYS, vals):
+        if v not in tuning.ENUM_KEYS[k]:
+            raise ValueError(f"{k}: must be one of {tuning.ENUM_KEYS[k]}, got {v}")
+    return vals
 
 
 def eligible(ggml_type: int, T: int, N: int, K: int, gv: dict, x_pre: bool) -> bool:

@@ -1226,11 +1226,6 @@ GEMV_WARPS_PER_CU = {"nvidia": 12, "amd": 8}   # warps per CU the grid should at
 INT8_TYPES = ("Q8_0", "Q4_0", "Q4_1", "Q4_K", "Q5_0", "Q5_1", "Q5_K", "Q6_K")
 
 
-# The shared-memory Q4_K GEMV (kernels/gemv_async.py): off unless a table entry sets ASYNC (its
-# ring slots); the other keys are its program shape.
-ASYNC_DEFAULT = {"ASYNC": 0, "ASYNC_BN": 2, "ASYNC_WARPS": 1, "ASYNC_XA": 1}
-
-
 def gemv_default(ggml_type: int, T: int, N: int, K: int, cus: int = 16, warp: int = 32,
                  vendor: str = "nvidia", interpreter: bool = False, exact: bool = False) -> dict:
     """Launcher default for "linear_gemv".
@@ -1257,7 +1252,7 @@ def gemv_default(ggml_type: int, T: int, N: int, K: int, cus: int = 16, warp: in
     if interpreter:
         return {"BLOCK_N": 64, "BLOCK_K": epc * warp, "SPLIT_K": 1, "MAX_T": MAX_BLOCK_T,
                 "X_INT8": 0, "PREFETCH": 0, "X_PRE": 0, "PDL": 1, "FUSE_NORM": 1, "L2PF": 0,
-                **ASYNC_DEFAULT, "num_warps": 1, "num_stages": 1}
+                **gemv_async.ASYNC_DEFAULT, "num_warps": 1, "num_stages": 1}
     nw = None
     for cand in (4, 2, 8, 1):
         if nch % (warp * cand) == 0:
@@ -1289,7 +1284,7 @@ def gemv_default(ggml_type: int, T: int, N: int, K: int, cus: int = 16, warp: in
         bn //= 2
     return {"BLOCK_N": bn, "BLOCK_K": bb * epc, "SPLIT_K": split, "MAX_T": MAX_BLOCK_T,
             "X_INT8": x_int8, "PREFETCH": 0, "X_PRE": 0, "PDL": 1, "FUSE_NORM": 1, "L2PF": 0,
-            **ASYNC_DEFAULT, "num_warps": nw, "num_stages": 1}
+            **gemv_async.ASYNC_DEFAULT, "num_warps": nw, "num_stages": 1}
 
 
 # T at and above which quantized weights take dequantize + torch.matmul on NVIDIA. The fused GEMM
@@ -1603,18 +1598,17 @@ def _gemv(x: torch.Tensor, w: QTensor, bias, out: torch.Tensor, gv: dict,
     else:
         grid = (triton.cdiv(N, bn) * triton.cdiv(T, bt), split)
     x_int8, x_pre = _x_pre(x, w, gv)
+    xq, xs = quantize_x(x, V, E) if x_pre else (x, x)
     if (gv.get("ASYNC") and split == 1 and bias is None and out.stride(-1) == 1
             and not fused.get("NORM") and not fused.get("ACT")
             and gemv_async.eligible(w.ggml_type, T, N, K, gv, x_pre)
             and gemv_async.supported(x.device)):
         # Q4_K through shared memory by async copies (kernels/gemv_async.py)
-        xq, xs = quantize_x(x, V, E)
         gemv_async.launch(xq, xs, w.data, N, K, out, gv,
                           fused.get("res_ptr") if fused.get("RESID") else None)
         return
     dst = out if split == 1 else torch.empty((split, T, N), dtype=torch.float32, device=x.device)
     bias_arg = bias if bias is not None else out
-    xq, xs = quantize_x(x, V, E) if x_pre else (x, x)
     _linear_gemv_kernel[grid](
         x, xq, xs, *_gemv_planes(w), bias_arg, dst, T, N, K, nch, x.stride(0),
         xq.stride(0) if x_pre else 0, xs.stride(0) if x_pre else 0, out.stride(0), per,

@@ -70,7 +70,7 @@ def test_eligible_calls():
 
 
 def test_not_supported_under_the_interpreter(monkeypatch):
-    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    monkeypatch.setattr(gemv_async, "_INTERPRET", True)   # (read once, at import)
     assert not gemv_async.supported()
 
 
