@@ -102,7 +102,7 @@ def space(kernel: str, family: str, *, sub: int = 1, lds_bytes: int = 64 * 1024,
             if gemv_l2pf is not None:
                 extra["L2PF"] = tuple(gemv_l2pf)
             # ASYNC 0: the candidates are matmul.py's GEMV. A bucket whose entry sets ASYNC (the
-            # shared-memory Q4_K GEMV, kernels/gemv_async.py) is timed with it as the baseline,
+            # shared-memory Q4_K / Q8_0 GEMV, kernels/gemv_async.py) is timed with it as the baseline,
             # so it keeps it unless a Triton GEMV config beats it (and is then written with
             # ASYNC 0); with ASYNC kept, every candidate would time the same async kernel.
             cands = _grid(BLOCK_N=(1, 2, 4, 8), num_warps=(1, 2, 4), SPLIT_K=(1, 2, 4),

@@ -1,13 +1,14 @@
-"""The shared-memory Q4_K GEMV (forge/kernels/gemv_async.py) over its launch grid, against the
-Triton GEMV (matmul.py, the table's config with ASYNC 0) on the same weights, on a GPU; and,
+"""The shared-memory Q4_K / Q8_0 GEMV (forge/kernels/gemv_async.py) over its launch grid, against
+the Triton GEMV (matmul.py, the table's config with ASYNC 0) on the same weights, on a GPU; and,
 with --check, its sm90 compile on the CPU (registers, shared memory, cp.async / barrier counts).
 
 Timing as bench_gemv_floor.py: CUDA-graph replay over rotated weight copies (nothing from L2),
 PDL on, us per GEMV; x quantized once (quantize_x) and shared, as a producer kernel does it in a
 model. Each config's output is checked against the float64 product of the dequantized weight.
 
-    python bench/gluon_gemv.py --check
-    python bench/gluon_gemv.py --json out.json [--shapes 4096x4096,...] [--grid BN:W:S:XA,...]
+    python bench/gluon_gemv.py --check [--type Q8_0]
+    python bench/gluon_gemv.py --json out.json [--type Q8_0] [--shapes 4096x4096,...]
+        [--grid BN:W:S:XA,...]
 """
 from __future__ import annotations
 
@@ -31,13 +32,17 @@ SHAPES = "4096x14336,14336x4096,4096x4096,6144x4096,28672x4096"
 GRID = [(bn, w, s, xa) for bn in (2, 4) for w in (1, 2) for s in (3, 4, 6) for xa in (1, 0)]
 
 
+TYPES = {"Q4_K": gemv_async.Q4_K, "Q8_0": gemv_async.Q8_0}
+
+
 def launch(xq, xs, w, out, BN=2, W=1, S=3, XA=1, PDL=False):
     N, K = w.shape
     gemv_async.launch(xq, xs, w.data, N, K, out, {"ASYNC": S, "ASYNC_BN": BN, "ASYNC_WARPS": W,
-                                                  "ASYNC_XA": XA, "PDL": int(PDL)})
+                                                  "ASYNC_XA": XA, "PDL": int(PDL)},
+                      ggml_type=w.ggml_type)
 
 
-def check_compile(BN=2, W=1, S=3, XA=1, PDL=True, RESID=False) -> dict:
+def check_compile(BN=2, W=1, S=3, XA=1, PDL=True, RESID=False, TYPE=gemv_async.Q4_K) -> dict:
     """Compile for sm90 on the CPU; SASS instruction counts of interest."""
     from triton.backends.compiler import GPUTarget
     from triton.experimental.gluon._runtime import GluonASTSource
@@ -45,11 +50,12 @@ def check_compile(BN=2, W=1, S=3, XA=1, PDL=True, RESID=False) -> dict:
     from autotune import report
     sig = {"xq_ptr": "*i32", "xs_ptr": "*fp32", "q_ptr": "*i32", "sc_ptr": "*i32",
            "d_ptr": "*i32", "s_q": "i32", "s_sc": "i32", "s_d": "i32", "out_ptr": "*bf16",
-           "res_ptr": "*bf16", "N": "i32", "NCH": "i32", "BN": "constexpr", "W": "constexpr",
+           "res_ptr": "*bf16", "N": "i32", "NCH": "i32", "TYPE": "constexpr", "BN": "constexpr", "W": "constexpr",
            "S": "constexpr", "XA": "constexpr", "PDL": "constexpr", "RESID": "constexpr"}
     attrs = {(i,): [["tt.divisibility", 16]] for i in range(8)}
-    src = GluonASTSource(gemv_async._gemv_q4k_async_kernel, sig,
-                         {"BN": BN, "W": W, "S": S, "XA": XA, "PDL": PDL, "RESID": RESID}, attrs)
+    src = GluonASTSource(gemv_async._gemv_async_kernel, sig,
+                         {"TYPE": TYPE, "BN": BN, "W": W, "S": S, "XA": XA, "PDL": PDL,
+                          "RESID": RESID}, attrs)
     k = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": W})
     info = report.inspect_cuda(k.asm["cubin"], k.asm["ptx"], k.metadata.shared, W)
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
@@ -80,22 +86,24 @@ def main(argv=None) -> int:
                                    "XA 1 / 0)")
     ap.add_argument("--sass", help="with --check: write the first config's SASS here")
     ap.add_argument("--resid", action="store_true", help="with --check: the residual epilogue")
+    ap.add_argument("--type", default="Q4_K", choices=sorted(TYPES), help="weight type")
     args = ap.parse_args(argv)
     grid = parse_grid(args.grid) if args.grid else GRID
     if args.check:   # one JSON object per config and line (the test parses them)
         for i, (bn, w, s, xa) in enumerate(grid):
-            r = check_compile(bn, w, s, xa, PDL=True, RESID=args.resid)
+            r = check_compile(bn, w, s, xa, PDL=True, RESID=args.resid, TYPE=TYPES[args.type])
             if i == 0 and args.sass:
                 Path(args.sass).write_text(r["sass"])
             r["STL"] = len(re.findall(r"\bSTL\b", r.pop("sass")))
-            print(json.dumps(dict(r, BN=bn, W=w, S=s, XA=xa, RESID=args.resid)), flush=True)
+            print(json.dumps(dict(r, BN=bn, W=w, S=s, XA=xa, RESID=args.resid, type=args.type)),
+                  flush=True)
         return 0
     shapes = [tuple(int(v) for v in sh.split("x")) for sh in args.shapes.split(",")]
-    run_gpu(shapes, grid, args.json)
+    run_gpu(shapes, grid, args.json, args.type)
     return 0
 
 
-def run_gpu(shapes, grid, json_path):
+def run_gpu(shapes, grid, json_path, qtype="Q4_K"):
     from autotune.spaces import _qweight, _rotations
     from autotune.timing import graph_ms
     from bench_matmul import copy_bandwidth
@@ -108,12 +116,13 @@ def run_gpu(shapes, grid, json_path):
     gen = torch.Generator(device=dev).manual_seed(7)
     rows = []
     for N, K in shapes:
-        w, _ = _qweight(torch, "Q4_K", N, K, dev)
+        w, _ = _qweight(torch, qtype, N, K, dev)
         nbytes = sum(p.numel() * p.element_size() for p in w.data.values())
         x = torch.randn((1, K), device=dev, generator=gen).to(torch.bfloat16)
         ref = (x.double() @ dequant.dequantize(w).double().T)
         scale = ref.abs().max().item()
-        xq, xs = mm.quantize_x(x, 4, 8)
+        xq, xs = mm.quantize_x(x, *mm.gemv_shape(w.ggml_type))
+        chunk = gemv_async.CHUNK[w.ggml_type]
         ws = _rotations(w, 512 << 20, cap=63)
         outs = [torch.empty((1, N), device=dev, dtype=torch.bfloat16) for _ in ws]
         table = mm._configs(w.ggml_type, 1, N, K)[0]
@@ -134,13 +143,14 @@ def run_gpu(shapes, grid, json_path):
         y_tab, t_tab = via_linear(dict(table))
         e_tab = (y_tab.double() - ref).abs().max().item() / scale
         asy = {k: table.get(k) for k in ("ASYNC", "ASYNC_BN", "ASYNC_WARPS", "ASYNC_XA")}
-        print(f"{N}x{K} Q4_K {nbytes / 1e6:.1f} MB: Triton GEMV {t_tri:.2f} us "
+        print(f"{N}x{K} {qtype} {nbytes / 1e6:.1f} MB: Triton GEMV {t_tri:.2f} us "
               f"({nbytes / 1e3 / t_tri / copy:.1%}) err {e_tri:.2e}; table ({asy}) {t_tab:.2f} us "
               f"({nbytes / 1e3 / t_tab / copy:.1%}) err {e_tab:.2e}", flush=True)
-        rows.append({"N": N, "K": K, "kind": "triton", "us": t_tri, "err": e_tri})
-        rows.append({"N": N, "K": K, "kind": "table", "config": asy, "us": t_tab, "err": e_tab})
+        rows.append({"N": N, "K": K, "type": qtype, "kind": "triton", "us": t_tri, "err": e_tri})
+        rows.append({"N": N, "K": K, "type": qtype, "kind": "table", "config": asy, "us": t_tab,
+                     "err": e_tab})
         for bn, wn, s, xa in grid:
-            if (K // 32) % (32 * wn) or N % bn:
+            if (K // chunk) % (32 * wn) or N % bn:
                 continue
             y = torch.empty((1, N), device=dev, dtype=torch.bfloat16)
             launch(xq, xs, w, y, bn, wn, s, xa, PDL=False)
@@ -154,7 +164,7 @@ def run_gpu(shapes, grid, json_path):
             t = graph_ms([mine]) / len(ws) * 1e3
             print(f"  BN {bn} W {wn} S {s} XA {xa}: {t:6.2f} us ({nbytes / 1e3 / t / copy:.1%}) "
                   f"{t / t_tri:.3f}x Triton; err {err:.2e}, vs Triton {dif:.2e}", flush=True)
-            rows.append({"N": N, "K": K, "BN": bn, "W": wn, "S": s, "XA": xa, "us": t,
+            rows.append({"N": N, "K": K, "type": qtype, "BN": bn, "W": wn, "S": s, "XA": xa, "us": t,
                          "err": err, "vs_triton": dif, "triton_us": t_tri,
                          "pct_copy": nbytes / 1e3 / t / copy})
         ws = outs = None  # (freed before the next shape)

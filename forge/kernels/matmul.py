@@ -1241,7 +1241,7 @@ def gemv_default(ggml_type: int, T: int, N: int, K: int, cus: int = 16, warp: in
     the exact float32 decode) keeps the float path's rows per thread.
     PREFETCH 0 (1 and 2 pipeline the weight loads one step ahead, see the GEMV notes: opt-in
     through a table until measured); L2PF 0 (no L2 prefetch: opt-in through a table); ASYNC 0
-    (the shared-memory Q4_K GEMV of kernels/gemv_async.py: opt-in through a table).
+    (the shared-memory Q4_K / Q8_0 GEMV of kernels/gemv_async.py: opt-in through a table).
     Under the CPU interpreter: 64 rows, one warp (fewer, larger programs run faster there).
     """
     info = TYPES[int(ggml_type)]
@@ -1603,9 +1603,9 @@ def _gemv(x: torch.Tensor, w: QTensor, bias, out: torch.Tensor, gv: dict,
             and not fused.get("NORM") and not fused.get("ACT")
             and gemv_async.eligible(w.ggml_type, T, N, K, gv, x_pre)
             and gemv_async.supported(x.device)):
-        # Q4_K through shared memory by async copies (kernels/gemv_async.py)
+        # Q4_K / Q8_0 through shared memory by async copies (kernels/gemv_async.py)
         gemv_async.launch(xq, xs, w.data, N, K, out, gv,
-                          fused.get("res_ptr") if fused.get("RESID") else None)
+                          fused.get("res_ptr") if fused.get("RESID") else None, w.ggml_type)
         return
     dst = out if split == 1 else torch.empty((split, T, N), dtype=torch.float32, device=x.device)
     bias_arg = bias if bias is not None else out

@@ -46,7 +46,7 @@ NOTE_KEYS = frozenset({"source", "comment"})
 # GEMV, 1 x quantized to int8 once before it; PDL 1 launched with programmatic dependent launch
 # where kernels/pdl.py enables it, 0 never; FUSE_NORM 1 an rms_norm before the GEMV runs in its
 # prologue where it can, 0 stays a kernel of its own).
-# ASYNC (kernels/gemv_async.py, the shared-memory Q4_K GEMV): 0 off, else its ring's slots;
+# ASYNC (kernels/gemv_async.py, the shared-memory Q4_K / Q8_0 GEMV): 0 off, else its ring's slots;
 # ASYNC_BN / ASYNC_WARPS / ASYNC_XA its rows and warps per program and whether x is staged too.
 ENUM_KEYS = {"PREFETCH": (0, 1, 2, 3, 4), "X_PRE": (0, 1), "PDL": (0, 1), "FUSE_NORM": (0, 1),
              "ASYNC": (0, 2, 3, 4, 5, 6, 7, 8), "ASYNC_BN": (1, 2, 4), "ASYNC_WARPS": (1, 2, 4, 8),

@@ -733,7 +733,13 @@ def test_sweep_on_the_gpu_keeps_current_keys_and_unswept_buckets(tmp_path, monke
     assert tuple(entry[k] for k in ("BLOCK_N", "num_warps", "SPLIT_K")) != \
         tuple(cur_cfg[k] for k in ("BLOCK_N", "num_warps", "SPLIT_K"))
     cur = sweep.current_entry("linear_gemv.Q4_K", b, info.arch)
-    for k in set(cur) - {"BLOCK_N", "BLOCK_K", "num_warps", "SPLIT_K", "num_stages", "X_INT8"}:
+    # the keys the space sets (BLOCK_N ... X_INT8, and ASYNC 0: its candidates are the Triton
+    # GEMV's) are the candidate's; every other key keeps its current value
+    from autotune import spaces
+    varied = set().union(*spaces.space("linear_gemv", info.family, sub=matmul.gemv_block(tid),
+                                       warp=info.warp_size, int8=True))
+    assert {"BLOCK_N", "num_warps", "SPLIT_K"} <= varied
+    for k in set(cur) - varied:
         assert entry[k] == cur[k], k
     served = tuning.serving_table("linear_gemv.Q4_K", info.arch)
     if served is not None:
