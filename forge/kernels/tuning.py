@@ -49,7 +49,7 @@ NOTE_KEYS = frozenset({"source", "comment"})
 # ASYNC (kernels/gemv_async.py, the shared-memory Q4_K / Q8_0 GEMV): 0 off, else its ring's slots;
 # ASYNC_BN / ASYNC_WARPS / ASYNC_XA its rows and warps per program and whether x is staged too.
 ENUM_KEYS = {"PREFETCH": (0, 1, 2, 3, 4), "X_PRE": (0, 1), "PDL": (0, 1), "FUSE_NORM": (0, 1),
-             "ASYNC": (0, 2, 3, 4, 5, 6, 7, 8), "ASYNC_BN": (1, 2, 4), "ASYNC_WARPS": (1, 2, 4, 8),
+             "ASYNC": (0, 2, 3, 4, 5, 6, 7, 8), "ASYNC_BN": (1, 2, 4, 8), "ASYNC_WARPS": (1, 2, 4, 8),
              "ASYNC_XA": (0, 1)}
 # L2PF (matmul.py's GEMV, NVIDIA): how many steps ahead the weights are prefetched into L2 (0 off).
 L2PF_VALUES = range(0, 4097)

@@ -46,7 +46,7 @@ def test_config_keys_are_validated():
     base = {"ASYNC": 4, "ASYNC_BN": 2, "ASYNC_WARPS": 1, "ASYNC_XA": 1}
     assert gemv_async.check_config(base) == (4, 2, 1, 1)
     assert gemv_async.check_config({})[0] == 0
-    for bad in ({"ASYNC": 1}, {"ASYNC": 9}, {"ASYNC_BN": 3}, {"ASYNC_WARPS": 16},
+    for bad in ({"ASYNC": 1}, {"ASYNC": 9}, {"ASYNC_BN": 3}, {"ASYNC_BN": 16}, {"ASYNC_WARPS": 16},
                 {"ASYNC_XA": 2}):
         with pytest.raises(ValueError):
             gemv_async.check_config(dict(base, **bad))
@@ -121,10 +121,11 @@ def test_shipped_configs_compile_for_sm90(name, resid):
 GPU_CASES = [("Q4_K", 6, 2048, 2, 2, 1, 1), ("Q4_K", 12, 3072, 3, 4, 1, 0),
              ("Q4_K", 10, 4096, 4, 2, 2, 1), ("Q4_K", 4, 8192, 6, 1, 4, 0),
              ("Q4_K", 14, 1024, 8, 2, 1, 1), ("Q4_K", 8, 2048, 3, 4, 2, 1),
+             ("Q4_K", 16, 8192, 3, 8, 1, 1),
              ("Q8_0", 6, 1024, 2, 2, 1, 1), ("Q8_0", 12, 1536, 3, 4, 1, 0),
              ("Q8_0", 10, 2048, 4, 2, 2, 1), ("Q8_0", 4, 4096, 6, 1, 4, 0),
              ("Q8_0", 14, 512, 8, 2, 1, 1), ("Q8_0", 8, 3072, 4, 4, 2, 0),
-             ("Q8_0", 2, 8192, 5, 1, 8, 1)]
+             ("Q8_0", 2, 8192, 5, 1, 8, 1), ("Q8_0", 24, 4096, 2, 8, 1, 0)]
 
 
 @pytest.mark.gpu
