@@ -56,7 +56,8 @@ def space(kernel: str, family: str, *, sub: int = 1, lds_bytes: int = 64 * 1024,
           elem: int = 2, warp: int | None = None, int8: bool = False,
           gemv_stages: tuple[int, ...] = (1,), gemv_prefetch: tuple[int, ...] | None = None,
           gemv_x_pre: tuple[int, ...] | None = None,
-          gemv_l2pf: tuple[int, ...] | None = None) -> list[dict]:
+          gemv_l2pf: tuple[int, ...] | None = None,
+          gemv_async: tuple[int, ...] | None = None) -> list[dict]:
     """Candidate configs for `kernel` ("linear_gemv", ...) on `family` ("cdna3", "hopper", ...).
 
     A candidate holds only the keys the space varies; autotune.sweep lays each over the entry
@@ -81,6 +82,10 @@ def space(kernel: str, family: str, *, sub: int = 1, lds_bytes: int = 64 * 1024,
     the GEMV's); None: not an axis.
     gemv_l2pf: L2PF values to try for the NVIDIA GEMV (the weights prefetched into L2 that many
     steps ahead, 0 off; see matmul.py); None: not an axis.
+    gemv_async: ring slots (ASYNC) to try for the shared-memory GEMV (kernels/gemv_async.py;
+    pass it only for a type that has one): each adds candidates over ASYNC_BN 2 / 4 / 8 and
+    ASYNC_WARPS 1 / 2 / 4 (x through the ring, int8 x quantized first, no K split); the
+    sweep drops those a problem's shape cannot take (`gemv_async.eligible`). None or 0: none.
     """
     amd = _is_amd(family)
     warp = warp or (64 if family.startswith(("cdna", "gcn")) else 32)
@@ -110,6 +115,11 @@ def space(kernel: str, family: str, *, sub: int = 1, lds_bytes: int = 64 * 1024,
                           ASYNC=(0,), **extra)
         for c in cands:
             c["BLOCK_K"] = sub * warp * c["num_warps"]
+        if gemv_async and not amd and int8:
+            # the shared-memory GEMV's own program shape; the Triton keys stay as they are
+            cands += _grid(ASYNC=tuple(v for v in gemv_async if v), ASYNC_BN=(2, 4, 8),
+                           ASYNC_WARPS=(1, 2, 4), ASYNC_XA=(1,), X_INT8=(1,), X_PRE=(1,),
+                           SPLIT_K=(1,))
         return cands
     if kernel == "linear_kq":
         # kgemm.py's GEMM on scaled integer codes (Q4_K / Q6_K, T <= 64): BLOCK_M follows T (each
@@ -225,7 +235,7 @@ def linear_problems(kernel: str, types=SWEEP_TYPES) -> list[Problem]:
     problem's run() carries `rotations`: the same op on distinct copies of the weight (together
     >= ROTATE_BYTES, more than the L2 cache), which the graph timer replays in turn so that the
     weight streams from HBM as in a real decode step."""
-    from forge.kernels import dequant, matmul
+    from forge.kernels import dequant, gemv_async, matmul
 
     gemv = kernel == "linear_gemv"
     shapes = GEMV_SHAPES if gemv else GEMM_SHAPES
@@ -254,7 +264,8 @@ def linear_problems(kernel: str, types=SWEEP_TYPES) -> list[Problem]:
 
                 out.append(Problem(f"{kernel}.{tname}", kernel, f"{tname} T{t} N{n} K{k}",
                                    {"T": t, "N": n, "K": k}, setup, sub=sub, tol=3e-2,
-                                   extra={"int8": gemv and tname in matmul.INT8_TYPES}))
+                                   extra={"int8": gemv and tname in matmul.INT8_TYPES,
+                                          "async": gemv and tid in gemv_async.CHUNK}))
     return out
 
 

@@ -20,6 +20,8 @@ What a sweep keeps:
   X_PRE / L2PF unless --gemv-prefetch / --gemv-x-pre / --gemv-l2pf make them axes) keep their
   values, in the timed config and in the entry written. The GEMV's candidates set ASYNC 0 (they
   are matmul.py's GEMV); an entry that sets ASYNC (kernels/gemv_async.py) is their baseline.
+  With --gemv-async the shared-memory GEMV's own candidates (ASYNC, ASYNC_BN, ASYNC_WARPS) join
+  them for Q4_K / Q8_0 on NVIDIA, those the shape cannot take left out (`async_fits`).
 - A bucket is written only when its best candidate beats the current config by --min-gain
   (1% by default).
 - The first table with an entry for a kernel serves every bucket of that kernel, so before a
@@ -86,6 +88,23 @@ def current_entry(kernel: str, bucket: str, arch: str) -> dict:
     if t is not None and tuning.typed_wins(g[0] if g is not None else "builtin", t[0]):
         out.update(t[3])
     return {k: v for k, v in out.items() if k not in tuning.NOTE_KEYS}
+
+
+def async_fits(p, cands: list[dict], supported: bool | None = None) -> list[dict]:
+    """The candidates (laid over the current entry) that problem p can run as they say: one
+    that sets ASYNC where the shared-memory GEMV cannot take the shape (kernels/gemv_async.py's
+    `eligible`) or this GPU cannot run it (`supported`, asked when None) would time the Triton
+    GEMV under its name, so it is dropped."""
+    if p.space_kernel != "linear_gemv":
+        return cands
+    from forge.kernels import dequant, gemv_async
+
+    if supported is None:
+        supported = gemv_async.supported()
+    tid = dequant.TYPE_IDS[p.kernel.partition(".")[2]]
+    d = p.dims
+    return [c for c in cands if not c.get("ASYNC") or (
+        supported and gemv_async.eligible(tid, d["T"], d["N"], d["K"], c, bool(c.get("X_PRE"))))]
 
 
 def with_current(cands: list[dict], current: dict) -> list[dict]:
@@ -273,6 +292,11 @@ def main(argv: list[str] | None = None) -> int:
                     help="L2PF values for the NVIDIA linear_gemv candidates (e.g. 0,1,2: the "
                     "weights prefetched into L2 that many steps ahead; see matmul.py); default: "
                     "each bucket keeps its current value")
+    ap.add_argument("--gemv-async", default=None,
+                    help="ASYNC values (ring slots, e.g. 3,4) for the shared-memory GEMV of Q4_K / "
+                    "Q8_0 (NVIDIA sm80+, kernels/gemv_async.py): candidates over its rows and "
+                    "warps per program are added to the Triton GEMV's; default: none (a bucket "
+                    "whose entry sets ASYNC still times it as the baseline)")
     ap.add_argument("--shapes", default=None,
                     help="only these N x K problems, e.g. 14336x4096,4096x14336 (linear_* sweeps)")
     ap.add_argument("--max-candidates", type=int, default=None,
@@ -305,6 +329,7 @@ def main(argv: list[str] | None = None) -> int:
                  "gemv_prefetch": ints("--gemv-prefetch", args.gemv_prefetch, ENUM_KEYS["PREFETCH"]),
                  "gemv_x_pre": ints("--gemv-x-pre", args.gemv_x_pre, ENUM_KEYS["X_PRE"]),
                  "gemv_l2pf": ints("--gemv-l2pf", args.gemv_l2pf, L2PF_VALUES)}
+    async_slots = ints("--gemv-async", args.gemv_async, ENUM_KEYS["ASYNC"])
 
     from forge.runtime import device
 
@@ -355,10 +380,13 @@ def main(argv: list[str] | None = None) -> int:
             cands = spaces.space(p.space_kernel, info.family, sub=p.sub, lds_bytes=info.lds_bytes,
                                  elem=torch.tensor([], dtype=dtype).element_size(), warp=info.warp_size,
                                  **({"int8": p.extra["int8"]} if "int8" in p.extra else {}),
-                                 **(gemv_axes if p.space_kernel == "linear_gemv" else {}))
+                                 **(gemv_axes if p.space_kernel == "linear_gemv" else {}),
+                                 **({"gemv_async": async_slots} if p.extra.get("async") and
+                                    info.vendor == "nvidia" else {}))
             cur = {**current_entry(p.kernel, tuning.bucket(**p.dims), info.arch),
                    **p.extra.get("fixed", {})}
             cands = [c for c in with_current(cands, cur) if c != cur]   # cur is the baseline
+            cands = async_fits(p, cands)
             plan.append((group, _subsample(cands, args.max_candidates)))
         total = sum(len(c) * len(g) for g, c in plan)
         with tqdm(total=total, desc=kernel, unit="run") as bar:

@@ -29,13 +29,15 @@ pre-quantized, no split, no bias, no norm or act fusion (a residual add is fused
 Gluon's barrier analysis still places a BAR.SYNC before each step's reads and copies (sm90
 SASS); with 1-2 warps per program they cost little.
 
-Measured (H100; us per GEMV, against the Triton GEMV). Q4_K (bench/results/run19): 4096x14336
-13.41-13.69 vs 14.43 (84.6%-82.9% of the copy rate), 14336x4096 13.02-13.16 vs 14.03-14.06,
-4096x4096 4.13-4.15 vs 5.37-5.49 (78%; a pure read of those bytes: 4.04); 8B Q4_K_M tg128 400.6
-vs 395.4. Q8_0 (bench/results/run20): 4096x4096 6.29-6.37 vs 7.52-7.54 (94% vs 79%), 14336x4096
-21.55-21.62 vs 22.69-22.73, 4096x14336 21.60-21.76 vs 22.09-22.45, 6144x4096 9.71-9.83 vs
-10.46-10.64, 28672x4096 41.84-42.16 vs 42.95-43.08; 8B Q8_0 tg128 313.6 vs 301.4. Q8_0 wants
-2-4 warps per program where Q4_K wants 1-2 (its steps cover half the columns).
+Measured (H100; us per GEMV, against the Triton GEMV). Q4_K (bench/results/run19, run20):
+4096x14336 12.43 (BN 4 W 2 S 3) vs 14.53, 14336x4096 13.02-13.16 vs 14.03-14.06, 4096x4096
+4.13-4.20 vs 5.37-5.49 (77-78%; a pure read of those bytes with PDL: 4.04-4.09), 6144x4096 5.53 /
+5.61 (BN 8) vs 7.35; 8B Q4_K_M tg128 400.6 vs 395.4 (run 19). Q8_0 (run20): 4096x4096 6.29-6.37
+vs 7.52-7.54 (94% vs 79%), 14336x4096 21.55-21.62 vs 22.69-22.73, 4096x14336 21.60-21.76 vs
+22.09-22.45, 6144x4096 9.71-9.83 vs 10.46-10.64, 28672x4096 41.84-42.16 vs 42.95-43.08; 8B Q8_0
+tg128 313.7 / 313.2 vs 302.4 / 302.7. Q8_0 wants 2-4 warps per program where Q4_K wants 1-2 (its
+steps cover half the columns). Prefetching the steps past the ring into L2 before the PDL wait
+was tried and lost almost everywhere (run20's async_l2.patch).
 """
 from __future__ import annotations
 

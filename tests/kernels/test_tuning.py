@@ -385,6 +385,56 @@ def test_gemv_prefetch_and_x_pre_are_opt_in_sweep_axes_on_nvidia(axis, key, valu
             sweep.main(["--kernel", "linear_gemv", "--min-gain", bad])
 
 
+def test_gemv_async_is_an_opt_in_sweep_axis_for_its_types():
+    """gemv_async (sweep --gemv-async) adds the shared-memory GEMV's candidates (ring slots x
+    rows x warps, int8 x quantized first, no K split) on NVIDIA for a type with an int8 GEMV;
+    `async_fits` keeps only those a problem's shape can take on a GPU that runs the kernel; the
+    flag's values are checked."""
+    from autotune import spaces, sweep
+    from forge.kernels import gemv_async
+
+    base = spaces.space("linear_gemv", "hopper", sub=32, int8=True)
+    both = spaces.space("linear_gemv", "hopper", sub=32, int8=True, gemv_async=(3, 4))
+    extra = both[len(base):]
+    assert both[:len(base)] == base and len(extra) == 2 * 3 * 3
+    assert all(c["ASYNC"] == 0 for c in base)
+    assert {(c["ASYNC"], c["ASYNC_BN"], c["ASYNC_WARPS"]) for c in extra} == \
+        {(s_, bn, w) for s_ in (3, 4) for bn in (2, 4, 8) for w in (1, 2, 4)}
+    for c in extra:
+        assert c["SPLIT_K"] == 1 and c["X_PRE"] == 1 and c["X_INT8"] == 1 and c["ASYNC_XA"] == 1
+        tuning._validate_entry("hopper:linear_gemv", c)
+    assert spaces.space("linear_gemv", "hopper", sub=32, int8=True, gemv_async=(0,)) == base
+    assert spaces.space("linear_gemv", "cdna3", sub=32, int8=True, gemv_async=(4,)) == \
+        spaces.space("linear_gemv", "cdna3", sub=32, int8=True)
+    assert spaces.space("linear_gemv", "hopper", sub=32, gemv_async=(4,)) == \
+        spaces.space("linear_gemv", "hopper", sub=32)
+
+    probs = {p.name: p for p in spaces.problems("linear_gemv", ("Q4_K", "Q8_0", "Q6_K"))}
+    assert probs["Q4_K T1 N4096 K14336"].extra["async"]
+    assert probs["Q8_0 T1 N4096 K14336"].extra["async"]
+    assert not probs["Q6_K T1 N4096 K14336"].extra["async"]
+    for name, dropped_w in (("Q4_K T1 N4096 K14336", {4}), ("Q8_0 T1 N4096 K14336", set())):
+        p = probs[name]
+        cur = sweep.current_entry(p.kernel, tuning.bucket(**p.dims), "sm90")
+        cands = sweep.with_current(both, cur)
+        kept = sweep.async_fits(p, cands, supported=True)
+        gone = [c for c in cands if c not in kept]
+        # Q4_K at K 14336: 448 chunks, whole steps of 32 x W chunks for W 1 and 2 only
+        assert {c["ASYNC_WARPS"] for c in gone} == dropped_w and all(c["ASYNC"] for c in gone)
+        assert all(gemv_async.eligible(dq_id(p), 1, 4096, 14336, c, True)
+                   for c in kept if c["ASYNC"])
+        # a GPU that cannot run the kernel times none of them
+        assert sweep.async_fits(p, cands, supported=False) == [c for c in cands if not c["ASYNC"]]
+    for bad in ("1", "4,9", "x"):
+        with pytest.raises(SystemExit):
+            sweep.main(["--kernel", "linear_gemv", "--gemv-async", bad])
+
+
+def dq_id(p) -> int:
+    from forge.kernels import dequant
+    return dequant.TYPE_IDS[p.kernel.partition(".")[2]]
+
+
 @pytest.fixture
 def typed_tables(tmp_path, monkeypatch):
     """sm90 (hopper, nvidia): a shipped arch file with a generic "lin" and a per-type "lin.Q4_K"
@@ -749,6 +799,53 @@ def test_sweep_on_the_gpu_keeps_current_keys_and_unswept_buckets(tmp_path, monke
     after = [matmul._configs(tid, *d)[0] for d in probe]
     assert after == before
     tuning.clear_cache()
+
+
+@pytest.mark.gpu
+def test_sweep_with_gemv_async_times_and_writes_the_async_kernel(tmp_path, monkeypatch):
+    """--gemv-async: the shared-memory GEMV's candidates run for real (the kernel launches),
+    and one reported fastest is written with its keys, which linear then takes."""
+    torch = pytest.importorskip("torch")
+    from autotune import sweep
+    from autotune.spaces import _qweight
+    from forge.kernels import gemv_async, matmul
+
+    if not gemv_async.supported():
+        pytest.skip("this GPU has no shared-memory GEMV (NVIDIA sm80+ with Gluon)")
+    out = tmp_path / "t.json"
+    tid = next(t for t, i in matmul.TYPES.items() if i.name == "Q4_K")
+    real_timer = sweep._time_graph
+
+    def timer(run, warmup, rep):
+        ms = real_timer(run, warmup, rep)
+        cfg = matmul._configs(tid, 1, 4096, 4096)[0]
+        return 1e-6 if (cfg.get("ASYNC"), cfg.get("ASYNC_BN"), cfg.get("ASYNC_WARPS")) == \
+            (3, 8, 2) else ms
+
+    launches = []
+    real_launch = gemv_async.launch
+    monkeypatch.setattr(sweep, "_time_graph", timer)
+    monkeypatch.setattr(gemv_async, "launch", lambda *a, **k: launches.append(a[6].get("ASYNC_BN"))
+                        or real_launch(*a, **k))
+    assert sweep.main(["--kernel", "linear_gemv", "--types", "Q4_K", "--shapes", "4096x4096",
+                       "--gemv-async", "3", "--warmup", "2", "--rep", "10",
+                       "--out", str(out)]) == 0
+    assert {2, 4, 8} <= set(launches)
+    entry = json.loads(out.read_text())["kernels"]["linear_gemv.Q4_K"][tuning.bucket(T=1, N=4096,
+                                                                                      K=4096)]
+    assert (entry["ASYNC"], entry["ASYNC_BN"], entry["ASYNC_WARPS"], entry["SPLIT_K"]) == (3, 8, 2, 1)
+    monkeypatch.setenv("FORGE_TUNING_TABLE", str(out))
+    tuning.clear_cache()
+    matmul.clear_config_cache()
+    try:
+        launches.clear()
+        x = torch.randn(1, 4096, device="cuda", dtype=torch.bfloat16)
+        w, _ = _qweight(torch, "Q4_K", 4096, 4096, x.device)
+        matmul.linear(x, w)
+        assert launches == [8]
+    finally:
+        tuning.clear_cache()
+        matmul.clear_config_cache()
 
 
 @pytest.mark.gpu
