@@ -21,7 +21,10 @@ What a sweep keeps:
   values, in the timed config and in the entry written. The GEMV's candidates set ASYNC 0 (they
   are matmul.py's GEMV); an entry that sets ASYNC (kernels/gemv_async.py) is their baseline.
   With --gemv-async the shared-memory GEMV's own candidates (ASYNC, ASYNC_BN, ASYNC_WARPS) join
-  them for Q4_K / Q8_0 on NVIDIA, those the shape cannot take left out (`async_fits`).
+  them for Q4_K / Q8_0 on NVIDIA (bf16 / fp16 activations: float32 x never takes that kernel),
+  those the shape or GPU cannot take left out (`async_fits`). Such a candidate also sets
+  SPLIT_K 1, X_INT8 1 and X_PRE 1; where it wins, calls of the bucket that cannot take the
+  kernel (a bias, a fused norm) run the Triton GEMV with those keys, untimed.
 - A bucket is written only when its best candidate beats the current config by --min-gain
   (1% by default).
 - The first table with an entry for a kernel serves every bucket of that kernel, so before a
@@ -90,21 +93,26 @@ def current_entry(kernel: str, bucket: str, arch: str) -> dict:
     return {k: v for k, v in out.items() if k not in tuning.NOTE_KEYS}
 
 
-def async_fits(p, cands: list[dict], supported: bool | None = None) -> list[dict]:
+def async_fits(p, cands: list[dict], supported: bool | None = None,
+               smem: int | None = None) -> list[dict]:
     """The candidates (laid over the current entry) that problem p can run as they say: one
     that sets ASYNC where the shared-memory GEMV cannot take the shape (kernels/gemv_async.py's
-    `eligible`) or this GPU cannot run it (`supported`, asked when None) would time the Triton
-    GEMV under its name, so it is dropped."""
+    `eligible`: x quantized to int8 first, whole steps, N a multiple of ASYNC_BN, the ring within
+    `smem` bytes) or this GPU cannot run it (`supported`) would time the Triton GEMV under its
+    name, so it is dropped. supported / smem: this GPU's, asked when None."""
     if p.space_kernel != "linear_gemv":
         return cands
     from forge.kernels import dequant, gemv_async
 
     if supported is None:
         supported = gemv_async.supported()
+    if smem is None:
+        smem = gemv_async.smem_limit()
     tid = dequant.TYPE_IDS[p.kernel.partition(".")[2]]
     d = p.dims
     return [c for c in cands if not c.get("ASYNC") or (
-        supported and gemv_async.eligible(tid, d["T"], d["N"], d["K"], c, bool(c.get("X_PRE"))))]
+        supported and gemv_async.eligible(tid, d["T"], d["N"], d["K"], c,
+                                          bool(c.get("X_INT8")) and bool(c.get("X_PRE")), smem))]
 
 
 def with_current(cands: list[dict], current: dict) -> list[dict]:
@@ -330,6 +338,9 @@ def main(argv: list[str] | None = None) -> int:
                  "gemv_x_pre": ints("--gemv-x-pre", args.gemv_x_pre, ENUM_KEYS["X_PRE"]),
                  "gemv_l2pf": ints("--gemv-l2pf", args.gemv_l2pf, L2PF_VALUES)}
     async_slots = ints("--gemv-async", args.gemv_async, ENUM_KEYS["ASYNC"])
+    if async_slots and args.dtype == "float32":
+        print("--gemv-async: float32 activations never take the shared-memory GEMV (it reads "
+              "int8 x); no such candidates", file=sys.stderr)
 
     from forge.runtime import device
 
@@ -382,11 +393,13 @@ def main(argv: list[str] | None = None) -> int:
                                  **({"int8": p.extra["int8"]} if "int8" in p.extra else {}),
                                  **(gemv_axes if p.space_kernel == "linear_gemv" else {}),
                                  **({"gemv_async": async_slots} if p.extra.get("async") and
-                                    info.vendor == "nvidia" else {}))
+                                    info.vendor == "nvidia" and args.dtype != "float32"
+                                    else {}))
             cur = {**current_entry(p.kernel, tuning.bucket(**p.dims), info.arch),
                    **p.extra.get("fixed", {})}
             cands = [c for c in with_current(cands, cur) if c != cur]   # cur is the baseline
-            cands = async_fits(p, cands)
+            for q in group:                     # every problem of the bucket times them all
+                cands = async_fits(q, cands)
             plan.append((group, _subsample(cands, args.max_candidates)))
         total = sum(len(c) * len(g) for g, c in plan)
         with tqdm(total=total, desc=kernel, unit="run") as bar:

@@ -233,8 +233,18 @@ if AVAILABLE:
 
 
 @functools.lru_cache(maxsize=None)
-def _supported_on(index: int) -> bool:
-    return torch.cuda.get_device_capability(index)[0] >= 8
+def _limits(index: int) -> tuple[int, int]:
+    """(compute capability major, shared memory one program may opt in to) of CUDA device index."""
+    props = torch.cuda.get_device_properties(index)
+    smem = int(getattr(props, "shared_memory_per_block_optin", 0) or 48 * 1024)
+    return torch.cuda.get_device_capability(index)[0], smem
+
+
+def _index(device: torch.device | None) -> int | None:
+    dev = device if device is not None else torch.device("cuda")
+    if dev.type != "cuda" or not torch.cuda.is_available():
+        return None
+    return dev.index if dev.index is not None else torch.cuda.current_device()
 
 
 def supported(device: torch.device | None = None) -> bool:
@@ -242,10 +252,24 @@ def supported(device: torch.device | None = None) -> bool:
     device, asked once: this runs on every eligible GEMV call)."""
     if not AVAILABLE or _INTERPRET or torch.version.hip is not None:
         return False
-    dev = device if device is not None else torch.device("cuda")
-    if dev.type != "cuda" or not torch.cuda.is_available():
-        return False
-    return _supported_on(dev.index if dev.index is not None else torch.cuda.current_device())
+    i = _index(device)
+    return i is not None and _limits(i)[0] >= 8
+
+
+def smem_limit(device: torch.device | None = None) -> int:
+    """Shared memory one program may use on a supported device (0 elsewhere)."""
+    return _limits(_index(device))[1] if supported(device) else 0
+
+
+def smem_bytes(ggml_type: int, gv: dict) -> int:
+    """Shared memory of the kernel's ring under config gv: per slot the q words and the d
+    (and, Q4_K, sc) words of BN rows x 32 W chunks, and with ASYNC_XA x's code words and
+    scales."""
+    s, bn, w, xa = check_config(gv)
+    bb = 32 * w
+    two = 2 if int(ggml_type) == Q4_K else 1           # Q4_K: sc and d; even and odd x words
+    words = bn * bb * 4 + bn * bb * two + (bb * 4 * two + bb if xa else 0)
+    return 4 * s * words
 
 
 KEYS = ("ASYNC", "ASYNC_BN", "ASYNC_WARPS", "ASYNC_XA")
@@ -261,13 +285,17 @@ def check_config(gv: dict) -> tuple[int, int, int, int]:
     return vals
 
 
-def eligible(ggml_type: int, T: int, N: int, K: int, gv: dict, x_pre: bool) -> bool:
+def eligible(ggml_type: int, T: int, N: int, K: int, gv: dict, x_pre: bool,
+             smem: int | None = None) -> bool:
     """Whether a GEMV call of this shape takes this path under config gv (the caller checks the
-    rest: no split, bias, norm or act fusion; a residual is fine)."""
+    rest: no split, bias, norm or act fusion; a residual is fine). smem: the shared memory one
+    program may have (`smem_limit`); a config whose ring needs more falls back (None: not
+    checked)."""
     s, bn, w, _ = check_config(gv)
     ch = CHUNK.get(int(ggml_type))
     return (s > 0 and ch is not None and T == 1 and x_pre and K % ch == 0
-            and (K // ch) % (32 * w) == 0 and N % bn == 0)
+            and (K // ch) % (32 * w) == 0 and N % bn == 0
+            and (smem is None or smem_bytes(ggml_type, gv) <= smem))
 
 
 def launch(xq: torch.Tensor, xs: torch.Tensor, planes: dict, N: int, K: int, out: torch.Tensor,

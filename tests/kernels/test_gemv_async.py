@@ -76,6 +76,12 @@ def test_eligible_calls():
     assert not gemv_async.eligible(2, 1, 4096, 4096, gv, True)                       # Q4_0
     with pytest.raises(ValueError):
         gemv_async.launch(None, None, {}, 4096, 4096, None, gv, ggml_type=2)
+    # a ring larger than a program's shared memory falls back (sm90: 227 KiB)
+    big = {"ASYNC": 8, "ASYNC_BN": 8, "ASYNC_WARPS": 4, "ASYNC_XA": 1}
+    assert gemv_async.smem_bytes(Q4_K, big) == 233472
+    assert gemv_async.eligible(Q4_K, 1, 4096, 4096, big, True)
+    assert not gemv_async.eligible(Q4_K, 1, 4096, 4096, big, True, smem=227 * 1024)
+    assert gemv_async.eligible(Q4_K, 1, 4096, 4096, dict(big, ASYNC=7), True, smem=227 * 1024)
 
 
 def test_not_supported_under_the_interpreter(monkeypatch):
@@ -87,9 +93,17 @@ def test_not_supported_under_the_interpreter(monkeypatch):
 def test_shipped_sm90_entries_exist_and_validate(name):
     entries = _async_entries(name)
     assert entries, f"sm90.json ships no ASYNC entry for linear_gemv.{name}"
+    from autotune.spaces import GEMV_SHAPES
+
     for bucket, e in entries:
         s, bn, w, xa = gemv_async.check_config(e)
         assert s >= 2 and e.get("X_PRE") == 1, bucket    # the path reads pre-quantized x
+        # the entry takes effect on its own bucket's shapes (whole steps, N % BN, the ring
+        # within an sm90 program's 227 KiB)
+        shapes = [(n, k) for n, k in GEMV_SHAPES if tuning.bucket(T=1, N=n, K=k) == bucket]
+        assert shapes, bucket
+        for n, k in shapes:
+            assert gemv_async.eligible(TYPES[name], 1, n, k, e, True, smem=227 * 1024), (bucket, n, k)
 
 
 @pytest.mark.skipif(not gemv_async.AVAILABLE, reason="this Triton has no Gluon")
@@ -109,13 +123,16 @@ def test_shipped_configs_compile_for_sm90(name, resid):
     assert out.returncode == 0, out.stderr[-3000:]
     rows = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
     assert len(rows) == len(grid)
-    for r in rows:
+    for r, (s, bn, w, xa) in zip(rows, grid):
+        # the ring is the kernel's shared memory, as `smem_bytes` (eligible's limit check) says
+        assert r["shared"] == gemv_async.smem_bytes(
+            TYPES[name], {"ASYNC": s, "ASYNC_BN": bn, "ASYNC_WARPS": w, "ASYNC_XA": xa}), r
         assert r["LDGSTS"] > 0 and r["IDP"] > 0, r
         assert r["spills"] == 0 and r["STL"] == 0, r
         assert r["shared"] <= 227 * 1024, r
 
 
-# (type, rows, columns, ASYNC, ASYNC_BN, ASYNC_WARPS, ASYNC_XA): 1 to 4 steps per row (the
+# (type, rows, columns, ASYNC, ASYNC_BN, ASYNC_WARPS, ASYNC_XA): 1 to 8 steps per row (the
 # 1-step cases have more ring slots than steps), several programs of BN rows each; a Q8_0 step
 # is half as many columns (16 per chunk)
 GPU_CASES = [("Q4_K", 6, 2048, 2, 2, 1, 1), ("Q4_K", 12, 3072, 3, 4, 1, 0),

@@ -413,18 +413,32 @@ def test_gemv_async_is_an_opt_in_sweep_axis_for_its_types():
     assert probs["Q4_K T1 N4096 K14336"].extra["async"]
     assert probs["Q8_0 T1 N4096 K14336"].extra["async"]
     assert not probs["Q6_K T1 N4096 K14336"].extra["async"]
-    for name, dropped_w in (("Q4_K T1 N4096 K14336", {4}), ("Q8_0 T1 N4096 K14336", set())):
+    sm90 = 227 * 1024
+    # Q4_K at K 14336: 448 chunks, whole steps of 32 x W chunks for W 1 and 2 only (12 of 18);
+    # Q8_0: 896 chunks, W 1, 2 and 4 (all 18)
+    for name, dropped_w, n_kept in (("Q4_K T1 N4096 K14336", {4}, 12),
+                                    ("Q8_0 T1 N4096 K14336", set(), 18)):
         p = probs[name]
         cur = sweep.current_entry(p.kernel, tuning.bucket(**p.dims), "sm90")
         cands = sweep.with_current(both, cur)
-        kept = sweep.async_fits(p, cands, supported=True)
+        kept = sweep.async_fits(p, cands, supported=True, smem=sm90)
         gone = [c for c in cands if c not in kept]
-        # Q4_K at K 14336: 448 chunks, whole steps of 32 x W chunks for W 1 and 2 only
         assert {c["ASYNC_WARPS"] for c in gone} == dropped_w and all(c["ASYNC"] for c in gone)
-        assert all(gemv_async.eligible(dq_id(p), 1, 4096, 14336, c, True)
-                   for c in kept if c["ASYNC"])
+        assert sum(1 for c in kept if c["ASYNC"]) == n_kept
         # a GPU that cannot run the kernel times none of them
-        assert sweep.async_fits(p, cands, supported=False) == [c for c in cands if not c["ASYNC"]]
+        assert sweep.async_fits(p, cands, supported=False, smem=sm90) == \
+            [c for c in cands if not c["ASYNC"]]
+        # nor one whose x is not int8 (float32 activations)
+        assert all(not c["ASYNC"] for c in sweep.async_fits(
+            p, [dict(c, X_INT8=0) for c in cands], supported=True, smem=sm90))
+    # the ring must fit a program's shared memory: Q4_K S 8 BN 8 W 4 needs 228 KiB
+    p = probs["Q4_K T1 N4096 K4096"]
+    eight = sweep.with_current(spaces.space("linear_gemv", "hopper", sub=32, int8=True,
+                                            gemv_async=(8,)), {})
+    kept = {(c["ASYNC_BN"], c["ASYNC_WARPS"]) for c in
+            sweep.async_fits(p, eight, supported=True, smem=sm90) if c.get("ASYNC")}
+    assert kept == {(bn, w) for bn in (2, 4, 8) for w in (1, 2, 4)} - {(8, 4)}
+    assert gemv_async.smem_bytes(dq_id(p), dict(eight[-1])) > sm90
     for bad in ("1", "4,9", "x"):
         with pytest.raises(SystemExit):
             sweep.main(["--kernel", "linear_gemv", "--gemv-async", bad])
@@ -802,7 +816,8 @@ def test_sweep_on_the_gpu_keeps_current_keys_and_unswept_buckets(tmp_path, monke
 
 
 @pytest.mark.gpu
-def test_sweep_with_gemv_async_times_and_writes_the_async_kernel(tmp_path, monkeypatch):
+@pytest.mark.parametrize("qtype", ["Q4_K", "Q8_0"])
+def test_sweep_with_gemv_async_times_and_writes_the_async_kernel(tmp_path, monkeypatch, qtype):
     """--gemv-async: the shared-memory GEMV's candidates run for real (the kernel launches),
     and one reported fastest is written with its keys, which linear then takes."""
     torch = pytest.importorskip("torch")
@@ -813,7 +828,7 @@ def test_sweep_with_gemv_async_times_and_writes_the_async_kernel(tmp_path, monke
     if not gemv_async.supported():
         pytest.skip("this GPU has no shared-memory GEMV (NVIDIA sm80+ with Gluon)")
     out = tmp_path / "t.json"
-    tid = next(t for t, i in matmul.TYPES.items() if i.name == "Q4_K")
+    tid = next(t for t, i in matmul.TYPES.items() if i.name == qtype)
     real_timer = sweep._time_graph
 
     def timer(run, warmup, rep):
@@ -827,12 +842,12 @@ def test_sweep_with_gemv_async_times_and_writes_the_async_kernel(tmp_path, monke
     monkeypatch.setattr(sweep, "_time_graph", timer)
     monkeypatch.setattr(gemv_async, "launch", lambda *a, **k: launches.append(a[6].get("ASYNC_BN"))
                         or real_launch(*a, **k))
-    assert sweep.main(["--kernel", "linear_gemv", "--types", "Q4_K", "--shapes", "4096x4096",
+    assert sweep.main(["--kernel", "linear_gemv", "--types", qtype, "--shapes", "4096x4096",
                        "--gemv-async", "3", "--warmup", "2", "--rep", "10",
                        "--out", str(out)]) == 0
     assert {2, 4, 8} <= set(launches)
-    entry = json.loads(out.read_text())["kernels"]["linear_gemv.Q4_K"][tuning.bucket(T=1, N=4096,
-                                                                                      K=4096)]
+    entry = json.loads(out.read_text())["kernels"][f"linear_gemv.{qtype}"][
+        tuning.bucket(T=1, N=4096, K=4096)]
     assert (entry["ASYNC"], entry["ASYNC_BN"], entry["ASYNC_WARPS"], entry["SPLIT_K"]) == (3, 8, 2, 1)
     monkeypatch.setenv("FORGE_TUNING_TABLE", str(out))
     tuning.clear_cache()
@@ -840,7 +855,7 @@ def test_sweep_with_gemv_async_times_and_writes_the_async_kernel(tmp_path, monke
     try:
         launches.clear()
         x = torch.randn(1, 4096, device="cuda", dtype=torch.bfloat16)
-        w, _ = _qweight(torch, "Q4_K", 4096, 4096, x.device)
+        w, _ = _qweight(torch, qtype, 4096, 4096, x.device)
         matmul.linear(x, w)
         assert launches == [8]
     finally:
