@@ -416,13 +416,22 @@ def ptxas_spills(ptx: str) -> tuple[int, int]:
     return st, ld
 
 
-def inspect_cuda(cubin: bytes, ptx: str, shared: int, num_warps: int) -> dict:
+def cuobjdump(cubin: bytes, flag: str) -> str:
+    """cuobjdump's output for a cubin (flag: "-sass" or "-res-usage")."""
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
         f.write(cubin)
         f.flush()
-        tool = _cuobjdump()
-        res = subprocess.run([tool, "-res-usage", f.name], capture_output=True, text=True, check=True).stdout
-        sass = subprocess.run([tool, "-sass", f.name], capture_output=True, text=True, check=True).stdout
+        return subprocess.run([_cuobjdump(), flag, f.name], capture_output=True, text=True,
+                              check=True).stdout
+
+
+def inspect_cuda(cubin: bytes, ptx: str, shared: int, num_warps: int,
+                 sass: str | None = None) -> dict:
+    """Registers, shared memory, spills and matrix instructions of a compiled kernel. sass: the
+    cubin's SASS where the caller has it already (else disassembled here)."""
+    res = cuobjdump(cubin, "-res-usage")
+    if sass is None:
+        sass = cuobjdump(cubin, "-sass")
 
     def field_(name):
         m = re.search(rf"\b{name}:(\d+)", res)

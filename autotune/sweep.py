@@ -93,26 +93,22 @@ def current_entry(kernel: str, bucket: str, arch: str) -> dict:
     return {k: v for k, v in out.items() if k not in tuning.NOTE_KEYS}
 
 
-def async_fits(p, cands: list[dict], supported: bool | None = None,
-               smem: int | None = None) -> list[dict]:
+def async_fits(p, cands: list[dict], smem: int | None = None) -> list[dict]:
     """The candidates (laid over the current entry) that problem p can run as they say: one
     that sets ASYNC where the shared-memory GEMV cannot take the shape (kernels/gemv_async.py's
     `eligible`: x quantized to int8 first, whole steps, N a multiple of ASYNC_BN, the ring within
-    `smem` bytes) or this GPU cannot run it (`supported`) would time the Triton GEMV under its
-    name, so it is dropped. supported / smem: this GPU's, asked when None."""
+    `smem` bytes) would time the Triton GEMV under its name, so it is dropped. smem: this GPU's
+    `gemv_async.smem_limit` when None (0 where it cannot run the kernel: none fits)."""
     if p.space_kernel != "linear_gemv":
         return cands
     from forge.kernels import dequant, gemv_async
 
-    if supported is None:
-        supported = gemv_async.supported()
     if smem is None:
         smem = gemv_async.smem_limit()
     tid = dequant.TYPE_IDS[p.kernel.partition(".")[2]]
     d = p.dims
-    return [c for c in cands if not c.get("ASYNC") or (
-        supported and gemv_async.eligible(tid, d["T"], d["N"], d["K"], c,
-                                          bool(c.get("X_INT8")) and bool(c.get("X_PRE")), smem))]
+    return [c for c in cands if not c.get("ASYNC") or gemv_async.eligible(
+        tid, d["T"], d["N"], d["K"], c, bool(c.get("X_INT8")) and bool(c.get("X_PRE")), smem)]
 
 
 def with_current(cands: list[dict], current: dict) -> list[dict]:

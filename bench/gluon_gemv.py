@@ -15,9 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import torch
@@ -57,12 +55,8 @@ def check_compile(BN=2, W=1, S=3, XA=1, PDL=True, RESID=False, TYPE=gemv_async.Q
                          {"TYPE": TYPE, "BN": BN, "W": W, "S": S, "XA": XA, "PDL": PDL,
                           "RESID": RESID}, attrs)
     k = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": W})
-    info = report.inspect_cuda(k.asm["cubin"], k.asm["ptx"], k.metadata.shared, W)
-    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
-        f.write(k.asm["cubin"])
-        f.flush()
-        s = subprocess.run([report._cuobjdump(), "-sass", f.name], capture_output=True, text=True,
-                           check=True).stdout
+    s = report.cuobjdump(k.asm["cubin"], "-sass")
+    info = report.inspect_cuda(k.asm["cubin"], k.asm["ptx"], k.metadata.shared, W, sass=s)
     ops = re.findall(r"^\s+/\*[0-9a-f]+\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)", s, re.M)
     cnt = {}
     for o in ops:

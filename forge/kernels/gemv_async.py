@@ -257,7 +257,8 @@ def supported(device: torch.device | None = None) -> bool:
 
 
 def smem_limit(device: torch.device | None = None) -> int:
-    """Shared memory one program may use on a supported device (0 elsewhere)."""
+    """Shared memory one program may use on a supported device; 0 elsewhere, where `eligible`
+    with it then admits nothing."""
     return _limits(_index(device))[1] if supported(device) else 0
 
 
@@ -265,7 +266,10 @@ def smem_bytes(ggml_type: int, gv: dict) -> int:
     """Shared memory of the kernel's ring under config gv: per slot the q words and the d
     (and, Q4_K, sc) words of BN rows x 32 W chunks, and with ASYNC_XA x's code words and
     scales."""
-    s, bn, w, xa = check_config(gv)
+    return _ring_bytes(ggml_type, *check_config(gv))
+
+
+def _ring_bytes(ggml_type: int, s: int, bn: int, w: int, xa: int) -> int:
     bb = 32 * w
     two = 2 if int(ggml_type) == Q4_K else 1           # Q4_K: sc and d; even and odd x words
     words = bn * bb * 4 + bn * bb * two + (bb * 4 * two + bb if xa else 0)
@@ -291,11 +295,12 @@ def eligible(ggml_type: int, T: int, N: int, K: int, gv: dict, x_pre: bool,
     rest: no split, bias, norm or act fusion; a residual is fine). smem: the shared memory one
     program may have (`smem_limit`); a config whose ring needs more falls back (None: not
     checked)."""
-    s, bn, w, _ = check_config(gv)
+    cfg = check_config(gv)
+    s, bn, w, _ = cfg
     ch = CHUNK.get(int(ggml_type))
     return (s > 0 and ch is not None and T == 1 and x_pre and K % ch == 0
             and (K // ch) % (32 * w) == 0 and N % bn == 0
-            and (smem is None or smem_bytes(ggml_type, gv) <= smem))
+            and (smem is None or _ring_bytes(ggml_type, *cfg) <= smem))
 
 
 def launch(xq: torch.Tensor, xs: torch.Tensor, planes: dict, N: int, K: int, out: torch.Tensor,

@@ -1601,9 +1601,8 @@ def _gemv(x: torch.Tensor, w: QTensor, bias, out: torch.Tensor, gv: dict,
     xq, xs = quantize_x(x, V, E) if x_pre else (x, x)
     if (gv.get("ASYNC") and split == 1 and bias is None and out.stride(-1) == 1
             and not fused.get("NORM") and not fused.get("ACT")
-            and gemv_async.supported(x.device)
             and gemv_async.eligible(w.ggml_type, T, N, K, gv, x_pre,
-                                    gemv_async.smem_limit(x.device))):
+                                    gemv_async.smem_limit(x.device))):   # (0: unsupported)
         # Q4_K / Q8_0 through shared memory by async copies (kernels/gemv_async.py)
         gemv_async.launch(xq, xs, w.data, N, K, out, gv,
                           fused.get("res_ptr") if fused.get("RESID") else None, w.ggml_type)

@@ -87,6 +87,7 @@ def test_eligible_calls():
 def test_not_supported_under_the_interpreter(monkeypatch):
     monkeypatch.setattr(gemv_async, "_INTERPRET", True)   # (read once, at import)
     assert not gemv_async.supported()
+    assert gemv_async.smem_limit() == 0                   # so `eligible` admits nothing
 
 
 @pytest.mark.parametrize("name", sorted(TYPES))

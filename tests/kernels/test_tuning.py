@@ -421,22 +421,22 @@ def test_gemv_async_is_an_opt_in_sweep_axis_for_its_types():
         p = probs[name]
         cur = sweep.current_entry(p.kernel, tuning.bucket(**p.dims), "sm90")
         cands = sweep.with_current(both, cur)
-        kept = sweep.async_fits(p, cands, supported=True, smem=sm90)
+        kept = sweep.async_fits(p, cands, smem=sm90)
         gone = [c for c in cands if c not in kept]
         assert {c["ASYNC_WARPS"] for c in gone} == dropped_w and all(c["ASYNC"] for c in gone)
         assert sum(1 for c in kept if c["ASYNC"]) == n_kept
-        # a GPU that cannot run the kernel times none of them
-        assert sweep.async_fits(p, cands, supported=False, smem=sm90) == \
+        # a GPU that cannot run the kernel (smem_limit 0) times none of them
+        assert sweep.async_fits(p, cands, smem=0) == \
             [c for c in cands if not c["ASYNC"]]
         # nor one whose x is not int8 (float32 activations)
         assert all(not c["ASYNC"] for c in sweep.async_fits(
-            p, [dict(c, X_INT8=0) for c in cands], supported=True, smem=sm90))
+            p, [dict(c, X_INT8=0) for c in cands], smem=sm90))
     # the ring must fit a program's shared memory: Q4_K S 8 BN 8 W 4 needs 228 KiB
     p = probs["Q4_K T1 N4096 K4096"]
     eight = sweep.with_current(spaces.space("linear_gemv", "hopper", sub=32, int8=True,
                                             gemv_async=(8,)), {})
     kept = {(c["ASYNC_BN"], c["ASYNC_WARPS"]) for c in
-            sweep.async_fits(p, eight, supported=True, smem=sm90) if c.get("ASYNC")}
+            sweep.async_fits(p, eight, smem=sm90) if c.get("ASYNC")}
     assert kept == {(bn, w) for bn in (2, 4, 8) for w in (1, 2, 4)} - {(8, 4)}
     assert gemv_async.smem_bytes(dq_id(p), dict(eight[-1])) > sm90
     for bad in ("1", "4,9", "x"):
