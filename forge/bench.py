@@ -6,6 +6,14 @@ after the first token counts. Each test runs once to warm up, then `repetitions`
 table shows mean ± std of tokens/s. Decode also reports the achieved weight bandwidth (weight
 bytes read per step / step time) against the device's measured copy bandwidth.
 
+`-d D` (llama-bench's depth) puts D tokens in the context first, as "pp N @ dD" / "tg N @ dD":
+- pp: a D-token prompt runs untimed and its KV blocks stay in the prefix cache (on for this
+  run); the timed prompt is those D tokens plus N fresh ones, so only the N (and the part of a
+  cache block D leaves unfilled) are computed. The tokens served from the cache are checked
+  and reported (JSON `pp_cached_tokens`).
+- tg: each of the `batch` sequences starts from a D-token prompt (prefilled before the timed
+  decode steps), so every timed step attends over D..D+N keys.
+
 Every timed repetition runs under a `HiccupRecorder` (forge/runtime/hiccups.py): GC passes, Triton
 JIT compiles, new CUDA allocator segments in that repetition go to the JSON ("hiccups"), and a
 line after the table names the repetitions that had a slow GC pass, a compile or a new segment.
@@ -81,39 +89,62 @@ def copy_bandwidth(backend) -> float:
 def run_bench(a) -> int:
     from forge.llm import LLM
 
-    if a.n_prompt < 1 or a.n_gen < 2 or a.batch < 1 or a.repetitions < 1:
-        raise ForgeError("bench needs -p >= 1, -n >= 2, -b >= 1 and -r >= 1")
+    depth = int(getattr(a, "depth", 0) or 0)
+    if a.n_prompt < 1 or a.n_gen < 2 or a.batch < 1 or a.repetitions < 1 or depth < 0:
+        raise ForgeError("bench needs -p >= 1, -n >= 2, -b >= 1, -r >= 1 and -d >= 0")
     path = _model_path(a)
     extra = {"prefill_graphs": False} if getattr(a, "no_prefill_graphs", False) else {}
-    llm = LLM(path, device=a.device, **extra, max_model_len=max(a.n_prompt + 8, a.n_gen + 8, 1024),
+    # KV: the pp prompt (depth + n_prompt) next to the cached depth blocks it did not reuse, or
+    # the batch's tg sequences (depth + n_gen each), twice over
+    need = max(2 * depth + a.n_prompt + a.n_gen + 64, a.batch * (depth + a.n_gen + 32))
+    llm = LLM(path, device=a.device, **extra,
+              max_model_len=max(depth + a.n_prompt + 8, depth + a.n_gen + 8, 1024),
               max_num_batched_tokens=max(a.n_prompt, 512), max_num_seqs=max(a.batch, 1),
-              kv_cache_tokens=a.kv_tokens or max(a.n_prompt + a.n_gen + 64, a.batch * (a.n_gen + 32)) * 2,
-              enable_prefix_caching=False, run_ahead=not a.no_run_ahead, gc_freeze=False)
+              kv_cache_tokens=a.kv_tokens or need * 2,
+              enable_prefix_caching=depth > 0, run_ahead=not a.no_run_ahead, gc_freeze=False)
     eng = llm.engine
     vocab = eng.cfg.vocab_size
     rng = np.random.default_rng(0)
+    at = f" @ d{depth}" if depth else ""
 
     def rand_prompt(n: int) -> list[int]:
         return rng.integers(vocab // 16, vocab - 1, size=n).tolist()
 
+    def run_pp() -> tuple[float, int]:
+        """Seconds to the first token of an n_prompt-token prompt after `depth` context tokens,
+        and the tokens the prefix cache served."""
+        ctx = rand_prompt(depth)
+        if depth:
+            _run_requests(eng, [ctx], 1)  # untimed: fills the cache with the depth prefix
+        before = eng.scheduler.num_cached_tokens
+        t_first, _ = _run_requests(eng, [ctx + rand_prompt(a.n_prompt)], 2)
+        return t_first, eng.scheduler.num_cached_tokens - before
+
+    def tg_prompts() -> list[list[int]]:
+        return [rand_prompt(max(depth, 1)) for _ in range(a.batch)]
+
     # warm-up: both paths once, at the measured sizes (as llama-bench's warm-up run does)
-    _run_requests(eng, [rand_prompt(a.n_prompt)], 4)
-    _run_requests(eng, [rand_prompt(1) for _ in range(a.batch)], 4)
+    run_pp()
+    _run_requests(eng, tg_prompts(), 4)
     gc_freeze = not getattr(a, "no_gc_freeze", False)
     t = time.perf_counter()
     frozen = freeze_gc() if gc_freeze else 0  # after load + warm-up: see the module docstring
     freeze_ms = 1e3 * (time.perf_counter() - t) if gc_freeze else None
 
-    pp, tg = [], []
+    pp, tg, pp_cached = [], [], []
     hic: dict[str, list[dict]] = {"pp": [], "tg": []}
     dev = getattr(eng.backend, "device", None) if eng.backend.name != "cpu" else None
+    bs = eng.block_size
     for _ in range(a.repetitions):
-        prompt = rand_prompt(a.n_prompt)
         with HiccupRecorder(dev) as rec:
-            t_first, _ = _run_requests(eng, [prompt], 2)
+            t_first, cached = run_pp()
+        if cached < depth // bs * bs:  # every full block of the context should be reused
+            raise ForgeError(f"bench -d {depth}: the prefix cache served {cached} of the "
+                             f"{depth} context tokens; the pp figure would include them")
         hic["pp"].append(rec.summary())
-        pp.append(a.n_prompt / t_first)
-        prompts = [rand_prompt(1) for _ in range(a.batch)]
+        pp.append((depth + a.n_prompt - cached) / t_first)
+        pp_cached.append(cached)
+        prompts = tg_prompts()
         with HiccupRecorder(dev) as rec:
             _, t_rest = _run_requests(eng, prompts, a.n_gen + 1)
         hic["tg"].append(rec.summary())
@@ -137,7 +168,8 @@ def run_bench(a) -> int:
     def ms(xs):
         return statistics.mean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
 
-    rows = [(f"pp{a.n_prompt}", *ms(pp)), (f"tg{a.n_gen}" + (f" b{a.batch}" if a.batch > 1 else ""), *ms(tg))]
+    rows = [(f"pp{a.n_prompt}{at}", *ms(pp)),
+            (f"tg{a.n_gen}" + (f" b{a.batch}" if a.batch > 1 else "") + at, *ms(tg))]
     name = Path(path).name
     print("| model | backend | test | t/s |")
     print("| --- | --- | --- | ---: |")
@@ -173,8 +205,8 @@ def run_bench(a) -> int:
         print(f"peak GPU memory allocated: {peak / 2**30:.2f} GiB")
     if a.json:
         res = {"model": str(path), "backend": eng.backend.name, "n_prompt": a.n_prompt,
-               "n_gen": a.n_gen, "batch": a.batch, "repetitions": a.repetitions,
-               "pp_tps": pp, "tg_tps": tg, "weight_bytes_per_step": weight_bytes,
+               "n_gen": a.n_gen, "batch": a.batch, "depth": depth, "repetitions": a.repetitions,
+               "pp_tps": pp, "tg_tps": tg, "pp_cached_tokens": pp_cached, "weight_bytes_per_step": weight_bytes,
                "decode_bytes_per_s": achieved, "copy_bytes_per_s": bw, "peak_gpu_bytes": peak,
                "memory": eng.memory_report(), "run_ahead": eng.run_ahead,
                "run_ahead_hits": hits, "run_ahead_misses": misses,

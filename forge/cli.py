@@ -156,6 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("-p", "--n-prompt", type=int, default=512)
     b.add_argument("-n", "--n-gen", type=int, default=128)
     b.add_argument("-b", "--batch", type=int, default=1, help="concurrent sequences in decode")
+    b.add_argument("-d", "--depth", type=int, default=0,
+                   help="tokens already in the context (llama-bench's -d): pp processes its prompt "
+                        "after DEPTH cached tokens, tg decodes after a DEPTH-token prompt")
     b.add_argument("-r", "--repetitions", type=int, default=3)
     b.add_argument("--device", default="auto", choices=["auto", "cpu", "gpu"])
     b.add_argument("--kv-tokens", type=int, default=None, help="KV cache size in tokens (default: what the test needs, x2)")

@@ -115,5 +115,23 @@ def test_bench_json(tiny, tmp_path):
     assert len(data["pp_tps"]) == 2 and all(x > 0 for x in data["tg_tps"])
 
 
+def test_bench_depth(tiny, tmp_path):
+    """-d D: pp runs after D context tokens served by the prefix cache (every full block of
+    them), tg after a D-token prompt; the rows say so."""
+    out = tmp_path / "d.json"
+    res = forge("bench", str(tiny), "-p", "16", "-n", "4", "-r", "2", "-d", "40", "--device", "cpu",
+                "--json", str(out))
+    assert res.returncode == 0, res.stderr
+    assert "pp16 @ d40" in res.stdout and "tg4 @ d40" in res.stdout
+    data = json.loads(out.read_text())
+    assert data["depth"] == 40 and data["pp_cached_tokens"] == [32, 32]
+    assert all(x > 0 for x in data["pp_tps"] + data["tg_tps"])
+    plain = tmp_path / "p.json"
+    assert forge("bench", str(tiny), "-p", "16", "-n", "4", "-r", "1", "--device", "cpu",
+                 "--json", str(plain)).returncode == 0
+    assert json.loads(plain.read_text())["pp_cached_tokens"] == [0]
+    assert_one_line_error(forge("bench", str(tiny), "-d", "-1", "--device", "cpu"), "-d >= 0")
+
+
 def test_bad_sampling_flag(tiny):
     assert_one_line_error(forge("generate", "hi", "-m", str(tiny), "--top-p", "2"), "top_p")
