@@ -234,13 +234,38 @@ def _grid(**axes):
     return [dict(zip(keys, vals)) for vals in itertools.product(*(axes[k] for k in keys))]
 
 
-def sweep(kind: str, dtype, gen) -> None:
+def parse_grid(text: str) -> list[dict]:
+    """'KEY=a,b KEY2=c' -> the candidates of that grid (ints)."""
+    axes = {}
+    for item in text.split():
+        key, _, vals = item.partition("=")
+        if not key or not vals:
+            raise SystemExit(f"--grid: expected KEY=v1,v2,... got {item!r}")
+        axes[key] = tuple(int(v) for v in vals.split(","))
+    return _grid(**axes)
+
+
+def parse_cases(text: str) -> list[tuple[int, int, int]]:
+    """'BxCTXxMAXSEQ,...' -> decode cases."""
+    out = []
+    for item in text.split(","):
+        parts = item.lower().split("x")
+        if len(parts) != 3:
+            raise SystemExit(f"--cases: expected BATCHxCTXxMAX_SEQ, got {item!r}")
+        out.append(tuple(int(p) for p in parts))
+    return out
+
+
+def sweep(kind: str, dtype, gen, grid: str | None = None, cases_text: str | None = None,
+          top: int = 8) -> None:
     from forge.kernels import tuning
 
     kernel = "attn_decode" if kind == "decode" else "attn_prefill"
     if kind == "decode":
         shapes = [(1, 512, 32768), (1, 4096, 4096), (1, 32768, 32768), (32, 512, 32768),
                   (32, 4096, 4096), (32, 32768, 32768)]
+        if cases_text:
+            shapes = parse_cases(cases_text)
         cases = {s: DecodeCase(*s, dtype, gen, with_dense=False) for s in shapes}
         # tiles first (split scheme at its default), then the split scheme with the best tile
         stage1 = [c for c in _grid(BLOCK_N=(32, 64, 128), num_warps=(4, 8), num_stages=(2, 3))
@@ -281,12 +306,21 @@ def sweep(kind: str, dtype, gen) -> None:
         print(f"\n### {kind} sweep, {label}: speedup over the default (geometric mean), "
               "us per shape")
         print("  shapes: " + ", ".join(map(str, shapes)))
-        for gm, entry, ts in rows[:8]:
+        shown = rows[:top] + [r for r in rows[top:] if r[1] == base]  # the default, always
+        for gm, entry, ts in shown:
             print(f"  {gm:5.2f}x  " + " ".join(f"{ts[s] * 1e3:8.1f}" for s in shapes)
                   + f"   {json.dumps(entry)}")
+        if rows and len(shapes) > 1:
+            print("  best per shape (us, vs the default):")
+            for s in shapes:
+                r = min(rows, key=lambda r: r[2][s])
+                t, entry = r[2][s], r[1]
+                print(f"    {str(s):>20}  {t * 1e3:8.1f}  {base_t[s] / t:5.2f}x  {json.dumps(entry)}")
         return rows[0][1] if rows else base
 
-    best = run("tiles", stage1, {})
+    if grid:  # one stage over the given grid, laid over the launcher's default
+        stage1, stage2 = parse_grid(grid), []
+    best = run("tiles" if not grid else "grid", stage1, {})
     if stage2:
         best = run("splits", stage2, best)
     print(f"\nbest {kernel} entry for configs/sm90.json (bucket d128_g4): {json.dumps(best)}")
@@ -297,6 +331,12 @@ def main() -> None:
     ap.add_argument("--dtype", default="bf16", choices=["bf16", "fp16"])
     ap.add_argument("--only", choices=["decode", "prefill"])
     ap.add_argument("--sweep", choices=["decode", "prefill"])
+    ap.add_argument("--grid", default=None,
+                    help="with --sweep: one grid instead of the two built-in stages, e.g. "
+                         "'SPLITS_PER_CU=1,2,4 MAX_SPLITS=16,32,64 FUSED_REDUCE=0,1'")
+    ap.add_argument("--cases", default=None,
+                    help="with --sweep decode: BATCHxCTXxMAX_SEQ,... instead of the built-in six")
+    ap.add_argument("--top", type=int, default=8, help="with --sweep: rows shown")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         print("bench_attention: needs a CUDA or ROCm GPU; nothing to do")
@@ -305,7 +345,7 @@ def main() -> None:
     gen = torch.Generator().manual_seed(0)
     print(f"# {torch.cuda.get_device_name()}  {args.dtype}  H={H} Hkv={HKV} D={D} block={BS}")
     if args.sweep:
-        sweep(args.sweep, dtype, gen)
+        sweep(args.sweep, dtype, gen, args.grid, args.cases, args.top)
         return
     if args.only in (None, "decode"):
         run_decode(dtype, gen)

@@ -1313,6 +1313,8 @@ def compile_specs(kind: str = "rdna", dtypes: tuple = ("fp16", "bf16", "fp32"),
                       WINDOW=window_on,
                       SPLIT_CHUNK=_split_chunk(cfg["SPLIT_CHUNK"], G, d, cfg["num_warps"]),
                       PDL=False, XQ_V=0, XQ_E=0)
+            if kind == "nvidia" and dt == "bf16":  # it stores the output when the merge is not
+                ce.update(XQ_V=4, XQ_E=8)          # fused, quantized for X_PRE as decode's is
             types = {"out_ptr": ptr, "part_ptr": "*fp32", "qsl_ptr": "*i32",
                      "seq_lens_ptr": "*i32", "xq_ptr": "*u8", "xs_ptr": "*fp32"}
             sig = _sig(_attn_reduce_kernel, types, ce)
@@ -1329,9 +1331,8 @@ def compile_specs(kind: str = "rdna", dtypes: tuple = ("fp16", "bf16", "fp32"),
 
 # The RDNA3 tiles are the smallest (and compile quickly for every target); the NVIDIA defaults
 # (what launches on sm90: wgmma tiles, 3 stages, the fused split merge) are compiled for NVIDIA
-# targets only, in bf16 and fp32 (fp16 compiles like bf16). The reduce kernel is not launched on
-# NVIDIA (the merge is fused there) and has no NVIDIA spec. compile_specs("cdna") gives CDNA's.
-COMPILE_SPECS: list[dict] = compile_specs("rdna") + [
-    sp for sp in compile_specs("nvidia", dtypes=("bf16", "fp32"), suffix="_nv",
-                               vendors=("nvidia",))
-    if not sp["name"].startswith("attn_reduce")]
+# targets only, in bf16 and fp32 (fp16 compiles like bf16). The NVIDIA reduce specs are what
+# launches where a table entry turns the fused merge off (sm90 d128_g4), bf16 with the output's
+# X_PRE quantization. compile_specs("cdna") gives CDNA's.
+COMPILE_SPECS: list[dict] = compile_specs("rdna") + compile_specs(
+    "nvidia", dtypes=("bf16", "fp32"), suffix="_nv", vendors=("nvidia",))
