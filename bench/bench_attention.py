@@ -2,9 +2,11 @@
 
     python bench/bench_attention.py [--dtype bf16|fp16] [--only decode|prefill]
     python bench/bench_attention.py --sweep decode|prefill     # try launch configs, print best
+    python bench/bench_attention.py --sweep decode --grid "SPLITS_PER_CU=1,2 num_stages=3,4" \
+        --cases 1x4096x8192,32x512x8192 [--heads 32:8:64]
 
-Llama-3-8B heads: 32 query heads, 8 KV heads, head dim 128, cache block size 16 with shuffled
-block ids.
+Llama-3-8B heads by default (--heads H:HKV:D): 32 query heads, 8 KV heads, head dim 128, cache
+block size 16 with shuffled block ids.
 
 decode (one query per sequence), batch 1 and 32 at contexts 512, 4096, 32768, plus the engine's
 CUDA-graph situation: max_seq_len = 32768 (the graph's capacity, block tables 2048 wide) while
@@ -323,7 +325,7 @@ def sweep(kind: str, dtype, gen, grid: str | None = None, cases_text: str | None
     best = run("tiles" if not grid else "grid", stage1, {})
     if stage2:
         best = run("splits", stage2, best)
-    print(f"\nbest {kernel} entry for configs/sm90.json (bucket d128_g4): {json.dumps(best)}")
+    print(f"\nbest {kernel} entry for configs/sm90.json (bucket d{D}_g{H // HKV}): {json.dumps(best)}")
 
 
 def main() -> None:
@@ -337,7 +339,18 @@ def main() -> None:
     ap.add_argument("--cases", default=None,
                     help="with --sweep decode: BATCHxCTXxMAX_SEQ,... instead of the built-in six")
     ap.add_argument("--top", type=int, default=8, help="with --sweep: rows shown")
+    ap.add_argument("--heads", default=None, metavar="H:HKV:D",
+                    help="query heads, KV heads, head dim (default 32:8:128, Llama-3-8B; "
+                         "Llama-3.2-1B is 32:8:64)")
     args = ap.parse_args()
+    if args.heads:
+        global H, HKV, D
+        try:
+            H, HKV, D = (int(x) for x in args.heads.split(":"))
+        except ValueError:
+            raise SystemExit(f"--heads: expected H:HKV:D, got {args.heads!r}") from None
+        if H % HKV:
+            raise SystemExit(f"--heads: {H} query heads do not group over {HKV} KV heads")
     if not torch.cuda.is_available():
         print("bench_attention: needs a CUDA or ROCm GPU; nothing to do")
         return
