@@ -156,9 +156,15 @@ def space(kernel: str, family: str, *, sub: int = 1, lds_bytes: int = 64 * 1024,
         return [c for c in cands if c["BLOCK_N"] <= c["BLOCK_M"] * 2
                 and not (c["num_warps"] == 8 and c["BLOCK_M"] < 64)]
     if kernel == "attn_decode":
-        return _grid(BLOCK_N=(16, 32, 64, 128), num_warps=_warps(family, small=True),
-                     num_stages=(1,) if amd else (1, 2), MIN_PARTITION=(128, 256, 512),
-                     SPLITS_PER_CU=(1, 2, 4, 8))
+        if amd:
+            return _grid(BLOCK_N=(16, 32, 64, 128), num_warps=_warps(family, small=True),
+                         num_stages=(1,), MIN_PARTITION=(128, 256, 512), SPLITS_PER_CU=(1, 2, 4, 8))
+        # NVIDIA: the split scheme (how many, how long, merged in-kernel or by a second launch)
+        # and the K/V pipeline depth carried the H100 sweep of run 21 (batch 1 at 4,096 keys
+        # 20.3 -> 13.0 us); 1-2 warps and 16-key tiles never placed there
+        return _grid(BLOCK_N=(32, 64, 128), num_warps=(4, 8), num_stages=(2, 3, 4),
+                     MIN_PARTITION=(64, 128), SPLITS_PER_CU=(1, 2, 4), MAX_SPLITS=(16, 64),
+                     FUSED_REDUCE=(0, 1))
     if kernel == "attn_reduce":
         return _grid(SPLIT_CHUNK=(8, 16, 32), num_warps=_warps(family, small=True), num_stages=(1,))
     if kernel == "rms_norm":
@@ -329,17 +335,25 @@ def attention_problems(kernel: str) -> list[Problem]:
         else:
             # batch 1 (a single sequence's decode, timed in a CUDA graph like the others: its
             # few microseconds would otherwise be launch overhead) and two batches
-            cases = [("decode 1x512", [1], [512]), ("decode 16x4096", [1] * 16, [4096] * 16),
+            # batch 1 at a short and a long context, in a graph captured for 8,192 keys (the
+            # split count comes from that capacity, as in the engine's decode graphs), and two
+            # batches
+            cases = [("decode 1x512", [1], [512], 8192), ("decode 1x4096", [1], [4096], 8192),
+                     ("decode 16x4096", [1] * 16, [4096] * 16),
                      ("decode 64x1024", [1] * 64, [1024] * 64)]
-        for label, qlens, klens in cases:
-            def setup(dev, dtype, d=d, h=h, hkv=hkv, qlens=qlens, klens=klens):
-                return _attn_setup(dev, dtype, d, h, hkv, qlens, klens)
+        for label, qlens, klens, *cap in cases:
+            def setup(dev, dtype, d=d, h=h, hkv=hkv, qlens=qlens, klens=klens, cap=cap):
+                return _attn_setup(dev, dtype, d, h, hkv, qlens, klens,
+                                   max_seq_len=cap[0] if cap else None)
 
             out.append(Problem(kernel, kernel, f"{label} d{d} h{h}/{hkv}", {"d": d, "g": g}, setup))
     return out
 
 
-def _attn_setup(dev, dtype, d, h, hkv, qlens, klens, bs: int = 16):
+def _attn_setup(dev, dtype, d, h, hkv, qlens, klens, bs: int = 16,
+                max_seq_len: int | None = None):
+    """The attention call of one problem; `max_seq_len` (at least the longest context) as a
+    graph's capacity: block tables that wide and the decode split count derived from it."""
     import torch
 
     from forge.kernels import attention
@@ -349,7 +363,8 @@ def _attn_setup(dev, dtype, d, h, hkv, qlens, klens, bs: int = 16):
     nb = sum(blocks_per) + 1
     kc = torch.randn(nb, bs, hkv, d, device=dev, dtype=dtype)
     vc = torch.randn(nb, bs, hkv, d, device=dev, dtype=dtype)
-    w = max(blocks_per)
+    mk = max(max(klens), max_seq_len or 0)
+    w = max(max(blocks_per), -(-mk // bs))
     bt = torch.zeros(nseq, w, dtype=torch.int32)
     nxt = 1
     for i, b in enumerate(blocks_per):
@@ -359,7 +374,7 @@ def _attn_setup(dev, dtype, d, h, hkv, qlens, klens, bs: int = 16):
     sl = torch.tensor(klens, dtype=torch.int32, device=dev)
     q = torch.randn(sum(qlens), h * d, device=dev, dtype=dtype)
     bt = bt.to(dev)
-    mq, mk = max(qlens), max(klens)
+    mq = max(qlens)
     return lambda: attention.attention(q, kc, vc, qsl, sl, bt, h, hkv, d ** -0.5,
                                        max_query_len=mq, max_seq_len=mk)
 
