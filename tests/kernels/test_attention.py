@@ -681,6 +681,36 @@ def test_decode_fused_rope(rng, decode_cfg, dtype, style, rot, partition, fused,
     assert counters_zero(t["q"].device)
 
 
+@pytest.mark.gpu
+@pytest.mark.parametrize("seq_len", [4000, 37])
+def test_gpu_decode_fused_rope_llama_heads_shipped_table(rng, monkeypatch, seq_len):
+    """The launch of an 8B decode step at batch 1, from the shipped table (no override):
+    Llama-3 heads (32:8, d 128), bf16, a graph capacity of 8192. On sm90 that is the d128_g4
+    entry: 16 splits of 64-key tiles pipelined 4 deep, the reduce kernel, the rope fused from
+    batch 1 (no rope kernel launched). Equals rope then attention in float64."""
+    from forge.kernels import rope as rope_mod
+
+    calls = []
+    real = rope_mod.apply
+    monkeypatch.setattr(rope_mod, "apply", lambda *a, **k: calls.append(1) or real(*a, **k))
+    H, Hkv, dk = 32, 8, 128
+    t, n, spec, slots, want_q, want_k = _fused_rope_case(rng, [seq_len], H, Hkv, dk, dk, 16,
+                                                          "bf16", dk, "norm")
+    got = _run_fused(t, spec, H, Hkv, dk, dk ** -0.5, max_query_len=1, max_seq_len=8192)
+    if DEV == "cuda" and torch.cuda.get_device_capability() == (9, 0):
+        assert not calls, "sm90 d128_g4 fuses the rope at batch 1"
+    kcn = t["k_cache"].double().cpu().numpy().reshape(-1, Hkv, dk)
+    atol, rtol = TOL["bf16"]
+    np.testing.assert_allclose(kcn[slots], want_k, atol=atol, rtol=rtol, err_msg="k_cache")
+    want = ref_attention(want_q, t["k_cache"].double().cpu().numpy(),
+                         t["v_cache"].double().cpu().numpy(), n["qsl"], n["seq_lens"],
+                         n["block_tables"], H, Hkv, dk ** -0.5, None, None)
+    g = got.float().cpu().numpy()
+    assert np.isfinite(g).all()
+    np.testing.assert_allclose(g, want, atol=atol, rtol=rtol)
+    assert counters_zero(t["q"].device)
+
+
 @pytest.mark.parametrize("knob", [{"QK_CHUNK": 16}, {"ROPE_MIN_B": 3}])
 def test_fused_rope_falls_back_to_the_rope_kernel(rng, decode_cfg, monkeypatch, knob):
     """Where the decode kernel cannot fuse (q chunked out of registers: QK_CHUNK < BLOCK_DK),
