@@ -333,11 +333,10 @@ def attention_problems(kernel: str) -> list[Problem]:
         if kernel == "attn_prefill":
             cases = [("prefill 1x2048", [2048], [2048]), ("chunk 4x512@4096", [512] * 4, [4096] * 4)]
         else:
-            # batch 1 (a single sequence's decode, timed in a CUDA graph like the others: its
-            # few microseconds would otherwise be launch overhead) and two batches
             # batch 1 at a short and a long context, in a graph captured for 8,192 keys (the
             # split count comes from that capacity, as in the engine's decode graphs), and two
-            # batches
+            # batches; all timed in CUDA graphs (batch 1's few microseconds would otherwise be
+            # launch overhead)
             cases = [("decode 1x512", [1], [512], 8192), ("decode 1x4096", [1], [4096], 8192),
                      ("decode 16x4096", [1] * 16, [4096] * 16),
                      ("decode 64x1024", [1] * 64, [1024] * 64)]

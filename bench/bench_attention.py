@@ -31,7 +31,6 @@ their speedup over the launcher's default, with the JSON entry to put into a tun
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import math
 import os
@@ -42,6 +41,7 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
+from autotune.spaces import _grid  # noqa: E402
 from autotune.timing import graph_ms  # noqa: E402
 
 H, HKV, D, BS = 32, 8, 128, 16
@@ -231,19 +231,21 @@ def run_prefill(dtype, gen) -> None:
 # sweep
 
 
-def _grid(**axes):
-    keys = list(axes)
-    return [dict(zip(keys, vals)) for vals in itertools.product(*(axes[k] for k in keys))]
-
-
-def parse_grid(text: str) -> list[dict]:
-    """'KEY=a,b KEY2=c' -> the candidates of that grid (ints)."""
+def parse_grid(text: str, known: set[str]) -> list[dict]:
+    """'KEY=a,b KEY2=c' -> the candidates of that grid (ints). `known`: the keys the launcher
+    reads (tuning drops any other key, so a typo would time the default under its name)."""
     axes = {}
     for item in text.split():
         key, _, vals = item.partition("=")
         if not key or not vals:
             raise SystemExit(f"--grid: expected KEY=v1,v2,... got {item!r}")
-        axes[key] = tuple(int(v) for v in vals.split(","))
+        if key not in known:
+            raise SystemExit(f"--grid: {key!r} is not a key of this kernel "
+                             f"(have {', '.join(sorted(known))})")
+        try:
+            axes[key] = tuple(int(v) for v in vals.split(","))
+        except ValueError:
+            raise SystemExit(f"--grid: {key} takes integers, got {vals!r}") from None
     return _grid(**axes)
 
 
@@ -252,9 +254,13 @@ def parse_cases(text: str) -> list[tuple[int, int, int]]:
     out = []
     for item in text.split(","):
         parts = item.lower().split("x")
-        if len(parts) != 3:
-            raise SystemExit(f"--cases: expected BATCHxCTXxMAX_SEQ, got {item!r}")
-        out.append(tuple(int(p) for p in parts))
+        try:
+            b, ctx, cap = (int(p) for p in parts)
+        except ValueError:
+            raise SystemExit(f"--cases: expected BATCHxCTXxMAX_SEQ, got {item!r}") from None
+        if b < 1 or ctx < 1 or cap < ctx:
+            raise SystemExit(f"--cases: {item!r}: need BATCH >= 1, CTX >= 1, MAX_SEQ >= CTX")
+        out.append((b, ctx, cap))
     return out
 
 
@@ -321,7 +327,11 @@ def sweep(kind: str, dtype, gen, grid: str | None = None, cases_text: str | None
         return rows[0][1] if rows else base
 
     if grid:  # one stage over the given grid, laid over the launcher's default
-        stage1, stage2 = parse_grid(grid), []
+        from forge.kernels import attention as attn
+
+        default = (attn._decode_default if kind == "decode" else attn._prefill_default)(
+            "nvidia", D, 2)
+        stage1, stage2 = parse_grid(grid, set(default) | {"num_warps", "num_stages"}), []
     best = run("tiles" if not grid else "grid", stage1, {})
     if stage2:
         best = run("splits", stage2, best)
@@ -349,8 +359,12 @@ def main() -> None:
             H, HKV, D = (int(x) for x in args.heads.split(":"))
         except ValueError:
             raise SystemExit(f"--heads: expected H:HKV:D, got {args.heads!r}") from None
-        if H % HKV:
-            raise SystemExit(f"--heads: {H} query heads do not group over {HKV} KV heads")
+        if min(H, HKV, D) < 1 or H % HKV:
+            raise SystemExit(f"--heads: need H, HKV, D >= 1 and H a multiple of HKV, got {args.heads}")
+    if args.cases and args.sweep != "decode":
+        raise SystemExit("--cases: only with --sweep decode")
+    if args.grid and not args.sweep:
+        raise SystemExit("--grid: only with --sweep")
     if not torch.cuda.is_available():
         print("bench_attention: needs a CUDA or ROCm GPU; nothing to do")
         return

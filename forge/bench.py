@@ -1,8 +1,10 @@
 """`forge bench`: llama-bench-like prefill (pp) and decode (tg) throughput.
 
 pp N: one prompt of N fresh random tokens, timed from submission to its first sampled token.
-tg N: `batch` sequences (1-token prompts) each generate N tokens; the time of the decode steps
-after the first token counts. Each test runs once to warm up, then `repetitions` times; the
+tg N: `batch` sequences (1-token prompts; D-token with -d) each generate N tokens; the decode
+steps after every sequence's first token are timed, and the tokens they sample count (JSON
+`tg_tokens_timed`: batch * N unless a long batch of prompts was still being prefilled while its
+first sequences decoded). Each test runs once to warm up, then `repetitions` times; the
 table shows mean ± std of tokens/s. Decode also reports the achieved weight bandwidth (weight
 bytes read per step / step time) against the device's measured copy bandwidth.
 
@@ -12,7 +14,10 @@ bytes read per step / step time) against the device's measured copy bandwidth.
   cache block D leaves unfilled) are computed. The tokens served from the cache are checked
   and reported (JSON `pp_cached_tokens`).
 - tg: each of the `batch` sequences starts from a D-token prompt (prefilled before the timed
-  decode steps), so every timed step attends over D..D+N keys.
+  decode steps), so every timed step attends over D..D+N keys. The repetition's hiccups include
+  that prefill.
+A KV cache (`--kv-tokens`) or a model context too small for the test is an error before
+anything runs, and a repetition that had requests preempted is one after.
 
 Every timed repetition runs under a `HiccupRecorder` (forge/runtime/hiccups.py): GC passes, Triton
 JIT compiles, new CUDA allocator segments in that repetition go to the JSON ("hiccups"), and a
@@ -52,22 +57,31 @@ def _model_path(a) -> str:
     return a.model_path or DEFAULT_MODEL
 
 
-def _run_requests(engine, prompts: list[list[int]], n: int) -> tuple[float, float]:
-    """Returns (seconds to the first token of every request, seconds of the rest)."""
+def _run_requests(engine, prompts: list[list[int]], n: int,
+                  counts: list[int] | None = None) -> tuple[float, float]:
+    """Returns (seconds to the first token of every request, seconds of the rest). `counts`,
+    if given, gets the tokens sampled after that point: fewer than len(prompts) * (n - 1) when
+    some requests were already decoding while the last prompts were still being prefilled."""
     params = SamplingParams(max_tokens=n, temperature=0.0, ignore_eos=True)
     t0 = time.perf_counter()
     rids = [engine.add_request(p, params) for p in prompts]
     first_done = None
     pending = set(rids)
     started: set[str] = set()
+    after = 0
     while pending:
-        for out in engine.step():
+        outs = engine.step()
+        if first_done is not None:
+            after += len(outs)  # one output per request sampled in the step
+        for out in outs:
             started.add(out.request_id)
             if out.finished:
                 pending.discard(out.request_id)
         if first_done is None and len(started) == len(rids):
             first_done = time.perf_counter()
     t1 = time.perf_counter()
+    if counts is not None:
+        counts.append(after)
     return first_done - t0, t1 - first_done
 
 
@@ -93,16 +107,39 @@ def run_bench(a) -> int:
     if a.n_prompt < 1 or a.n_gen < 2 or a.batch < 1 or a.repetitions < 1 or depth < 0:
         raise ForgeError("bench needs -p >= 1, -n >= 2, -b >= 1, -r >= 1 and -d >= 0")
     path = _model_path(a)
+    longest = depth + max(a.n_prompt + 1, a.n_gen + 1)
+    if depth:  # before a KV cache of that size is allocated
+        from forge import hub
+        from forge.loader.config import ModelConfig
+        from forge.loader.reader import GGUFFile
+
+        ctx_len = ModelConfig.from_gguf(GGUFFile(hub.resolve(path))).context_length
+        if longest > ctx_len:
+            raise ForgeError(f"bench: -d {depth} with -p {a.n_prompt} / -n {a.n_gen} needs "
+                             f"{longest} tokens of context; the model has {ctx_len}")
     extra = {"prefill_graphs": False} if getattr(a, "no_prefill_graphs", False) else {}
-    # KV: the pp prompt (depth + n_prompt) next to the cached depth blocks it did not reuse, or
-    # the batch's tg sequences (depth + n_gen each), twice over
-    need = max(2 * depth + a.n_prompt + a.n_gen + 64, a.batch * (depth + a.n_gen + 32))
+    # KV: the larger of the pp prompt (depth + n_prompt; the depth blocks it reuses from the
+    # prefix cache are the same blocks) and the batch's tg sequences (depth + n_gen each), plus
+    # the depth-0 sizing (those two again) as headroom
+    need = max(depth + a.n_prompt + a.n_gen + 64, a.batch * (depth + a.n_gen + 32))
+    head = max(a.n_prompt + a.n_gen + 64, a.batch * (a.n_gen + 32))
+    bs_hint = 16  # the engine's default cache block; the timed pp step holds depth % bs extra
     llm = LLM(path, device=a.device, **extra,
               max_model_len=max(depth + a.n_prompt + 8, depth + a.n_gen + 8, 1024),
-              max_num_batched_tokens=max(a.n_prompt, 512), max_num_seqs=max(a.batch, 1),
-              kv_cache_tokens=a.kv_tokens or need * 2,
+              max_num_batched_tokens=max(a.n_prompt + depth % bs_hint, 512),
+              max_num_seqs=max(a.batch, 1), kv_cache_tokens=a.kv_tokens or need + head,
               enable_prefix_caching=depth > 0, run_ahead=not a.no_run_ahead, gc_freeze=False)
     eng = llm.engine
+    bs = eng.block_size
+    if longest > eng.max_model_len:
+        raise ForgeError(f"bench: -d {depth} with -p {a.n_prompt} / -n {a.n_gen} needs "
+                         f"{longest} tokens of context; the model has {eng.max_model_len}")
+    blocks = lambda n: -(-n // bs)  # noqa: E731
+    want = bs * max(blocks(depth + a.n_prompt + 1), a.batch * blocks(depth + a.n_gen + 1))
+    if eng.pool.capacity_tokens < want:
+        raise ForgeError(f"bench: the KV cache holds {eng.pool.capacity_tokens} tokens; -d {depth} "
+                         f"-p {a.n_prompt} -n {a.n_gen} -b {a.batch} needs {want} "
+                         "(raise --kv-tokens, or leave it out)")
     vocab = eng.cfg.vocab_size
     rng = np.random.default_rng(0)
     at = f" @ d{depth}" if depth else ""
@@ -110,12 +147,16 @@ def run_bench(a) -> int:
     def rand_prompt(n: int) -> list[int]:
         return rng.integers(vocab // 16, vocab - 1, size=n).tolist()
 
-    def run_pp() -> tuple[float, int]:
-        """Seconds to the first token of an n_prompt-token prompt after `depth` context tokens,
-        and the tokens the prefix cache served."""
+    def pp_context() -> list[int]:
+        """The depth tokens of a pp test, run (untimed) so their blocks are in the cache."""
         ctx = rand_prompt(depth)
         if depth:
-            _run_requests(eng, [ctx], 1)  # untimed: fills the cache with the depth prefix
+            _run_requests(eng, [ctx], 1)
+        return ctx
+
+    def run_pp(ctx: list[int]) -> tuple[float, int]:
+        """Seconds to the first token of an n_prompt-token prompt after the context `ctx`, and
+        the tokens the prefix cache served."""
         before = eng.scheduler.num_cached_tokens
         t_first, _ = _run_requests(eng, [ctx + rand_prompt(a.n_prompt)], 2)
         return t_first, eng.scheduler.num_cached_tokens - before
@@ -124,31 +165,37 @@ def run_bench(a) -> int:
         return [rand_prompt(max(depth, 1)) for _ in range(a.batch)]
 
     # warm-up: both paths once, at the measured sizes (as llama-bench's warm-up run does)
-    run_pp()
+    run_pp(pp_context())
     _run_requests(eng, tg_prompts(), 4)
     gc_freeze = not getattr(a, "no_gc_freeze", False)
     t = time.perf_counter()
     frozen = freeze_gc() if gc_freeze else 0  # after load + warm-up: see the module docstring
     freeze_ms = 1e3 * (time.perf_counter() - t) if gc_freeze else None
 
-    pp, tg, pp_cached = [], [], []
+    pp, tg, pp_cached, tg_tokens = [], [], [], []
     hic: dict[str, list[dict]] = {"pp": [], "tg": []}
     dev = getattr(eng.backend, "device", None) if eng.backend.name != "cpu" else None
-    bs = eng.block_size
+    preempted = eng.scheduler.num_preemptions
     for _ in range(a.repetitions):
+        ctx = pp_context()
         with HiccupRecorder(dev) as rec:
-            t_first, cached = run_pp()
+            t_first, cached = run_pp(ctx)
         if cached < depth // bs * bs:  # every full block of the context should be reused
             raise ForgeError(f"bench -d {depth}: the prefix cache served {cached} of the "
-                             f"{depth} context tokens; the pp figure would include them")
+                             f"{depth} context tokens, so the pp figure would include them "
+                             "(raise --kv-tokens)")
         hic["pp"].append(rec.summary())
         pp.append((depth + a.n_prompt - cached) / t_first)
         pp_cached.append(cached)
         prompts = tg_prompts()
-        with HiccupRecorder(dev) as rec:
-            _, t_rest = _run_requests(eng, prompts, a.n_gen + 1)
+        with HiccupRecorder(dev) as rec:  # the prompts' prefill included (-d: not timed)
+            _, t_rest = _run_requests(eng, prompts, a.n_gen + 1, tg_tokens)
         hic["tg"].append(rec.summary())
-        tg.append(a.batch * a.n_gen / t_rest)
+        tg.append(tg_tokens[-1] / t_rest)
+    if eng.scheduler.num_preemptions != preempted:
+        raise ForgeError(f"bench: {eng.scheduler.num_preemptions - preempted} requests were "
+                         "preempted for KV cache space, so the figures are not one batch's "
+                         "(raise --kv-tokens, or leave it out)")
     gc_tracked = len(gc.get_objects())  # what a generation-2 pass walks (frozen objects excluded)
 
     # Bytes of weights one decode step reads: every matrix once (the embedding table only as
@@ -206,7 +253,8 @@ def run_bench(a) -> int:
     if a.json:
         res = {"model": str(path), "backend": eng.backend.name, "n_prompt": a.n_prompt,
                "n_gen": a.n_gen, "batch": a.batch, "depth": depth, "repetitions": a.repetitions,
-               "pp_tps": pp, "tg_tps": tg, "pp_cached_tokens": pp_cached, "weight_bytes_per_step": weight_bytes,
+               "pp_tps": pp, "tg_tps": tg, "pp_cached_tokens": pp_cached,
+               "tg_prompt_tokens": max(depth, 1), "tg_tokens_timed": tg_tokens, "weight_bytes_per_step": weight_bytes,
                "decode_bytes_per_s": achieved, "copy_bytes_per_s": bw, "peak_gpu_bytes": peak,
                "memory": eng.memory_report(), "run_ahead": eng.run_ahead,
                "run_ahead_hits": hits, "run_ahead_misses": misses,

@@ -125,12 +125,24 @@ def test_bench_depth(tiny, tmp_path):
     assert "pp16 @ d40" in res.stdout and "tg4 @ d40" in res.stdout
     data = json.loads(out.read_text())
     assert data["depth"] == 40 and data["pp_cached_tokens"] == [32, 32]
+    assert data["tg_prompt_tokens"] == 40 and data["tg_tokens_timed"] == [4, 4]
     assert all(x > 0 for x in data["pp_tps"] + data["tg_tps"])
     plain = tmp_path / "p.json"
     assert forge("bench", str(tiny), "-p", "16", "-n", "4", "-r", "1", "--device", "cpu",
                  "--json", str(plain)).returncode == 0
-    assert json.loads(plain.read_text())["pp_cached_tokens"] == [0]
+    data = json.loads(plain.read_text())
+    assert data["pp_cached_tokens"] == [0] and data["tg_prompt_tokens"] == 1
+    # two 300-token prompts take two prefill steps of at most 512 tokens: the first sequence
+    # samples its second token before the second has its first, and that one is not counted
+    two = tmp_path / "b2.json"
+    res = forge("bench", str(tiny), "-p", "16", "-n", "4", "-r", "1", "-b", "2", "-d", "300",
+                "--device", "cpu", "--json", str(two))
+    assert res.returncode == 0, res.stderr
+    assert 0 < json.loads(two.read_text())["tg_tokens_timed"][0] < 2 * 4
     assert_one_line_error(forge("bench", str(tiny), "-d", "-1", "--device", "cpu"), "-d >= 0")
+    assert_one_line_error(forge("bench", str(tiny), "-d", "100", "--kv-tokens", "64",
+                                "--device", "cpu"), "--kv-tokens")
+    assert_one_line_error(forge("bench", str(tiny), "-d", "100000", "--device", "cpu"), "context")
 
 
 def test_bad_sampling_flag(tiny):

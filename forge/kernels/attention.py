@@ -1277,7 +1277,8 @@ def compile_specs(kind: str = "rdna", dtypes: tuple = ("fp16", "bf16", "fp32"),
                           "options": {k: cfg[k] for k in tuning.AMD_ONLY_KEYS if k in cfg}})
             # decode (split and fused merge on some specs, plain on others)
             cfg = _decode_default(kind, d, elem)
-            # NVIDIA: always split with the fused merge (the production decode); elsewhere varied
+            # NVIDIA: always split with the launcher's fused merge (sm90 d128's table entry
+            # turns it off: that launch is compiled from the entry); elsewhere varied
             split = (di + ti) % 2 == 0 or kind == "nvidia"
             fused = split and bool(cfg["FUSED_REDUCE"]) and (ti != 1 or kind == "nvidia")
             ce = dict(G=G, HT=G, NHC=1, Dk=d, Dv=d, BLOCK_G=16, BLOCK_HT=G,
@@ -1329,8 +1330,9 @@ def compile_specs(kind: str = "rdna", dtypes: tuple = ("fp16", "bf16", "fp32"),
     return specs
 
 
-# The RDNA3 tiles are the smallest (and compile quickly for every target); the NVIDIA defaults
-# (what launches on sm90: wgmma tiles, 3 stages, the fused split merge) are compiled for NVIDIA
+# The RDNA3 tiles are the smallest (and compile quickly for every target); the NVIDIA launcher
+# defaults (wgmma tiles, 3 stages, the fused split merge; tables override them per bucket, e.g.
+# sm90 d128 decode: 4 stages, separate merge, compiled from that entry) are compiled for NVIDIA
 # targets only, in bf16 and fp32 (fp16 compiles like bf16). The NVIDIA reduce specs are what
 # launches where a table entry turns the fused merge off (sm90 d128_g4), bf16 with the output's
 # X_PRE quantization. compile_specs("cdna") gives CDNA's.

@@ -6,6 +6,8 @@ the null block 0 poisons the output.
 """
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 
 import numpy as np
@@ -151,12 +153,23 @@ def single_loop(monkeypatch):
 
 @pytest.fixture
 def decode_cfg(monkeypatch):
-    """Lay keys over the decode kernel's launcher default (BLOCK_N, MIN_PARTITION, ...)."""
+    """Lay keys over the decode kernel's launcher default (BLOCK_N, MIN_PARTITION, ...), with
+    the tuning tables out of the way (on a GPU a shipped entry, such as sm90's d128_g4, would
+    otherwise override the keys a test sets)."""
+    from forge.kernels import tuning
+
+    tables = contextlib.ExitStack()
+
     def force(**kw):
         orig = attn._decode_default
         monkeypatch.setattr(attn, "_decode_default", lambda *a: dict(orig(*a), **kw))
+        if not tables._exit_callbacks:
+            tables.enter_context(tuning.override({"attn_decode": {"*": {}},
+                                                  "attn_decode_f32": {"*": {}}}))
         attn.clear_config_cache()
-    return force
+    yield force
+    tables.close()
+    attn.clear_config_cache()
 
 
 @pytest.fixture
@@ -683,21 +696,38 @@ def test_decode_fused_rope(rng, decode_cfg, dtype, style, rot, partition, fused,
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("seq_len", [4000, 37])
-def test_gpu_decode_fused_rope_llama_heads_shipped_table(rng, monkeypatch, seq_len):
+def test_gpu_decode_fused_rope_llama_heads_shipped_table(rng, monkeypatch, tmp_path, seq_len):
     """The launch of an 8B decode step at batch 1, from the shipped table (no override):
     Llama-3 heads (32:8, d 128), bf16, a graph capacity of 8192. On sm90 that is the d128_g4
     entry: 16 splits of 64-key tiles pipelined 4 deep, the reduce kernel, the rope fused from
     batch 1 (no rope kernel launched). Equals rope then attention in float64."""
+    from forge.kernels import tuning
+
+    empty = tmp_path / "no_user_table.json"  # no user table in front of the shipped ones
+    empty.write_text(json.dumps({"kernels": {}}))
+    monkeypatch.setenv("FORGE_TUNING_TABLE", str(empty))
+    tuning.clear_cache()  # (and again at the end, so later tests load the tables they see)
+    try:
+        _check_shipped_batch1_launch(rng, monkeypatch, seq_len)
+    finally:
+        tuning.clear_cache()
+
+
+def _check_shipped_batch1_launch(rng, monkeypatch, seq_len):
     from forge.kernels import rope as rope_mod
 
     calls = []
     real = rope_mod.apply
     monkeypatch.setattr(rope_mod, "apply", lambda *a, **k: calls.append(1) or real(*a, **k))
     H, Hkv, dk = 32, 8, 128
+    sm90 = DEV == "cuda" and torch.cuda.get_device_capability() == (9, 0)
+    if sm90:
+        plan = attn._decode_plan("nvidia", dk, dk, H // Hkv, 2)
+        assert plan["max_splits"] == 16 and not plan["fused"] and plan["rope_min_b"] == 1
     t, n, spec, slots, want_q, want_k = _fused_rope_case(rng, [seq_len], H, Hkv, dk, dk, 16,
                                                           "bf16", dk, "norm")
     got = _run_fused(t, spec, H, Hkv, dk, dk ** -0.5, max_query_len=1, max_seq_len=8192)
-    if DEV == "cuda" and torch.cuda.get_device_capability() == (9, 0):
+    if sm90:
         assert not calls, "sm90 d128_g4 fuses the rope at batch 1"
     kcn = t["k_cache"].double().cpu().numpy().reshape(-1, Hkv, dk)
     atol, rtol = TOL["bf16"]
