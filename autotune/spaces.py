@@ -331,19 +331,19 @@ def attention_problems(kernel: str) -> list[Problem]:
     for d, h, hkv in ((64, 32, 8), (128, 32, 8), (128, 32, 4), (256, 8, 4)):
         g = h // hkv
         if kernel == "attn_prefill":
-            cases = [("prefill 1x2048", [2048], [2048]), ("chunk 4x512@4096", [512] * 4, [4096] * 4)]
+            cases = [("prefill 1x2048", [2048], [2048], None),
+                     ("chunk 4x512@4096", [512] * 4, [4096] * 4, None)]
         else:
             # batch 1 at a short and a long context, in a graph captured for 8,192 keys (the
             # split count comes from that capacity, as in the engine's decode graphs), and two
             # batches; all timed in CUDA graphs (batch 1's few microseconds would otherwise be
             # launch overhead)
             cases = [("decode 1x512", [1], [512], 8192), ("decode 1x4096", [1], [4096], 8192),
-                     ("decode 16x4096", [1] * 16, [4096] * 16),
-                     ("decode 64x1024", [1] * 64, [1024] * 64)]
-        for label, qlens, klens, *cap in cases:
+                     ("decode 16x4096", [1] * 16, [4096] * 16, None),
+                     ("decode 64x1024", [1] * 64, [1024] * 64, None)]
+        for label, qlens, klens, cap in cases:
             def setup(dev, dtype, d=d, h=h, hkv=hkv, qlens=qlens, klens=klens, cap=cap):
-                return _attn_setup(dev, dtype, d, h, hkv, qlens, klens,
-                                   max_seq_len=cap[0] if cap else None)
+                return _attn_setup(dev, dtype, d, h, hkv, qlens, klens, max_seq_len=cap)
 
             out.append(Problem(kernel, kernel, f"{label} d{d} h{h}/{hkv}", {"d": d, "g": g}, setup))
     return out
@@ -363,7 +363,7 @@ def _attn_setup(dev, dtype, d, h, hkv, qlens, klens, bs: int = 16,
     kc = torch.randn(nb, bs, hkv, d, device=dev, dtype=dtype)
     vc = torch.randn(nb, bs, hkv, d, device=dev, dtype=dtype)
     mk = max(max(klens), max_seq_len or 0)
-    w = max(max(blocks_per), -(-mk // bs))
+    w = -(-mk // bs)
     bt = torch.zeros(nseq, w, dtype=torch.int32)
     nxt = 1
     for i, b in enumerate(blocks_per):

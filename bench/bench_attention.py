@@ -331,7 +331,7 @@ def sweep(kind: str, dtype, gen, grid: str | None = None, cases_text: str | None
 
         default = (attn._decode_default if kind == "decode" else attn._prefill_default)(
             "nvidia", D, 2)
-        stage1, stage2 = parse_grid(grid, set(default) | {"num_warps", "num_stages"}), []
+        stage1, stage2 = parse_grid(grid, set(default)), []
     best = run("tiles" if not grid else "grid", stage1, {})
     if stage2:
         best = run("splits", stage2, best)

@@ -57,11 +57,10 @@ def _model_path(a) -> str:
     return a.model_path or DEFAULT_MODEL
 
 
-def _run_requests(engine, prompts: list[list[int]], n: int,
-                  counts: list[int] | None = None) -> tuple[float, float]:
-    """Returns (seconds to the first token of every request, seconds of the rest). `counts`,
-    if given, gets the tokens sampled after that point: fewer than len(prompts) * (n - 1) when
-    some requests were already decoding while the last prompts were still being prefilled."""
+def _run_requests(engine, prompts: list[list[int]], n: int) -> tuple[float, float, int]:
+    """Returns (seconds to the first token of every request, seconds of the rest, tokens sampled
+    in the rest): fewer than len(prompts) * (n - 1) when some requests were already decoding
+    while the last prompts were still being prefilled."""
     params = SamplingParams(max_tokens=n, temperature=0.0, ignore_eos=True)
     t0 = time.perf_counter()
     rids = [engine.add_request(p, params) for p in prompts]
@@ -80,9 +79,7 @@ def _run_requests(engine, prompts: list[list[int]], n: int,
         if first_done is None and len(started) == len(rids):
             first_done = time.perf_counter()
     t1 = time.perf_counter()
-    if counts is not None:
-        counts.append(after)
-    return first_done - t0, t1 - first_done
+    return first_done - t0, t1 - first_done, after
 
 
 def copy_bandwidth(backend) -> float:
@@ -108,15 +105,18 @@ def run_bench(a) -> int:
         raise ForgeError("bench needs -p >= 1, -n >= 2, -b >= 1, -r >= 1 and -d >= 0")
     path = _model_path(a)
     longest = depth + max(a.n_prompt + 1, a.n_gen + 1)
+
+    def check_context(limit: int) -> None:
+        if longest > limit:
+            raise ForgeError(f"bench: -d {depth} with -p {a.n_prompt} / -n {a.n_gen} needs "
+                             f"{longest} tokens of context; the model has {limit}")
+
     if depth:  # before a KV cache of that size is allocated
         from forge import hub
         from forge.loader.config import ModelConfig
         from forge.loader.reader import GGUFFile
 
-        ctx_len = ModelConfig.from_gguf(GGUFFile(hub.resolve(path))).context_length
-        if longest > ctx_len:
-            raise ForgeError(f"bench: -d {depth} with -p {a.n_prompt} / -n {a.n_gen} needs "
-                             f"{longest} tokens of context; the model has {ctx_len}")
+        check_context(ModelConfig.from_gguf(GGUFFile(hub.resolve(path))).context_length)
     extra = {"prefill_graphs": False} if getattr(a, "no_prefill_graphs", False) else {}
     # KV: the larger of the pp prompt (depth + n_prompt; the depth blocks it reuses from the
     # prefix cache are the same blocks) and the batch's tg sequences (depth + n_gen each), plus
@@ -131,9 +131,7 @@ def run_bench(a) -> int:
               enable_prefix_caching=depth > 0, run_ahead=not a.no_run_ahead, gc_freeze=False)
     eng = llm.engine
     bs = eng.block_size
-    if longest > eng.max_model_len:
-        raise ForgeError(f"bench: -d {depth} with -p {a.n_prompt} / -n {a.n_gen} needs "
-                         f"{longest} tokens of context; the model has {eng.max_model_len}")
+    check_context(eng.max_model_len)  # the engine's cap: the model's context, -d 0 included
     blocks = lambda n: -(-n // bs)  # noqa: E731
     want = bs * max(blocks(depth + a.n_prompt + 1), a.batch * blocks(depth + a.n_gen + 1))
     if eng.pool.capacity_tokens < want:
@@ -143,6 +141,7 @@ def run_bench(a) -> int:
     vocab = eng.cfg.vocab_size
     rng = np.random.default_rng(0)
     at = f" @ d{depth}" if depth else ""
+    tg_len = max(depth, 1)  # tokens of each tg prompt
 
     def rand_prompt(n: int) -> list[int]:
         return rng.integers(vocab // 16, vocab - 1, size=n).tolist()
@@ -158,11 +157,11 @@ def run_bench(a) -> int:
         """Seconds to the first token of an n_prompt-token prompt after the context `ctx`, and
         the tokens the prefix cache served."""
         before = eng.scheduler.num_cached_tokens
-        t_first, _ = _run_requests(eng, [ctx + rand_prompt(a.n_prompt)], 2)
+        t_first, _, _ = _run_requests(eng, [ctx + rand_prompt(a.n_prompt)], 2)
         return t_first, eng.scheduler.num_cached_tokens - before
 
     def tg_prompts() -> list[list[int]]:
-        return [rand_prompt(max(depth, 1)) for _ in range(a.batch)]
+        return [rand_prompt(tg_len) for _ in range(a.batch)]
 
     # warm-up: both paths once, at the measured sizes (as llama-bench's warm-up run does)
     run_pp(pp_context())
@@ -189,9 +188,10 @@ def run_bench(a) -> int:
         pp_cached.append(cached)
         prompts = tg_prompts()
         with HiccupRecorder(dev) as rec:  # the prompts' prefill included (-d: not timed)
-            _, t_rest = _run_requests(eng, prompts, a.n_gen + 1, tg_tokens)
+            _, t_rest, timed = _run_requests(eng, prompts, a.n_gen + 1)
         hic["tg"].append(rec.summary())
-        tg.append(tg_tokens[-1] / t_rest)
+        tg.append(timed / t_rest)
+        tg_tokens.append(timed)
     if eng.scheduler.num_preemptions != preempted:
         raise ForgeError(f"bench: {eng.scheduler.num_preemptions - preempted} requests were "
                          "preempted for KV cache space, so the figures are not one batch's "
@@ -254,7 +254,8 @@ def run_bench(a) -> int:
         res = {"model": str(path), "backend": eng.backend.name, "n_prompt": a.n_prompt,
                "n_gen": a.n_gen, "batch": a.batch, "depth": depth, "repetitions": a.repetitions,
                "pp_tps": pp, "tg_tps": tg, "pp_cached_tokens": pp_cached,
-               "tg_prompt_tokens": max(depth, 1), "tg_tokens_timed": tg_tokens, "weight_bytes_per_step": weight_bytes,
+               "tg_prompt_tokens": tg_len, "tg_tokens_timed": tg_tokens,
+               "weight_bytes_per_step": weight_bytes,
                "decode_bytes_per_s": achieved, "copy_bytes_per_s": bw, "peak_gpu_bytes": peak,
                "memory": eng.memory_report(), "run_ahead": eng.run_ahead,
                "run_ahead_hits": hits, "run_ahead_misses": misses,

@@ -161,7 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "after DEPTH cached tokens, tg decodes after a DEPTH-token prompt")
     b.add_argument("-r", "--repetitions", type=int, default=3)
     b.add_argument("--device", default="auto", choices=["auto", "cpu", "gpu"])
-    b.add_argument("--kv-tokens", type=int, default=None, help="KV cache size in tokens (default: what the test needs, x2)")
+    b.add_argument("--kv-tokens", type=int, default=None, help="KV cache size in tokens (default: what the test needs, plus headroom)")
     b.add_argument("--json", default=None, metavar="PATH", help="also write results as JSON")
     b.add_argument("--no-run-ahead", action="store_true",
                    help="decode without launching step k+1 before step k's tokens reach the host")
