@@ -123,13 +123,14 @@ def spec_type(spec: dict) -> str | None:
 
 
 def _derive_prefill(ce: dict) -> None:
-    ht = min(ce["G"], ce["BLOCK_M"])
-    ce.update(HT=ht, NHC=-(-ce["G"] // ht), BQ=ce["BLOCK_M"] // ht)
+    from forge.kernels.attention import _derive_prefill as derive
+
+    derive(ce)
 
 
 # Constexprs that a launcher derives from its config keys, for specs without their own
 # "derive" callable (spec["derive"](constexprs) -> None, updating in place). Mirrors the
-# launchers: attention.py computes HT/NHC/BQ from BLOCK_M.
+# launchers: attention.py computes HT/NHC/BQ from BLOCK_M and HT.
 DERIVE = {"attn_prefill": _derive_prefill}
 
 

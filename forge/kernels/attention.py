@@ -178,21 +178,21 @@ def _qk_chunked(q_rows, q_ok, k_rows, in_kv, Dk: tl.constexpr, BLOCK_M: tl.const
 
 @triton.jit
 def _tile_ids(bt_ptr, start, hi, BLOCK_N: tl.constexpr, BLOCK_SIZE: tl.constexpr,
-              MASKED: tl.constexpr):
-    """Cache block ids (int64) of the keys [start, start + BLOCK_N): one id when the tile lies
+              MASKED: tl.constexpr, IDX64: tl.constexpr = True):
+    """Cache block ids (int64, or int32 without IDX64: caches under 2**31 elements) of the keys [start, start + BLOCK_N): one id when the tile lies
     in one cache block (start is a multiple of BLOCK_N), else one per key; keys >= hi get
     block 0 (never read) when MASKED (and the table past its end is not touched)."""
     if BLOCK_SIZE % BLOCK_N == 0:
         if MASKED:
-            return tl.load(bt_ptr + start // BLOCK_SIZE, mask=start < hi, other=0).to(tl.int64)
+            return tl.load(bt_ptr + start // BLOCK_SIZE, mask=start < hi, other=0).to(tl.int64 if IDX64 else tl.int32)
         else:
-            return tl.load(bt_ptr + start // BLOCK_SIZE).to(tl.int64)
+            return tl.load(bt_ptr + start // BLOCK_SIZE).to(tl.int64 if IDX64 else tl.int32)
     else:
         offs_n = start + tl.arange(0, BLOCK_N)
         if MASKED:
-            return tl.load(bt_ptr + offs_n // BLOCK_SIZE, mask=offs_n < hi, other=0).to(tl.int64)
+            return tl.load(bt_ptr + offs_n // BLOCK_SIZE, mask=offs_n < hi, other=0).to(tl.int64 if IDX64 else tl.int32)
         else:
-            return tl.load(bt_ptr + offs_n // BLOCK_SIZE).to(tl.int64)
+            return tl.load(bt_ptr + offs_n // BLOCK_SIZE).to(tl.int64 if IDX64 else tl.int32)
 
 
 @triton.jit
@@ -224,16 +224,21 @@ def _prefill_tile(
     else:
         qk = _qk_chunked(q, q_ok, k_rows, in_kv, Dk, BLOCK_M, BLOCK_N, BLOCK_DK, QK_CHUNK, MASKED,
                          DOT_F32)
-    s = _scores(qk, qk_scale, cap_scale, SOFTCAP)
-    if MASKED:
-        pos = pos0 + tl.arange(0, BLOCK_M) // HT
-        valid = (offs_n[None, :] <= pos[:, None]) & in_kv[None, :]
-        if WINDOW:
-            valid = valid & (pos[:, None] - offs_n[None, :] < window)
-        s = tl.where(valid, s, float("-inf"))
-    m_new = tl.maximum(m_i, tl.max(s, 1))
+    if MASKED or SOFTCAP:
+        s = _scores(qk, qk_scale, cap_scale, SOFTCAP)
+        if MASKED:
+            pos = pos0 + tl.arange(0, BLOCK_M) // HT
+            valid = (offs_n[None, :] <= pos[:, None]) & in_kv[None, :]
+            if WINDOW:
+                valid = valid & (pos[:, None] - offs_n[None, :] < window)
+            s = tl.where(valid, s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        p = tl.exp2(s - m_new[:, None])
+    else:
+        # the scale folded into one multiply-add per score (qk_scale >= 0: the launcher checks)
+        m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
+        p = tl.exp2(qk * qk_scale - m_new[:, None])
     alpha = tl.exp2(m_i - m_new)
-    p = tl.exp2(s - m_new[:, None])
     l_i = l_i * alpha + tl.sum(p, 1)
     v = _load_rows(v_cache_ptr + (blk * STRIDE_VB + (slot * STRIDE_VS + v_head_off)), in_kv, Dv,
                    BLOCK_DV, MASKED)
@@ -267,6 +272,7 @@ def _attn_prefill_kernel(
     SOFTCAP: tl.constexpr, WINDOW: tl.constexpr, DOT_F32: tl.constexpr,
     SINGLE_LOOP: tl.constexpr,  # one masked loop over all keys (fewer registers: AMD)
     QK_CHUNK: tl.constexpr,     # head-dim chunk of Q K^T (BLOCK_DK: Q stays in registers)
+    IDX64: tl.constexpr,        # 64-bit cache offsets (a cache of 2**31 elements or more)
 ):
     # Last tile first: with causal masking the late tiles of a sequence have the most keys, so
     # starting them first keeps the tail of the grid short.
@@ -328,7 +334,7 @@ def _attn_prefill_kernel(
         # One loop body: masks on every tile, but only one copy of the dot operands live (two
         # loops overflow RDNA3's 256 VGPRs even at 64x16 tiles).
         for start in range(kv_lo, kv_end, BLOCK_N):
-            blk = _tile_ids(bt_ptr, start, kv_end, BLOCK_N, BLOCK_SIZE, True)
+            blk = _tile_ids(bt_ptr, start, kv_end, BLOCK_N, BLOCK_SIZE, True, IDX64)
             acc, l_i, m_i = _prefill_tile(
                 acc, l_i, m_i, q, row_ok, start, kv_end, p_lo, blk, k_cache_ptr, v_cache_ptr,
                 k_head_off, v_head_off, qk_scale, cap_scale, window, HT, Dk, Dv, BLOCK_M,
@@ -339,9 +345,9 @@ def _attn_prefill_kernel(
         # depend on no load of their own iteration, so the software pipeliner can issue them
         # num_stages - 1 tiles ahead (with the id gather in the same iteration it waits for
         # every copy at the top of each tile and the memory latency shows on every tile).
-        blk = _tile_ids(bt_ptr, b_end, c_end, BLOCK_N, BLOCK_SIZE, True)
+        blk = _tile_ids(bt_ptr, b_end, c_end, BLOCK_N, BLOCK_SIZE, True, IDX64)
         for start in range(b_end, c_end, BLOCK_N):
-            blk_next = _tile_ids(bt_ptr, start + BLOCK_N, c_end, BLOCK_N, BLOCK_SIZE, True)
+            blk_next = _tile_ids(bt_ptr, start + BLOCK_N, c_end, BLOCK_N, BLOCK_SIZE, True, IDX64)
             acc, l_i, m_i = _prefill_tile(
                 acc, l_i, m_i, q, row_ok, start, c_end, p_lo, blk, k_cache_ptr, v_cache_ptr,
                 k_head_off, v_head_off, qk_scale, cap_scale, window, HT, Dk, Dv, BLOCK_M,
@@ -352,7 +358,7 @@ def _attn_prefill_kernel(
             front = i < n_front
             start = tl.where(front, kv_lo + i * BLOCK_N, c_end + (i - n_front) * BLOCK_N)
             hi = tl.where(front, b_end, kv_end)
-            blk = _tile_ids(bt_ptr, start, hi, BLOCK_N, BLOCK_SIZE, True)
+            blk = _tile_ids(bt_ptr, start, hi, BLOCK_N, BLOCK_SIZE, True, IDX64)
             acc, l_i, m_i = _prefill_tile(
                 acc, l_i, m_i, q, row_ok, start, hi, p_lo, blk, k_cache_ptr, v_cache_ptr,
                 k_head_off, v_head_off, qk_scale, cap_scale, window, HT, Dk, Dv, BLOCK_M,
@@ -757,16 +763,19 @@ def _prefill_default(kind: str, dk: int, elem: int) -> dict:
     (256 max): small tiles and one loop body (gfx1100 ISA: D=128 at 64x16 needs ~245 VGPRs;
     larger tiles or two loop bodies spill).
     SINGLE_LOOP (0/1): one masked loop instead of two. QK_CHUNK: 0 (Q K^T in one dot) or a
-    power of two < head dim (chunked dots, Q reloaded per KV tile: fewer registers).
+    power of two < head dim (chunked dots, Q reloaded per KV tile: fewer registers). HT: query
+    heads of a KV group packed into one tile's rows, 0 for the whole group.
     """
     big = dk > 128
     if kind == "interp":  # modest tiles; launch options unused
         return {"BLOCK_M": 64, "BLOCK_N": 32, "num_warps": 4, "num_stages": 1, "SINGLE_LOOP": 0,
-                "QK_CHUNK": 0}
+                "QK_CHUNK": 0, "HT": 0}
     if kind == "nvidia":
         # sm90 ISA (bf16): d128 128x64 / 8 warps / 3 stages: 216 regs, 129 KiB smem, K/V two
-        # tiles ahead; d64 at 4 warps sits at 255 regs (8: 159); d256 64x64 spills at 2 and 3
-        # stages, 64x32 with 8 warps and 3 stages: 224 regs, no spills, 129 KiB.
+        # tiles ahead; d64 at 4 warps sits at 255 regs (8: 159); d256 64x64 spilled at 2 and 3
+        # stages with 64-bit cache offsets, 64x32 with 8 warps and 3 stages: 224 regs, no
+        # spills, 129 KiB. (sm90.json's entries, swept with 32-bit offsets, take d64 to 64x128
+        # at 4 warps and d256 to 64x64.)
         cfg = {"BLOCK_M": 64 if big else 128, "BLOCK_N": 32 if big else 64,
                "num_warps": 8, "num_stages": 3, "SINGLE_LOOP": 0, "QK_CHUNK": 0}
     elif kind == "cdna":
@@ -788,6 +797,7 @@ def _prefill_default(kind: str, dk: int, elem: int) -> dict:
             cfg["num_warps"], cfg["QK_CHUNK"] = 8, 32 if dk > 64 else 0
         if kind == "rdna":  # no fp32 WMMA: FMA dots hold a K-row per thread; chunk the head dim
             cfg["num_warps"], cfg["QK_CHUNK"] = 8, 32
+    cfg["HT"] = 0
     return cfg
 
 
@@ -936,7 +946,9 @@ def _prefill_plan(kind: str, dk: int, dv: int, G: int, elem: int, lds_bytes: int
     cfg = tuning.get_config("attn_prefill_f32" if elem == 4 else "attn_prefill",
                             tuning.bucket(d=dk, g=G), default)
     block_m = int(cfg["BLOCK_M"])
-    ht = min(G, block_m)
+    # HT: query heads of one KV group packed into a tile's rows (default all G, so each K/V
+    # tile serves the whole group); fewer heads give each tile more query tokens
+    ht = max(1, min(G, block_m, int(cfg["HT"]) or G))
     block_dk = max(16, _pow2(dk))
     return {"HT": ht, "NHC": -(-G // ht), "BQ": block_m // ht, "BLOCK_M": block_m,
             "BLOCK_N": int(cfg["BLOCK_N"]), "BLOCK_DK": block_dk,
@@ -1103,8 +1115,8 @@ def attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                 _VALIDATED.clear()
             _VALIDATED.add(key)
     scale = float(scale)
-    if not math.isfinite(scale):
-        raise ValueError(f"scale: must be finite, got {scale}")
+    if not math.isfinite(scale) or scale < 0:
+        raise ValueError(f"scale: must be finite and >= 0, got {scale}")
     window = 0 if sliding_window is None else int(sliding_window)
     if window < 0:
         raise ValueError(f"sliding_window: must be None, 0 (off) or positive, got {sliding_window}")
@@ -1199,8 +1211,14 @@ def attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
         G=G, HT=plan["HT"], NHC=plan["NHC"], BQ=plan["BQ"], Dk=dk, Dv=dv,
         BLOCK_M=plan["BLOCK_M"], BLOCK_N=plan["BLOCK_N"], BLOCK_DK=plan["BLOCK_DK"],
         BLOCK_DV=plan["BLOCK_DV"], BLOCK_SIZE=bs, BLOCK_B=64, SINGLE_LOOP=plan["SINGLE_LOOP"],
-        QK_CHUNK=plan["QK_CHUNK"], **common, **plan["opts"])
+        QK_CHUNK=plan["QK_CHUNK"], IDX64=_span(k_cache) >= 2**31 or _span(v_cache) >= 2**31,
+        **common, **plan["opts"])
     return out
+
+
+def _span(x: torch.Tensor) -> int:
+    """Elements from x's first to one past its last (the largest offset a kernel forms)."""
+    return 1 + sum((n - 1) * st for n, st in zip(x.shape, x.stride())) if x.numel() else 0
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1223,9 +1241,12 @@ def _attrs(fn, sig: dict) -> dict:
 
 
 def _derive_prefill(ce: dict) -> None:
-    """Constexprs the launcher derives from BLOCK_M (for autotune.report's table entries)."""
-    ht = min(ce["G"], ce["BLOCK_M"])
-    ce.update(HT=ht, NHC=-(-ce["G"] // ht), BQ=ce["BLOCK_M"] // ht)
+    """Constexprs the launcher derives from its config keys (for autotune.report's table
+    entries, whose keys arrive raw): HT / NHC / BQ from BLOCK_M and HT (0: the whole group),
+    QK_CHUNK 0 -> BLOCK_DK."""
+    ht = max(1, min(ce["G"], ce["BLOCK_M"], ce.get("HT", 0) or ce["G"]))
+    ce.update(HT=ht, NHC=-(-ce["G"] // ht), BQ=ce["BLOCK_M"] // ht,
+              QK_CHUNK=_qk_chunk(ce, ce["BLOCK_DK"]))
 
 
 def _cache_strides(d: int, hkv: int = 8, bs: int = 16) -> dict:
@@ -1259,12 +1280,12 @@ def compile_specs(kind: str = "rdna", dtypes: tuple = ("fp16", "bf16", "fp32"),
             strides = _cache_strides(d)
             # prefill
             cfg = _prefill_default(kind, d, elem)
-            ht = min(G, cfg["BLOCK_M"])
+            ht = max(1, min(G, cfg["BLOCK_M"], cfg["HT"] or G))
             ce = dict(G=G, HT=ht, NHC=-(-G // ht), BQ=cfg["BLOCK_M"] // ht, Dk=d, Dv=d,
                       BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], BLOCK_DK=d, BLOCK_DV=d,
                       BLOCK_SIZE=16, BLOCK_B=64, **strides, SOFTCAP=softcap_on, WINDOW=window_on,
                       DOT_F32=False, SINGLE_LOOP=bool(cfg["SINGLE_LOOP"]),
-                      QK_CHUNK=_qk_chunk(cfg, d))
+                      QK_CHUNK=_qk_chunk(cfg, d), IDX64=di % 2 == 1)
             types = {"q_ptr": ptr, "k_cache_ptr": ptr, "v_cache_ptr": ptr, "out_ptr": ptr,
                      "qsl_ptr": "*i32", "seq_lens_ptr": "*i32", "block_tables_ptr": "*i32",
                      "qk_scale": "fp32", "cap_scale": "fp32"}

@@ -251,6 +251,39 @@ def test_prefill_strided_views_and_out(rng):
     run_and_check(t, n, H, Hkv, 0.125, "bf16", softcap=20.0)
 
 
+@pytest.mark.parametrize("ht", [1, 2, 3])
+def test_prefill_heads_per_tile(rng, monkeypatch, ht):
+    """HT (query heads of a KV group packed into one tile) below the group size: the group's
+    heads spread over NHC tiles (3 of a group of 6 does not divide the 32-row tile: its last
+    rows are idle), each tile holding BLOCK_M // HT tokens; prefill, chunk and decode mixed."""
+    orig = attn._prefill_default
+    monkeypatch.setattr(attn, "_prefill_default", lambda *a: dict(orig(*a), HT=ht, BLOCK_M=32))
+    attn.clear_config_cache()
+    plan = attn._prefill_plan("interp", 64, 64, 6, 4, 0)
+    assert (plan["HT"], plan["NHC"], plan["BQ"]) == (ht, -(-6 // ht), 32 // ht)
+    t, n = make_case(rng, SEQ_LENS, Q_LENS, 12, 2, 64, 64, 16, "fp32")
+    run_and_check(t, n, 12, 2, 0.125, "fp32", window=20, max_query_len=max(Q_LENS))
+
+
+def test_cache_offset_width():
+    """The prefill kernel forms 32-bit cache offsets unless a cache spans 2**31 elements or
+    more (counted from its shape and strides: a view into a larger buffer counts its reach)."""
+    per_block = 16 * 8 * 128
+    under = torch.empty(((1 << 31) // per_block, 16, 8, 128), device="meta")
+    over = torch.empty(((1 << 31) // per_block + 1, 16, 8, 128), device="meta")
+    assert attn._span(under) == 1 << 31 and attn._span(over) == (1 << 31) + per_block
+    assert attn._span(torch.empty((4, 16, 8, 128), device="meta")[:, :, 2:4]) == \
+        3 * per_block + 15 * 8 * 128 + 128 + 128
+    assert attn._span(torch.empty((0, 16, 8, 128), device="meta")) == 0
+
+
+def test_negative_scale_rejected(rng):
+    t, _ = make_case(rng, [5], [5], 2, 1, 64, 64, 16, "fp32")
+    with pytest.raises(ValueError, match="scale"):
+        attn.attention(t["q"], t["k_cache"], t["v_cache"], t["query_start_loc"], t["seq_lens"],
+                       t["block_tables"], 2, 1, -0.125)
+
+
 def test_prefill_head_dim_256(rng):
     t, n = make_case(rng, [5, 40], [5, 23], 4, 1, 256, 256, 16, "bf16")
     run_and_check(t, n, 4, 1, 256 ** -0.5, "bf16", window=7, max_query_len=23)
