@@ -150,9 +150,12 @@ def space(kernel: str, family: str, *, sub: int = 1, lds_bytes: int = 64 * 1024,
                       num_stages=(1,))
         return [_ktile(c, sub) for c in cands if c["KT"] >= sub and c["BLOCK_N"] * c["KT"] <= 16384]
     if kernel == "attn_prefill":
-        extra = {"waves_per_eu": (0, 1, 2)} if family.startswith("cdna") else {}
+        # NVIDIA: HT 1 (one query head per tile) against the whole GQA group, and 4 stages,
+        # were axes of the H100 sweeps of run 22 (the group led at d128; d256 / d64 entries)
+        extra = {"waves_per_eu": (0, 1, 2)} if family.startswith("cdna") else {} if amd else \
+            {"HT": (0, 1)}
         cands = _grid(BLOCK_M=(32, 64, 128), BLOCK_N=(16, 32, 64, 128), num_warps=(4, 8),
-                      num_stages=(1,) if amd else (1, 2, 3), **extra)
+                      num_stages=(1,) if amd else (1, 2, 3, 4), **extra)
         return [c for c in cands if c["BLOCK_N"] <= c["BLOCK_M"] * 2
                 and not (c["num_warps"] == 8 and c["BLOCK_M"] < 64)]
     if kernel == "attn_decode":
