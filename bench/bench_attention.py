@@ -238,7 +238,8 @@ PREFILL_CASES = ((512, 0), (2048, 0), (8192, 0), (512, 4096), (512, 8192))
 
 
 def run_prefill(dtype, gen) -> None:
-    print("\n## prefill (one sequence: n causal queries after ctx cached tokens; CUDA-graph medians)")
+    print("\n## prefill (one sequence: n causal queries after ctx cached tokens; "
+          "CUDA-graph medians)")
     print(f"{'n@ctx':>10} | {'forge us':>9} {'TFLOP/s':>8} | {'sdpa us':>9} {'TFLOP/s':>8} | "
           f"{'vs sdpa':>7} {'max|diff|':>9}")
     for n, ctx in PREFILL_CASES:

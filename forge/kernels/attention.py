@@ -74,7 +74,9 @@ which saves the rope kernel's launch and its dependent chain in every layer of a
 Prefill keeps the rope kernel (its queries' keys must be in the cache before the tiles run).
 
 Scores are kept in log2 units (scale * log2(e) folded in) so the softmax uses exp2. Cache block
-ids are widened to int64 before they multiply a stride: a cache may hold more than 2^31 elements.
+ids are widened to int64 before they multiply a stride where a cache may span 2^31 elements or
+more: always in decode (32-bit offsets measured no faster there), in prefill only when one does
+(IDX64; 32-bit offsets took an 8B-head prefill on an H100 from 275 to 303 TFLOP/s).
 Masked-off keys are never read (their loads are masked), so stale or NaN cache slots past a
 sequence's end and the null block 0 cannot leak into the output. The cache strides are
 constexprs (fixed per model): address arithmetic folds to immediates and the launch is shorter.
@@ -179,20 +181,24 @@ def _qk_chunked(q_rows, q_ok, k_rows, in_kv, Dk: tl.constexpr, BLOCK_M: tl.const
 @triton.jit
 def _tile_ids(bt_ptr, start, hi, BLOCK_N: tl.constexpr, BLOCK_SIZE: tl.constexpr,
               MASKED: tl.constexpr, IDX64: tl.constexpr = True):
-    """Cache block ids (int64, or int32 without IDX64: caches under 2**31 elements) of the keys [start, start + BLOCK_N): one id when the tile lies
-    in one cache block (start is a multiple of BLOCK_N), else one per key; keys >= hi get
-    block 0 (never read) when MASKED (and the table past its end is not touched)."""
+    """Cache block ids of the keys [start, start + BLOCK_N): one id when the tile lies in one
+    cache block (start is a multiple of BLOCK_N), else one per key; keys >= hi get block 0
+    (never read) when MASKED (and the table past its end is not touched). int64 with IDX64,
+    else the table's int32 (offsets then stay 32-bit: caches under 2**31 elements)."""
     if BLOCK_SIZE % BLOCK_N == 0:
         if MASKED:
-            return tl.load(bt_ptr + start // BLOCK_SIZE, mask=start < hi, other=0).to(tl.int64 if IDX64 else tl.int32)
+            ids = tl.load(bt_ptr + start // BLOCK_SIZE, mask=start < hi, other=0)
         else:
-            return tl.load(bt_ptr + start // BLOCK_SIZE).to(tl.int64 if IDX64 else tl.int32)
+            ids = tl.load(bt_ptr + start // BLOCK_SIZE)
     else:
         offs_n = start + tl.arange(0, BLOCK_N)
         if MASKED:
-            return tl.load(bt_ptr + offs_n // BLOCK_SIZE, mask=offs_n < hi, other=0).to(tl.int64 if IDX64 else tl.int32)
+            ids = tl.load(bt_ptr + offs_n // BLOCK_SIZE, mask=offs_n < hi, other=0)
         else:
-            return tl.load(bt_ptr + offs_n // BLOCK_SIZE).to(tl.int64 if IDX64 else tl.int32)
+            ids = tl.load(bt_ptr + offs_n // BLOCK_SIZE)
+    if IDX64:
+        ids = ids.to(tl.int64)
+    return ids
 
 
 @triton.jit
