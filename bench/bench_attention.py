@@ -223,12 +223,13 @@ def prefill_fns(n, dtype, gen, ctx: int = 0):
     return ours, ref, err
 
 
-def prefill_ms(fn, ms_hint: float) -> float:
+def prefill_ms(fn) -> float:
     """Median ms per call inside a CUDA graph of enough back-to-back calls to run ~2 ms (a
-    512-token prefill is shorter than its Python launch, which do_bench would time); do_bench
-    where the call cannot be captured."""
+    512-token prefill is shorter than its Python launch, which do_bench would time; a short
+    graph of one call sizes it); do_bench where the call cannot be captured."""
     try:
-        return graph_ms([fn], reps=20, repeat=max(1, min(50, int(2.0 / max(ms_hint, 1e-3)))))
+        hint = graph_ms([fn], reps=3)
+        return graph_ms([fn], reps=20, repeat=max(1, min(50, int(2.0 / max(hint, 1e-3)))))
     except Exception:  # noqa: BLE001 - a backend that cannot be captured
         torch.cuda.synchronize()
         return do_bench_ms(fn)
@@ -244,8 +245,8 @@ def run_prefill(dtype, gen) -> None:
           f"{'vs sdpa':>7} {'max|diff|':>9}")
     for n, ctx in PREFILL_CASES:
         ours, ref, err = prefill_fns(n, dtype, gen, ctx)
-        t_ours = prefill_ms(ours, do_bench_ms(ours))
-        t_ref = prefill_ms(ref, do_bench_ms(ref))
+        t_ours = prefill_ms(ours)
+        t_ref = prefill_ms(ref)
         flops = 4.0 * H * D * n * (ctx + (n + 1) / 2)
         tf = lambda ms: flops / (ms * 1e-3) / 1e12  # noqa: E731
         print(f"{f'{n}@{ctx}':>10} | {t_ours * 1e3:>9.1f} {tf(t_ours):>8.1f} | {t_ref * 1e3:>9.1f} "
@@ -323,7 +324,7 @@ def sweep(kind: str, dtype, gen, grid: str | None = None, cases_text: str | None
         stage2 = []
 
         def measure(s):
-            return prefill_ms(fns[s], do_bench_ms(fns[s]))
+            return prefill_ms(fns[s])
 
     def run(label, cands, base):
         base_t = None

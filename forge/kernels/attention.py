@@ -944,6 +944,14 @@ def _reduce_plan(kind: str, dv: int, ht: int, splits: int) -> dict:
             "opts": _launch_opts(cfg, kind)}
 
 
+def _tile_rows(G: int, block_m: int, ht: int) -> dict:
+    """How a prefill tile's BLOCK_M rows split: HT query heads of one KV group (the `HT` key; 0,
+    the default, for all G, so each K/V tile serves the whole group; fewer give a tile more
+    tokens), NHC tiles per group, BQ tokens per tile."""
+    ht = max(1, min(G, block_m, int(ht) or G))
+    return {"HT": ht, "NHC": -(-G // ht), "BQ": block_m // ht}
+
+
 @functools.lru_cache(maxsize=256)
 def _prefill_plan(kind: str, dk: int, dv: int, G: int, elem: int, lds_bytes: int) -> dict:
     default = _prefill_default(kind, dk, elem)
@@ -952,11 +960,8 @@ def _prefill_plan(kind: str, dk: int, dv: int, G: int, elem: int, lds_bytes: int
     cfg = tuning.get_config("attn_prefill_f32" if elem == 4 else "attn_prefill",
                             tuning.bucket(d=dk, g=G), default)
     block_m = int(cfg["BLOCK_M"])
-    # HT: query heads of one KV group packed into a tile's rows (default all G, so each K/V
-    # tile serves the whole group); fewer heads give each tile more query tokens
-    ht = max(1, min(G, block_m, int(cfg["HT"]) or G))
     block_dk = max(16, _pow2(dk))
-    return {"HT": ht, "NHC": -(-G // ht), "BQ": block_m // ht, "BLOCK_M": block_m,
+    return {**_tile_rows(G, block_m, cfg["HT"]), "BLOCK_M": block_m,
             "BLOCK_N": int(cfg["BLOCK_N"]), "BLOCK_DK": block_dk,
             "BLOCK_DV": max(16, _pow2(dv)), "SINGLE_LOOP": bool(int(cfg["SINGLE_LOOP"])),
             "QK_CHUNK": _qk_chunk(cfg, block_dk), "opts": _launch_opts(cfg, kind)}
@@ -1250,8 +1255,7 @@ def _derive_prefill(ce: dict) -> None:
     """Constexprs the launcher derives from its config keys (for autotune.report's table
     entries, whose keys arrive raw): HT / NHC / BQ from BLOCK_M and HT (0: the whole group),
     QK_CHUNK 0 -> BLOCK_DK."""
-    ht = max(1, min(ce["G"], ce["BLOCK_M"], ce.get("HT", 0) or ce["G"]))
-    ce.update(HT=ht, NHC=-(-ce["G"] // ht), BQ=ce["BLOCK_M"] // ht,
+    ce.update(_tile_rows(ce["G"], ce["BLOCK_M"], ce.get("HT", 0)),
               QK_CHUNK=_qk_chunk(ce, ce["BLOCK_DK"]))
 
 
@@ -1286,8 +1290,7 @@ def compile_specs(kind: str = "rdna", dtypes: tuple = ("fp16", "bf16", "fp32"),
             strides = _cache_strides(d)
             # prefill
             cfg = _prefill_default(kind, d, elem)
-            ht = max(1, min(G, cfg["BLOCK_M"], cfg["HT"] or G))
-            ce = dict(G=G, HT=ht, NHC=-(-G // ht), BQ=cfg["BLOCK_M"] // ht, Dk=d, Dv=d,
+            ce = dict(G=G, **_tile_rows(G, cfg["BLOCK_M"], cfg["HT"]), Dk=d, Dv=d,
                       BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], BLOCK_DK=d, BLOCK_DV=d,
                       BLOCK_SIZE=16, BLOCK_B=64, **strides, SOFTCAP=softcap_on, WINDOW=window_on,
                       DOT_F32=False, SINGLE_LOOP=bool(cfg["SINGLE_LOOP"]),
