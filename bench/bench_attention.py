@@ -47,6 +47,7 @@ from autotune.spaces import _grid  # noqa: E402
 from autotune.timing import graph_ms  # noqa: E402
 
 H, HKV, D, BS = 32, 8, 128, 16
+WINDOW = 0  # --window: prefill with a sliding window of this many keys (0: off)
 DEV = "cuda"
 L2_TARGET = 256 << 20   # bytes of KV the graph rotates through (H100 L2: 50 MiB)
 
@@ -198,15 +199,22 @@ def prefill_fns(n, dtype, gen, ctx: int = 0):
     scale = D ** -0.5
 
     def ours():
-        attention(q, k, v, qsl, sl, bt, H, HKV, scale, max_query_len=n, max_seq_len=total,
-                  out=out)
+        attention(q, k, v, qsl, sl, bt, H, HKV, scale, sliding_window=WINDOW or None,
+                  max_query_len=n, max_seq_len=total, out=out)
 
     kk = k[bt[0].long()].reshape(-1, HKV, D)[:total]
     vv = v[bt[0].long()].reshape(-1, HKV, D)[:total]
     qd = q.view(n, H, D).transpose(0, 1).unsqueeze(0).contiguous()
     kd = kk.repeat_interleave(H // HKV, dim=1).transpose(0, 1).unsqueeze(0).contiguous()
     vd = vv.repeat_interleave(H // HKV, dim=1).transpose(0, 1).unsqueeze(0).contiguous()
-    if ctx:  # queries at the end of the keys: the causal mask aligned to the lower right
+    if WINDOW:  # a dense boolean mask (SDPA has no sliding-window argument)
+        pos = ctx + torch.arange(n, device=dev)[:, None]
+        j = torch.arange(total, device=dev)[None, :]
+        mask = (j <= pos) & (pos - j < WINDOW)
+
+        def ref():
+            return F.scaled_dot_product_attention(qd, kd, vd, attn_mask=mask, scale=scale)
+    elif ctx:  # queries at the end of the keys: the causal mask aligned to the lower right
         from torch.nn.attention.bias import causal_lower_right
         mask = causal_lower_right(n, total)
 
@@ -235,19 +243,27 @@ def prefill_ms(fn) -> float:
         return do_bench_ms(fn)
 
 
+def attended_keys(n: int, ctx: int) -> float:
+    """Query-key pairs of n causal queries after ctx cached tokens (within WINDOW if set)."""
+    if not WINDOW:
+        return n * (ctx + (n + 1) / 2)
+    return float(sum(min(WINDOW, ctx + i + 1) for i in range(n)))
+
+
 PREFILL_CASES = ((512, 0), (2048, 0), (8192, 0), (512, 4096), (512, 8192))
 
 
 def run_prefill(dtype, gen) -> None:
     print("\n## prefill (one sequence: n causal queries after ctx cached tokens; "
-          "CUDA-graph medians)")
+          "CUDA-graph medians" + (f"; sliding window {WINDOW}, SDPA with a dense mask)"
+                                  if WINDOW else ")"))
     print(f"{'n@ctx':>10} | {'forge us':>9} {'TFLOP/s':>8} | {'sdpa us':>9} {'TFLOP/s':>8} | "
           f"{'vs sdpa':>7} {'max|diff|':>9}")
     for n, ctx in PREFILL_CASES:
         ours, ref, err = prefill_fns(n, dtype, gen, ctx)
         t_ours = prefill_ms(ours)
         t_ref = prefill_ms(ref)
-        flops = 4.0 * H * D * n * (ctx + (n + 1) / 2)
+        flops = 4.0 * H * D * attended_keys(n, ctx)
         tf = lambda ms: flops / (ms * 1e-3) / 1e12  # noqa: E731
         print(f"{f'{n}@{ctx}':>10} | {t_ours * 1e3:>9.1f} {tf(t_ours):>8.1f} | {t_ref * 1e3:>9.1f} "
               f"{tf(t_ref):>8.1f} | {t_ref / t_ours:>7.2f} {err():>9.1e}")
@@ -291,6 +307,20 @@ def parse_cases(text: str) -> list[tuple[int, int, int]]:
     return out
 
 
+def parse_prefill_cases(text: str) -> list[str]:
+    """'2048@0,512@8192' -> the labels, checked (N queries after CTX cached tokens)."""
+    out = []
+    for item in text.split(","):
+        try:
+            n, ctx = (int(x) for x in item.strip().split("@"))
+        except ValueError:
+            raise SystemExit(f"--cases: expected N@CTX items (prefill), got {item!r}") from None
+        if n < 1 or ctx < 0:
+            raise SystemExit(f"--cases: need N >= 1 and CTX >= 0, got {item!r}")
+        out.append(f"{n}@{ctx}")
+    return out
+
+
 def sweep(kind: str, dtype, gen, grid: str | None = None, cases_text: str | None = None,
           top: int = 8) -> None:
     from forge.kernels import tuning
@@ -313,6 +343,8 @@ def sweep(kind: str, dtype, gen, grid: str | None = None, cases_text: str | None
     else:
         # a whole 2048- and 8192-token prompt, and a 512-token chunk after 8192 cached tokens
         shapes = ["2048@0", "8192@0", "512@8192"]
+        if cases_text:
+            shapes = parse_prefill_cases(cases_text)
         fns = {}
         for s in shapes:
             n, ctx = map(int, s.split("@"))
@@ -378,8 +410,13 @@ def main() -> None:
                     help="with --sweep: one grid instead of the two built-in stages, e.g. "
                          "'SPLITS_PER_CU=1,2,4 MAX_SPLITS=16,32,64 FUSED_REDUCE=0,1'")
     ap.add_argument("--cases", default=None,
-                    help="with --sweep decode: BATCHxCTXxMAX_SEQ,... instead of the built-in six")
+                    help="with --sweep: the shapes instead of the built-in ones; decode "
+                         "BATCHxCTXxMAX_SEQ,... (six built in), prefill N@CTX,... (2048@0, "
+                         "8192@0, 512@8192)")
     ap.add_argument("--top", type=int, default=8, help="with --sweep: rows shown")
+    ap.add_argument("--window", type=int, default=0,
+                    help="prefill: a sliding window of this many keys (Gemma 3's local layers: "
+                         "512)")
     ap.add_argument("--heads", default=None, metavar="H:HKV:D",
                     help="query heads, KV heads, head dim (default 32:8:128, Llama-3-8B; "
                          "Llama-3.2-1B is 32:8:64)")
@@ -392,8 +429,12 @@ def main() -> None:
             raise SystemExit(f"--heads: expected H:HKV:D, got {args.heads!r}") from None
         if min(H, HKV, D) < 1 or H % HKV:
             raise SystemExit(f"--heads: need H, HKV, D >= 1 and H a multiple of HKV, got {args.heads}")
-    if args.cases and args.sweep != "decode":
-        raise SystemExit("--cases: only with --sweep decode")
+    if args.window < 0:
+        raise SystemExit(f"--window: must be >= 0, got {args.window}")
+    global WINDOW
+    WINDOW = args.window
+    if args.cases and not args.sweep:
+        raise SystemExit("--cases: only with --sweep")
     if args.grid and not args.sweep:
         raise SystemExit("--grid: only with --sweep")
     if not torch.cuda.is_available():

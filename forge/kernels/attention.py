@@ -23,6 +23,14 @@ Kernels
   use it, Triton's software pipeliner (sm90, 3 stages) single-buffered K/V and waited for every
   copy at the top of each tile, so each tile paid the full memory latency; carried, the K/V
   tiles are triple-buffered and issued two tiles ahead (`async_wait num=2` in the TTGIR).
+  Split keys: when the grid has fewer tiles than the device has CUs (one KV head and a short
+  chunk: Gemma 3's 512-token chunk is 33 tiles for 132 SMs), grid axis 2 gives each tile S
+  programs (`num_prefill_splits`, host ints only, so a captured graph keeps its grid). Each
+  tile splits its own keys on the device (`_split_share`): runs of at least KV_SPLIT_MIN keys
+  of the unmasked tiles, the last run also taking the masked ones, and no split for a tile
+  with fewer keys. Every split stores its unnormalised partial (acc, max, sum); the last of
+  the tile's splits to arrive merges them and stores the output, with the decode kernel's
+  arrival counters (below). H100, 512 queries after 4,096 keys at Gemma 3 heads: 153 -> 52 us.
 - `_attn_decode_kernel`: one query per sequence; one program per (sequence, KV head, split)
   handles the whole GQA group (the G query heads are the rows of one tl.dot, padded to 16).
   K and V tiles are [BLOCK_N, D] loads, D contiguous (16-byte vectors), issued back to back.
@@ -53,8 +61,9 @@ The decode step is captured once per batch size with max_seq_len = the engine's 
    agent-scope release writes back the XCD's L2 on gfx942) `_attn_reduce_kernel` does the same
    merge in a second launch and skips groups with n_parts == 1.
    The counters live in one int32 buffer per device that is only ever grown (old buffers are
-   kept alive: a captured graph keeps using the one it saw). Two decode launches must not run
-   concurrently on different streams of one device (they would share counters).
+   kept alive: a captured graph keeps using the one it saw). Two attention launches that use
+   them (decode, split-key prefill) must not run concurrently on different streams of one
+   device (they would share counters).
 5. The price of a fixed grid: at large batches S falls to 1 (B * Hkv programs already fill the
    GPU), so one long sequence among many short ones is one program per KV head.
 
@@ -101,6 +110,7 @@ from forge.kernels.specs import divisibility_attrs
 LOG2E = 1.4426950408889634
 MAX_SPLITS = 256          # hard cap on decode splits per sequence (configs cap lower: MAX_SPLITS)
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+_NO_GPU_CUS = 4           # the CU count split decisions assume under the interpreter (tests vary it)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -258,10 +268,14 @@ def _attn_prefill_kernel(
     k_cache_ptr,       # [NB, BS, Hkv, Dk]  strides (STRIDE_KB, STRIDE_KS, STRIDE_KH, 1)
     v_cache_ptr,       # [NB, BS, Hkv, Dv]  strides (STRIDE_VB, STRIDE_VS, STRIDE_VH, 1)
     out_ptr,           # [T, H*Dv]   row stride stride_ot
+    part_ptr,          # SPLIT: f32 [R, BLOCK_M, Dv] partial accs, then [R, 2, BLOCK_M] (max,
+                       #   sum); R = tiles x groups x num_splits, row (tile * ng + g) * S + split
+    sem_ptr,           # SPLIT: [>= tiles x groups] i32 arrival counters, zero between launches
     qsl_ptr,           # [B+1] i32
     seq_lens_ptr,      # [B] i32
     block_tables_ptr,  # [B, W] i32  row stride stride_bt
     num_seqs,
+    num_splits, min_tiles,  # SPLIT: the grid's splits; unmasked KV tiles per split at least
     stride_qt, stride_ot, stride_bt,
     qk_scale, cap_scale, window,
     G: tl.constexpr,        # query heads per KV head
@@ -279,6 +293,7 @@ def _attn_prefill_kernel(
     SINGLE_LOOP: tl.constexpr,  # one masked loop over all keys (fewer registers: AMD)
     QK_CHUNK: tl.constexpr,     # head-dim chunk of Q K^T (BLOCK_DK: Q stays in registers)
     IDX64: tl.constexpr,        # 64-bit cache offsets (a cache of 2**31 elements or more)
+    SPLIT: tl.constexpr = False,  # the keys of a tile split over num_splits programs (axis 2)
 ):
     # Last tile first: with causal masking the late tiles of a sequence have the most keys, so
     # starting them first keeps the tail of the grid short.
@@ -329,6 +344,30 @@ def _attn_prefill_kernel(
     c_end = tl.maximum(tl.minimum(((p_lo + 1) // BLOCK_N) * BLOCK_N, kv_end), b_end)
     n_front = tl.cdiv(b_end - kv_lo, BLOCK_N)
     n_masked = n_front + tl.cdiv(kv_end - c_end, BLOCK_N)
+    # This program's share of the loop: the single loop's tiles [s_lo, s_hi), or the unmasked
+    # tiles [u_lo, u_hi) plus, on the last split only, the n_masked edge tiles.
+    s_lo = kv_lo
+    s_hi = kv_end
+    u_lo = b_end
+    u_hi = c_end
+    n_parts = 1
+    split = 0
+    if SPLIT:
+        split = tl.program_id(2)
+        if SINGLE_LOOP:
+            first, n_tiles, n_parts = _split_share(tl.cdiv(kv_end - kv_lo, BLOCK_N), split,
+                                                   num_splits, min_tiles)
+            s_lo = kv_lo + first * BLOCK_N
+            s_hi = tl.minimum(s_lo + n_tiles * BLOCK_N, kv_end)
+        else:
+            first, n_tiles, n_parts = _split_share((c_end - b_end) // BLOCK_N, split,
+                                                   num_splits, min_tiles)
+            u_lo = b_end + first * BLOCK_N
+            u_hi = tl.minimum(u_lo + n_tiles * BLOCK_N, c_end)
+            n_masked = tl.where(split == n_parts - 1, n_masked, 0)
+        if split >= n_parts:
+            return  # this tile has fewer keys than the splits need (the q load above, kept
+            #         where the unsplit kernel issues it, is wasted then)
 
     bt_ptr = block_tables_ptr + seq.to(tl.int64) * stride_bt
     k_head_off = kvh * STRIDE_KH
@@ -339,7 +378,7 @@ def _attn_prefill_kernel(
     if SINGLE_LOOP:
         # One loop body: masks on every tile, but only one copy of the dot operands live (two
         # loops overflow RDNA3's 256 VGPRs even at 64x16 tiles).
-        for start in range(kv_lo, kv_end, BLOCK_N):
+        for start in range(s_lo, s_hi, BLOCK_N):
             blk = _tile_ids(bt_ptr, start, kv_end, BLOCK_N, BLOCK_SIZE, True, IDX64)
             acc, l_i, m_i = _prefill_tile(
                 acc, l_i, m_i, q, row_ok, start, kv_end, p_lo, blk, k_cache_ptr, v_cache_ptr,
@@ -351,11 +390,11 @@ def _attn_prefill_kernel(
         # depend on no load of their own iteration, so the software pipeliner can issue them
         # num_stages - 1 tiles ahead (with the id gather in the same iteration it waits for
         # every copy at the top of each tile and the memory latency shows on every tile).
-        blk = _tile_ids(bt_ptr, b_end, c_end, BLOCK_N, BLOCK_SIZE, True, IDX64)
-        for start in range(b_end, c_end, BLOCK_N):
-            blk_next = _tile_ids(bt_ptr, start + BLOCK_N, c_end, BLOCK_N, BLOCK_SIZE, True, IDX64)
+        blk = _tile_ids(bt_ptr, u_lo, u_hi, BLOCK_N, BLOCK_SIZE, True, IDX64)
+        for start in range(u_lo, u_hi, BLOCK_N):
+            blk_next = _tile_ids(bt_ptr, start + BLOCK_N, u_hi, BLOCK_N, BLOCK_SIZE, True, IDX64)
             acc, l_i, m_i = _prefill_tile(
-                acc, l_i, m_i, q, row_ok, start, c_end, p_lo, blk, k_cache_ptr, v_cache_ptr,
+                acc, l_i, m_i, q, row_ok, start, u_hi, p_lo, blk, k_cache_ptr, v_cache_ptr,
                 k_head_off, v_head_off, qk_scale, cap_scale, window, HT, Dk, Dv, BLOCK_M,
                 BLOCK_N, BLOCK_DK, BLOCK_DV, BLOCK_SIZE, STRIDE_KB, STRIDE_KS, STRIDE_VB,
                 STRIDE_VS, QK_CHUNK, False, SOFTCAP, WINDOW, DOT_F32)
@@ -371,10 +410,87 @@ def _attn_prefill_kernel(
                 BLOCK_N, BLOCK_DK, BLOCK_DV, BLOCK_SIZE, STRIDE_KB, STRIDE_KS, STRIDE_VB,
                 STRIDE_VS, QK_CHUNK, True, SOFTCAP, WINDOW, DOT_F32)
 
+    if SPLIT:
+        if n_parts > 1:
+            # Partials (unnormalised acc, max, sum) of this split; the last of the tile's
+            # n_parts programs to arrive merges them (as the fused decode merge does).
+            ng = tl.num_programs(1)
+            grp = tl.program_id(0) * ng + pid_h
+            row0 = grp.to(tl.int64) * num_splits
+            offs_m = tl.arange(0, BLOCK_M)
+            offs_dv = tl.arange(0, BLOCK_DV)
+            # (a 64-bit tile base and 32-bit offsets within it: fewer address registers)
+            tl.store(part_ptr + (row0 + split) * (BLOCK_M * Dv)
+                     + (offs_m[:, None] * Dv + offs_dv[None, :]), acc, mask=offs_dv[None, :] < Dv)
+            ml_ptr = part_ptr + (tl.num_programs(0) * ng).to(tl.int64) * num_splits * (BLOCK_M * Dv)
+            tl.store(ml_ptr + (row0 + split) * (2 * BLOCK_M) + offs_m, m_i)
+            tl.store(ml_ptr + (row0 + split) * (2 * BLOCK_M) + BLOCK_M + offs_m, l_i)
+            tl.debug_barrier()  # every thread's stores, then one release by the program
+            arrived = tl.atomic_add(sem_ptr + grp, 1, sem="acq_rel", scope="gpu")
+            if arrived == n_parts - 1:
+                _merge_store(part_ptr, ml_ptr, row0, n_parts, out_ptr, q_start, q0, q_len, kvh,
+                             hc, stride_ot, G, HT, BQ, Dv, BLOCK_M, BLOCK_DV)
+                tl.atomic_xchg(sem_ptr + grp, 0, sem="relaxed", scope="gpu")
+        else:
+            _store_rows(out_ptr, acc, l_i, tl.arange(0, BLOCK_M), q_start, q0, q_len, kvh, hc,
+                        stride_ot, G, HT, BQ, Dv, BLOCK_DV)
+    else:
+        _store_rows(out_ptr, acc, l_i, tl.arange(0, BLOCK_M), q_start, q0, q_len, kvh, hc,
+                    stride_ot, G, HT, BQ, Dv, BLOCK_DV)
+
+
+@triton.jit
+def _split_share(n_tiles, split, num_splits, min_tiles):
+    """A prefill tile's n_tiles KV tiles over at most num_splits programs of >= min_tiles
+    tiles each (one program when there are fewer): (first tile, tiles, n_parts) of `split`.
+    Runs of cdiv(n_tiles, n_parts) tiles, so no split but the last is short and none is empty;
+    splits >= n_parts have no work."""
+    want = tl.minimum(tl.maximum(n_tiles // tl.maximum(min_tiles, 1), 1), num_splits)
+    per = tl.maximum(tl.cdiv(n_tiles, want), 1)
+    n_parts = tl.maximum(tl.cdiv(n_tiles, per), 1)
+    return split * per, per, n_parts
+
+
+@triton.jit
+def _merge_store(part_ptr, ml_ptr, row0, n_parts, out_ptr, q_start, q0, q_len, kvh, hc,
+                 stride_ot, G: tl.constexpr, HT: tl.constexpr, BQ: tl.constexpr,
+                 Dv: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_DV: tl.constexpr):
+    """Merge a prefill tile's n_parts partials (rows row0 .. row0 + n_parts - 1 of part_ptr /
+    ml_ptr, as the prefill kernel stores them; the caller's own among them) and store the
+    output. The caller's accumulator is dead by then: merging the others into it in registers
+    spilled on sm90 at d = 256, reading its own partial back does not."""
+    offs_m = tl.arange(0, BLOCK_M)
+    offs_dv = tl.arange(0, BLOCK_DV)
+    m_run = tl.full([BLOCK_M], -1.0e30, dtype=tl.float32)
+    l_run = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_DV], dtype=tl.float32)
+    for p in range(0, n_parts):
+        row = row0 + p
+        # ".cg": from L2, never a stale L1 line (other programs wrote these in this launch).
+        # (A 64-bit base per partial and 32-bit offsets within it: fewer address registers.)
+        m_p = tl.load(ml_ptr + row * (2 * BLOCK_M) + offs_m, cache_modifier=".cg")
+        l_p = tl.load(ml_ptr + row * (2 * BLOCK_M) + BLOCK_M + offs_m, cache_modifier=".cg")
+        a_p = tl.load(part_ptr + row * (BLOCK_M * Dv) + (offs_m[:, None] * Dv + offs_dv[None, :]),
+                      mask=offs_dv[None, :] < Dv, other=0.0, cache_modifier=".cg")
+        m_new = tl.maximum(m_run, m_p)
+        alpha = tl.exp2(m_run - m_new)
+        beta = tl.exp2(m_p - m_new)
+        acc = acc * alpha[:, None] + a_p * beta[:, None]
+        l_run = l_run * alpha + l_p * beta
+        m_run = m_new
+    _store_rows(out_ptr, acc, l_run, offs_m, q_start, q0, q_len, kvh, hc, stride_ot, G, HT, BQ,
+                Dv, BLOCK_DV)
+
+
+@triton.jit
+def _store_rows(out_ptr, acc, l_i, offs_m, q_start, q0, q_len, kvh, hc, stride_ot,
+                G: tl.constexpr, HT: tl.constexpr, BQ: tl.constexpr, Dv: tl.constexpr,
+                BLOCK_DV: tl.constexpr):
+    """Normalise rows offs_m of a prefill tile's accumulator and store the valid ones (row r:
+    token q0 + r // HT, head hc * HT + r % HT of KV group kvh). The row indices are formed
+    again (cheap) rather than kept live through the KV loops."""
     l_i = tl.where(l_i > 0.0, l_i, 1.0)
     o = acc / l_i[:, None]
-    # Row indices again (cheap) rather than kept live through the loops.
-    offs_m = tl.arange(0, BLOCK_M)
     offs_dv = tl.arange(0, BLOCK_DV)
     tok = offs_m // HT
     hg = hc * HT + offs_m % HT
@@ -770,12 +886,18 @@ def _prefill_default(kind: str, dk: int, elem: int) -> dict:
     larger tiles or two loop bodies spill).
     SINGLE_LOOP (0/1): one masked loop instead of two. QK_CHUNK: 0 (Q K^T in one dot) or a
     power of two < head dim (chunked dots, Q reloaded per KV tile: fewer registers). HT: query
-    heads of a KV group packed into one tile's rows, 0 for the whole group.
+    heads of a KV group packed into one tile's rows, 0 for the whole group. KV_SPLITS: at
+    most this many programs share one tile's keys when the grid has fewer tiles than the device
+    has CUs (1: never), each taking at least KV_SPLIT_MIN keys (`num_prefill_splits`). H100,
+    Gemma 3 heads at the sm90 d256 tile (bench_attention --sweep, run 23): KV_SPLIT_MIN 256 led
+    (us at 512 queries after 1,024 / 4,096 cached keys and a 2,048-token prompt: 25.9 / 49.9 /
+    54.9; 512: 35.1 / 50.3 / 58.5; no splits: 53.6 / 148.9 / 69.9). A tile of <= 512 keys (a
+    512-token prompt, a 512-key window) splits in two at 256 and loses ~0.5-1 us to the merge.
     """
     big = dk > 128
     if kind == "interp":  # modest tiles; launch options unused
         return {"BLOCK_M": 64, "BLOCK_N": 32, "num_warps": 4, "num_stages": 1, "SINGLE_LOOP": 0,
-                "QK_CHUNK": 0, "HT": 0}
+                "QK_CHUNK": 0, "HT": 0, "KV_SPLITS": 16, "KV_SPLIT_MIN": 256}
     if kind == "nvidia":
         # sm90 ISA (bf16): d128 128x64 / 8 warps / 3 stages: 216 regs, 129 KiB smem, K/V two
         # tiles ahead; d64 at 4 warps sits at 255 regs (8: 159); d256 64x64 spilled at 2 and 3
@@ -803,7 +925,7 @@ def _prefill_default(kind: str, dk: int, elem: int) -> dict:
             cfg["num_warps"], cfg["QK_CHUNK"] = 8, 32 if dk > 64 else 0
         if kind == "rdna":  # no fp32 WMMA: FMA dots hold a K-row per thread; chunk the head dim
             cfg["num_warps"], cfg["QK_CHUNK"] = 8, 32
-    cfg["HT"] = 0
+    cfg.update(HT=0, KV_SPLITS=16, KV_SPLIT_MIN=256)
     return cfg
 
 
@@ -960,11 +1082,29 @@ def _prefill_plan(kind: str, dk: int, dv: int, G: int, elem: int, lds_bytes: int
     cfg = tuning.get_config("attn_prefill_f32" if elem == 4 else "attn_prefill",
                             tuning.bucket(d=dk, g=G), default)
     block_m = int(cfg["BLOCK_M"])
+    block_n = int(cfg["BLOCK_N"])
+    for key, v in (("BLOCK_M", block_m), ("BLOCK_N", block_n)):
+        if v < 16:  # tl.dot's minimum (the tables check for powers of two)
+            raise ValueError(f"attn_prefill {key}: must be at least 16, got {v}")
     block_dk = max(16, _pow2(dk))
+    kv_min = max(1, -(-int(cfg["KV_SPLIT_MIN"]) // block_n)) * block_n  # whole KV tiles
     return {**_tile_rows(G, block_m, cfg["HT"]), "BLOCK_M": block_m,
-            "BLOCK_N": int(cfg["BLOCK_N"]), "BLOCK_DK": block_dk,
+            "BLOCK_N": block_n, "BLOCK_DK": block_dk,
             "BLOCK_DV": max(16, _pow2(dv)), "SINGLE_LOOP": bool(int(cfg["SINGLE_LOOP"])),
-            "QK_CHUNK": _qk_chunk(cfg, block_dk), "opts": _launch_opts(cfg, kind)}
+            "QK_CHUNK": _qk_chunk(cfg, block_dk), "opts": _launch_opts(cfg, kind),
+            "kv_splits": max(1, min(int(cfg["KV_SPLITS"]), MAX_SPLITS)),
+            "kv_split_min": kv_min, "min_tiles": kv_min // block_n}
+
+
+def num_prefill_splits(n_programs: int, max_kv: int, plan: dict, num_cus: int) -> int:
+    """How many programs share a prefill tile's keys (grid axis 2), from host ints: enough
+    for the grid to reach one program per CU (a prefill tile fills an SM), with splits of at
+    least KV_SPLIT_MIN keys of the longest sequence, at most KV_SPLITS. Each tile splits its
+    own keys on the device (`_split_share`): short tiles stay whole, extra programs exit."""
+    if plan["kv_splits"] <= 1 or n_programs >= num_cus:
+        return 1
+    want = -(-num_cus // max(1, n_programs))
+    return max(1, min(want, max(1, max_kv) // plan["kv_split_min"], plan["kv_splits"]))
 
 
 def clear_config_cache() -> None:
@@ -1175,7 +1315,7 @@ def attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
             S = max(1, min(-(-max(1, max_kv) // min_part), MAX_SPLITS))
         else:
             min_part, align = plan["min_part"], plan["BLOCK_N"]
-            S = num_decode_splits(max_kv, nseq * ng, plan, info.num_cus if info else 4)
+            S = num_decode_splits(max_kv, nseq * ng, plan, info.num_cus if info else _NO_GPU_CUS)
         split = S > 1
         fused = split and plan["fused"]
         if split:
@@ -1216,14 +1356,23 @@ def attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
     # ---- prefill / mixed -------------------------------------------------------------------------
     plan = _prefill_plan(kind, dk, dv, G, elem, info.lds_bytes if info else 0)
     grid = (T // plan["BQ"] + nseq, num_kv_heads * plan["NHC"])
-    _attn_prefill_kernel[grid](
-        q, k_cache, v_cache, out, query_start_loc, seq_lens, block_tables, nseq,
+    max_kv = int(max_seq_len) if max_seq_len is not None else block_tables.shape[1] * bs
+    S = num_prefill_splits(grid[0] * grid[1], max_kv, plan, info.num_cus if info else _NO_GPU_CUS)
+    if S > 1:
+        part = torch.empty(grid[0] * grid[1] * S * plan["BLOCK_M"] * (dv + 2),
+                           dtype=torch.float32, device=q.device)
+        sem = _semaphores(q.device, grid[0] * grid[1])
+    else:
+        part, sem = out, seq_lens  # unused
+    _attn_prefill_kernel[grid + (S,)](
+        q, k_cache, v_cache, out, part, sem, query_start_loc, seq_lens, block_tables, nseq,
+        S, plan["min_tiles"],
         q.stride(0), out.stride(0), block_tables.stride(0), qk_scale, cap_scale, window,
         G=G, HT=plan["HT"], NHC=plan["NHC"], BQ=plan["BQ"], Dk=dk, Dv=dv,
         BLOCK_M=plan["BLOCK_M"], BLOCK_N=plan["BLOCK_N"], BLOCK_DK=plan["BLOCK_DK"],
         BLOCK_DV=plan["BLOCK_DV"], BLOCK_SIZE=bs, BLOCK_B=64, SINGLE_LOOP=plan["SINGLE_LOOP"],
         QK_CHUNK=plan["QK_CHUNK"], IDX64=_span(k_cache) >= 2**31 or _span(v_cache) >= 2**31,
-        **common, **plan["opts"])
+        SPLIT=S > 1, **common, **plan["opts"])
     return out
 
 
@@ -1294,8 +1443,12 @@ def compile_specs(kind: str = "rdna", dtypes: tuple = ("fp16", "bf16", "fp32"),
                       BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], BLOCK_DK=d, BLOCK_DV=d,
                       BLOCK_SIZE=16, BLOCK_B=64, **strides, SOFTCAP=softcap_on, WINDOW=window_on,
                       DOT_F32=False, SINGLE_LOOP=bool(cfg["SINGLE_LOOP"]),
-                      QK_CHUNK=_qk_chunk(cfg, d), IDX64=di % 2 == 1)
+                      QK_CHUNK=_qk_chunk(cfg, d), IDX64=di % 2 == 1,
+                      # split keys with the merge epilogue: NVIDIA bf16 (the production
+                      # launch, whose registers it bounds), varied elsewhere
+                      SPLIT=(dt == "bf16") if kind == "nvidia" else (di + ti) % 2 == 1)
             types = {"q_ptr": ptr, "k_cache_ptr": ptr, "v_cache_ptr": ptr, "out_ptr": ptr,
+                     "part_ptr": "*fp32", "sem_ptr": "*i32",
                      "qsl_ptr": "*i32", "seq_lens_ptr": "*i32", "block_tables_ptr": "*i32",
                      "qk_scale": "fp32", "cap_scale": "fp32"}
             sig = _sig(_attn_prefill_kernel, types, ce)

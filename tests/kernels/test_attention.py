@@ -284,6 +284,83 @@ def test_negative_scale_rejected(rng):
                        t["block_tables"], 2, 1, -0.125)
 
 
+@pytest.fixture
+def prefill_splits(monkeypatch):
+    """Make the prefill launcher split the keys of small test grids: a CU count (the
+    interpreter's) above the grid, and splits of KV_SPLIT_MIN keys (other keys laid over the
+    default too). Returns the split counts the launches used."""
+    used = []
+    orig_n = attn.num_prefill_splits
+
+    def count(*a):
+        used.append(orig_n(*a))
+        return used[-1]
+
+    def force(min_keys, **kw):
+        orig = attn._prefill_default
+        monkeypatch.setattr(attn, "_prefill_default",
+                            lambda *a: dict(orig(*a), KV_SPLIT_MIN=min_keys, **kw))
+        monkeypatch.setattr(attn, "_NO_GPU_CUS", 256)
+        monkeypatch.setattr(attn, "num_prefill_splits", count)
+        attn.clear_config_cache()
+        return used
+    return force
+
+
+@pytest.mark.parametrize("dtype,single,window,softcap,bs,min_keys", [
+    ("fp32", False, None, None, 16, 32),
+    ("fp32", True, None, None, 16, 32),
+    ("bf16", False, 50, None, 32, 32),     # window: front tiles masked, on the last split
+    ("fp16", True, 50, 20.0, 16, 64),
+    ("fp32", False, None, 20.0, 64, 100),  # KV_SPLIT_MIN not a multiple of BLOCK_N
+])
+def test_prefill_split_keys(rng, prefill_splits, dtype, single, window, softcap, bs, min_keys):
+    """The keys of a prefill tile split over programs whose partials the last to finish
+    merges: whole prompts, chunks after a context (splits of the unmasked tiles; the last split
+    also takes the masked ones), a decode row, tiles too short to split, GQA 3:1 (idle rows),
+    head dim 80. The arrival counters are left at zero."""
+    used = prefill_splits(min_keys, SINGLE_LOOP=int(single))
+    seq_lens, q_lens = [300, 5, 130, 261, 40], [7, 5, 40, 1, 40]
+    t, n = make_case(rng, seq_lens, q_lens, 6, 2, 80, 80, bs, dtype,
+                     q_mult=3.0 if softcap else 1.0)
+    run_and_check(t, n, 6, 2, 80 ** -0.5, dtype, window, softcap, max_query_len=40,
+                  max_seq_len=max(seq_lens))
+    assert used and used[-1] > 1, used
+    assert counters_zero(t["q"].device)
+    # max_seq_len unknown: the block table's capacity bounds the splits
+    run_and_check(t, n, 6, 2, 80 ** -0.5, dtype, window, softcap, max_query_len=40)
+    assert used[-1] > 1 and counters_zero(t["q"].device)
+
+
+def test_prefill_tile_sizes_checked(rng):
+    """A table's BLOCK_M / BLOCK_N must be >= 16 (tl.dot's minimum; the tables check for
+    powers of two): a clear error, not a compile failure."""
+    from forge.kernels import tuning
+
+    t, _ = make_case(rng, [5], [5], 2, 1, 64, 64, 16, "fp32")
+    for key, v in (("BLOCK_M", 8), ("BLOCK_N", 8)):
+        with tuning.override({"attn_prefill_f32": {"*": {key: v}}}):
+            attn.clear_config_cache()
+            with pytest.raises(ValueError, match=key):
+                attn.attention(t["q"], t["k_cache"], t["v_cache"], t["query_start_loc"],
+                               t["seq_lens"], t["block_tables"], 2, 1, 0.125)
+
+
+def test_prefill_split_count():
+    """The split rule: programs up to one per CU, KV_SPLIT_MIN keys each, at most KV_SPLITS;
+    none when the grid already fills the device or the config says 1."""
+    plan = {"kv_splits": 16, "kv_split_min": 512}
+    H100 = 132
+    assert attn.num_prefill_splits(33, 8704, plan, H100) == 4      # Gemma 3: 512 after 8192
+    assert attn.num_prefill_splits(33, 1024, plan, H100) == 2      # the keys bound it
+    assert attn.num_prefill_splits(33, 500, plan, H100) == 1
+    assert attn.num_prefill_splits(2, 1 << 20, plan, H100) == 16   # KV_SPLITS bounds it
+    assert attn.num_prefill_splits(132, 1 << 20, plan, H100) == 1  # the grid fills the GPU
+    assert attn.num_prefill_splits(136, 8704, plan, H100) == 1     # 8B heads: 512 after 8192
+    assert attn.num_prefill_splits(2, 1 << 20, dict(plan, kv_splits=1), H100) == 1
+    assert attn.num_prefill_splits(2, 0, plan, H100) == 1
+
+
 def test_prefill_head_dim_256(rng):
     t, n = make_case(rng, [5, 40], [5, 23], 4, 1, 256, 256, 16, "bf16")
     run_and_check(t, n, 4, 1, 256 ** -0.5, "bf16", window=7, max_query_len=23)
@@ -517,6 +594,13 @@ def test_gpu_gemma3_shapes(rng):
     run_and_check(t, n, 4, 1, 256 ** -0.5, "bf16", window=512, max_query_len=1,
                   max_seq_len=3000)
     run_and_check(t, n, 4, 1, 256 ** -0.5, "bf16", max_query_len=1, max_seq_len=3000)
+    # a chunk after a long context (a global layer: no window): 19 + 2 tiles of one KV head,
+    # so the launcher splits each tile's keys (the shipped configs)
+    t, n = make_case(rng, [3300, 40], [300, 40], 4, 1, 256, 256, 16, "bf16")
+    run_and_check(t, n, 4, 1, 256 ** -0.5, "bf16", max_query_len=300, max_seq_len=3300)
+    run_and_check(t, n, 4, 1, 256 ** -0.5, "bf16", softcap=30.0, max_query_len=300,
+                  max_seq_len=3300)
+    assert counters_zero(t["q"].device)
 
 
 @pytest.mark.gpu
