@@ -269,7 +269,8 @@ def _attn_prefill_kernel(
     v_cache_ptr,       # [NB, BS, Hkv, Dv]  strides (STRIDE_VB, STRIDE_VS, STRIDE_VH, 1)
     out_ptr,           # [T, H*Dv]   row stride stride_ot
     part_ptr,          # SPLIT: f32 [R, BLOCK_M, Dv] partial accs, then [R, 2, BLOCK_M] (max,
-                       #   sum); R = tiles x groups x num_splits, row (tile * ng + g) * S + split
+                       #   sum); R = tiles x groups x num_splits, row (program_id(0) * ng + g)
+                       #   * S + split
     sem_ptr,           # SPLIT: [>= tiles x groups] i32 arrival counters, zero between launches
     qsl_ptr,           # [B+1] i32
     seq_lens_ptr,      # [B] i32
@@ -892,7 +893,10 @@ def _prefill_default(kind: str, dk: int, elem: int) -> dict:
     Gemma 3 heads at the sm90 d256 tile (bench_attention --sweep, run 23): KV_SPLIT_MIN 256 led
     (us at 512 queries after 1,024 / 4,096 cached keys and a 2,048-token prompt: 25.9 / 49.9 /
     54.9; 512: 35.1 / 50.3 / 58.5; no splits: 53.6 / 148.9 / 69.9). A tile of <= 512 keys (a
-    512-token prompt, a 512-key window) splits in two at 256 and loses ~0.5-1 us to the merge.
+    512-token prompt, a 512-key window) has at most 7 unmasked 64-key tiles and does not split,
+    but the grid still has its extra programs (the host sees only the longest sequence and the
+    window), which load Q and exit: 0.5-1 us more at those shapes. CDNA / RDNA: the same keys,
+    with the merge fused (one launch) as on NVIDIA; not measured there.
     """
     big = dk > 128
     if kind == "interp":  # modest tiles; launch options unused
@@ -1099,8 +1103,9 @@ def _prefill_plan(kind: str, dk: int, dv: int, G: int, elem: int, lds_bytes: int
 def num_prefill_splits(n_programs: int, max_kv: int, plan: dict, num_cus: int) -> int:
     """How many programs share a prefill tile's keys (grid axis 2), from host ints: enough
     for the grid to reach one program per CU (a prefill tile fills an SM), with splits of at
-    least KV_SPLIT_MIN keys of the longest sequence, at most KV_SPLITS. Each tile splits its
-    own keys on the device (`_split_share`): short tiles stay whole, extra programs exit."""
+    least KV_SPLIT_MIN of the max_kv keys a tile may attend (the longest sequence, or less under
+    a sliding window), at most KV_SPLITS. Each tile splits its own keys on the device
+    (`_split_share`): short tiles stay whole, extra programs exit."""
     if plan["kv_splits"] <= 1 or n_programs >= num_cus:
         return 1
     want = -(-num_cus // max(1, n_programs))
@@ -1357,6 +1362,8 @@ def attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
     plan = _prefill_plan(kind, dk, dv, G, elem, info.lds_bytes if info else 0)
     grid = (T // plan["BQ"] + nseq, num_kv_heads * plan["NHC"])
     max_kv = int(max_seq_len) if max_seq_len is not None else block_tables.shape[1] * bs
+    if window:  # a tile attends at most its BQ tokens' windows, from a BLOCK_N-aligned start
+        max_kv = min(max_kv, window + plan["BQ"] + plan["BLOCK_N"])
     S = num_prefill_splits(grid[0] * grid[1], max_kv, plan, info.num_cus if info else _NO_GPU_CUS)
     if S > 1:
         part = torch.empty(grid[0] * grid[1] * S * plan["BLOCK_M"] * (dv + 2),

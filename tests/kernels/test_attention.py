@@ -310,8 +310,8 @@ def prefill_splits(monkeypatch):
 @pytest.mark.parametrize("dtype,single,window,softcap,bs,min_keys", [
     ("fp32", False, None, None, 16, 32),
     ("fp32", True, None, None, 16, 32),
-    ("bf16", False, 50, None, 32, 32),     # window: front tiles masked, on the last split
-    ("fp16", True, 50, 20.0, 16, 64),
+    ("bf16", False, 130, None, 32, 32),    # window: front tiles masked, on the last split
+    ("fp16", True, 130, 20.0, 16, 64),
     ("fp32", False, None, 20.0, 64, 100),  # KV_SPLIT_MIN not a multiple of BLOCK_N
 ])
 def test_prefill_split_keys(rng, prefill_splits, dtype, single, window, softcap, bs, min_keys):
@@ -594,11 +594,14 @@ def test_gpu_gemma3_shapes(rng):
     run_and_check(t, n, 4, 1, 256 ** -0.5, "bf16", window=512, max_query_len=1,
                   max_seq_len=3000)
     run_and_check(t, n, 4, 1, 256 ** -0.5, "bf16", max_query_len=1, max_seq_len=3000)
-    # a chunk after a long context (a global layer: no window): 19 + 2 tiles of one KV head,
+    # a chunk after a long context (a global layer: no window): 19 + 3 tiles of one KV head,
     # so the launcher splits each tile's keys (the shipped configs)
     t, n = make_case(rng, [3300, 40], [300, 40], 4, 1, 256, 256, 16, "bf16")
     run_and_check(t, n, 4, 1, 256 ** -0.5, "bf16", max_query_len=300, max_seq_len=3300)
     run_and_check(t, n, 4, 1, 256 ** -0.5, "bf16", softcap=30.0, max_query_len=300,
+                  max_seq_len=3300)
+    # a window wide enough to split under it: the front tiles go to the last split
+    run_and_check(t, n, 4, 1, 256 ** -0.5, "bf16", window=1000, max_query_len=300,
                   max_seq_len=3300)
     assert counters_zero(t["q"].device)
 
