@@ -210,19 +210,15 @@ def prefill_fns(n, dtype, gen, ctx: int = 0):
     if WINDOW:  # a dense boolean mask (SDPA has no sliding-window argument)
         pos = ctx + torch.arange(n, device=dev)[:, None]
         j = torch.arange(total, device=dev)[None, :]
-        mask = (j <= pos) & (pos - j < WINDOW)
-
-        def ref():
-            return F.scaled_dot_product_attention(qd, kd, vd, attn_mask=mask, scale=scale)
+        masking = {"attn_mask": (j <= pos) & (pos - j < WINDOW)}
     elif ctx:  # queries at the end of the keys: the causal mask aligned to the lower right
         from torch.nn.attention.bias import causal_lower_right
-        mask = causal_lower_right(n, total)
-
-        def ref():
-            return F.scaled_dot_product_attention(qd, kd, vd, attn_mask=mask, scale=scale)
+        masking = {"attn_mask": causal_lower_right(n, total)}
     else:
-        def ref():
-            return F.scaled_dot_product_attention(qd, kd, vd, is_causal=True, scale=scale)
+        masking = {"is_causal": True}
+
+    def ref():
+        return F.scaled_dot_product_attention(qd, kd, vd, scale=scale, **masking)
 
     def err():
         ours()

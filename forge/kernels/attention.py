@@ -110,7 +110,7 @@ from forge.kernels.specs import divisibility_attrs
 LOG2E = 1.4426950408889634
 MAX_SPLITS = 256          # hard cap on decode splits per sequence (configs cap lower: MAX_SPLITS)
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-_NO_GPU_CUS = 4           # the CU count split decisions assume under the interpreter (tests vary it)
+_NO_GPU_CUS = 4           # CUs the split decisions assume under the interpreter (tests vary it)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -423,21 +423,19 @@ def _attn_prefill_kernel(
             # (a 64-bit tile base and 32-bit offsets within it: fewer address registers)
             tl.store(part_ptr + (row0 + split) * (BLOCK_M * Dv)
                      + (offs_m[:, None] * Dv + offs_dv[None, :]), acc, mask=offs_dv[None, :] < Dv)
-            ml_ptr = part_ptr + (tl.num_programs(0) * ng).to(tl.int64) * num_splits * (BLOCK_M * Dv)
+            ml_ptr = _stats_ptr(part_ptr, num_splits, BLOCK_M, Dv)
             tl.store(ml_ptr + (row0 + split) * (2 * BLOCK_M) + offs_m, m_i)
             tl.store(ml_ptr + (row0 + split) * (2 * BLOCK_M) + BLOCK_M + offs_m, l_i)
-            tl.debug_barrier()  # every thread's stores, then one release by the program
-            arrived = tl.atomic_add(sem_ptr + grp, 1, sem="acq_rel", scope="gpu")
-            if arrived == n_parts - 1:
+            if _last_arrival(sem_ptr, grp, n_parts):
                 _merge_store(part_ptr, ml_ptr, row0, n_parts, out_ptr, q_start, q0, q_len, kvh,
                              hc, stride_ot, G, HT, BQ, Dv, BLOCK_M, BLOCK_DV)
-                tl.atomic_xchg(sem_ptr + grp, 0, sem="relaxed", scope="gpu")
+                _reset_arrivals(sem_ptr, grp)
         else:
-            _store_rows(out_ptr, acc, l_i, tl.arange(0, BLOCK_M), q_start, q0, q_len, kvh, hc,
-                        stride_ot, G, HT, BQ, Dv, BLOCK_DV)
+            _store_tile(out_ptr, acc, l_i, q_start, q0, q_len, kvh, hc, stride_ot, G, HT, BQ, Dv,
+                        BLOCK_M, BLOCK_DV)
     else:
-        _store_rows(out_ptr, acc, l_i, tl.arange(0, BLOCK_M), q_start, q0, q_len, kvh, hc,
-                    stride_ot, G, HT, BQ, Dv, BLOCK_DV)
+        _store_tile(out_ptr, acc, l_i, q_start, q0, q_len, kvh, hc, stride_ot, G, HT, BQ, Dv,
+                    BLOCK_M, BLOCK_DV)
 
 
 @triton.jit
@@ -479,19 +477,20 @@ def _merge_store(part_ptr, ml_ptr, row0, n_parts, out_ptr, q_start, q0, q_len, k
         acc = acc * alpha[:, None] + a_p * beta[:, None]
         l_run = l_run * alpha + l_p * beta
         m_run = m_new
-    _store_rows(out_ptr, acc, l_run, offs_m, q_start, q0, q_len, kvh, hc, stride_ot, G, HT, BQ,
-                Dv, BLOCK_DV)
+    _store_tile(out_ptr, acc, l_run, q_start, q0, q_len, kvh, hc, stride_ot, G, HT, BQ, Dv,
+                BLOCK_M, BLOCK_DV)
 
 
 @triton.jit
-def _store_rows(out_ptr, acc, l_i, offs_m, q_start, q0, q_len, kvh, hc, stride_ot,
-                G: tl.constexpr, HT: tl.constexpr, BQ: tl.constexpr, Dv: tl.constexpr,
+def _store_tile(out_ptr, acc, l_i, q_start, q0, q_len, kvh, hc, stride_ot, G: tl.constexpr,
+                HT: tl.constexpr, BQ: tl.constexpr, Dv: tl.constexpr, BLOCK_M: tl.constexpr,
                 BLOCK_DV: tl.constexpr):
-    """Normalise rows offs_m of a prefill tile's accumulator and store the valid ones (row r:
-    token q0 + r // HT, head hc * HT + r % HT of KV group kvh). The row indices are formed
-    again (cheap) rather than kept live through the KV loops."""
+    """Normalise a prefill tile's accumulator and store its valid rows (row r: token
+    q0 + r // HT, head hc * HT + r % HT of KV group kvh). The row indices are formed again
+    (cheap) rather than kept live through the KV loops."""
     l_i = tl.where(l_i > 0.0, l_i, 1.0)
     o = acc / l_i[:, None]
+    offs_m = tl.arange(0, BLOCK_M)
     offs_dv = tl.arange(0, BLOCK_DV)
     tok = offs_m // HT
     hg = hc * HT + offs_m % HT
@@ -518,6 +517,30 @@ def _decode_partition(seq_len, window, num_splits, min_part, part_align,
     part = tl.maximum(tl.cdiv(part, part_align) * part_align, min_part)
     n_parts = tl.maximum(tl.cdiv(span, part), 1)
     return kv_start, base, part, n_parts
+
+
+@triton.jit
+def _stats_ptr(part_ptr, num_splits, ROWS: tl.constexpr, Dv: tl.constexpr):
+    """Where split partials' (max, sum) rows start: after the [ROWS, Dv] accumulators of every
+    (program_id(0), program_id(1), split) row of the grid (decode, its reduce, split prefill)."""
+    n_rows = (tl.num_programs(0) * tl.num_programs(1)).to(tl.int64) * num_splits
+    return part_ptr + n_rows * (ROWS * Dv)
+
+
+@triton.jit
+def _last_arrival(sem_ptr, grp, n_parts):
+    """Count this program in at group grp's arrival counter once all its threads have stored
+    their partials (one release by the program): True for the last of the group's n_parts,
+    whose acquire then sees every partial. That program merges, then `_reset_arrivals`, so
+    the counters are zero between launches (graph replays need no memset)."""
+    tl.debug_barrier()
+    arrived = tl.atomic_add(sem_ptr + grp, 1, sem="acq_rel", scope="gpu")
+    return arrived == n_parts - 1
+
+
+@triton.jit
+def _reset_arrivals(sem_ptr, grp):
+    tl.atomic_xchg(sem_ptr + grp, 0, sem="relaxed", scope="gpu")
 
 
 @triton.jit
@@ -784,21 +807,16 @@ def _attn_decode_kernel(
             acc_rows = part_ptr + (row * BLOCK_HT + offs_g) * Dv
             tl.store(acc_rows[:, None] + offs_dv[None, :], acc,
                      mask=row_ok[:, None] & (offs_dv[None, :] < Dv))
-            n_rows = (tl.num_programs(0) * ng).to(tl.int64) * num_splits
-            ml_ptr = part_ptr + n_rows * (BLOCK_HT * Dv)
+            ml_ptr = _stats_ptr(part_ptr, num_splits, BLOCK_HT, Dv)
             tl.store(ml_ptr + row * (2 * BLOCK_HT) + offs_g, m_i, mask=row_ok)
             tl.store(ml_ptr + row * (2 * BLOCK_HT) + BLOCK_HT + offs_g, l_i, mask=row_ok)
             if FUSED_REDUCE:
-                # Every thread's partial stores, then one release by the program: the last
-                # arrival (acquire) sees all n_parts partials of the group.
-                tl.debug_barrier()
-                arrived = tl.atomic_add(sem_ptr + grp, 1, sem="acq_rel", scope="gpu")
-                if arrived == n_parts - 1:
+                if _last_arrival(sem_ptr, grp, n_parts):
                     o = _combine(part_ptr, ml_ptr, grp.to(tl.int64) * num_splits, n_parts, HT,
                                  Dv, BLOCK_HT, BLOCK_DV, SPLIT_CHUNK)
                     _store_group(out_ptr, t_idx, stride_ot, o, kvh, hc, xq_ptr, xs_ptr,
                                  stride_xq, NCH, G, HT, Dv, BLOCK_HT, BLOCK_DV, XQ_V, XQ_E)
-                    tl.atomic_xchg(sem_ptr + grp, 0, sem="relaxed", scope="gpu")
+                    _reset_arrivals(sem_ptr, grp)
         else:
             l_i = tl.where(l_i > 0.0, l_i, 1.0)
             _store_group(out_ptr, t_idx, stride_ot, acc / l_i[:, None], kvh, hc, xq_ptr, xs_ptr,
@@ -839,9 +857,8 @@ def _attn_reduce_kernel(
         return
     ng = tl.num_programs(1)
     grp = seq * ng + gid
-    n_rows = (tl.num_programs(0) * ng).to(tl.int64) * num_splits
-    o = _combine(part_ptr, part_ptr + n_rows * (BLOCK_HT * Dv), grp.to(tl.int64) * num_splits,
-                 n_parts, HT, Dv, BLOCK_HT, BLOCK_DV, SPLIT_CHUNK)
+    o = _combine(part_ptr, _stats_ptr(part_ptr, num_splits, BLOCK_HT, Dv),
+                 grp.to(tl.int64) * num_splits, n_parts, HT, Dv, BLOCK_HT, BLOCK_DV, SPLIT_CHUNK)
     _store_group(out_ptr, q_start.to(tl.int64), stride_ot, o, gid // NHC, gid % NHC, xq_ptr,
                  xs_ptr, stride_xq, NCH, G, HT, Dv, BLOCK_HT, BLOCK_DV, XQ_V, XQ_E)
 
