@@ -168,8 +168,8 @@ def _b(**dims) -> str:
 # How a spec's representative shape maps to the bucket its launcher asks for, for specs that do
 # not say so themselves with a "bucket" key. Must mirror the launchers; when a lambda fails
 # (KeyError) or returns None, every table entry of the kernel is compiled against that spec.
+# (attn_prefill's specs carry their bucket: its `t`, the call's query tokens, is no constexpr.)
 SPEC_BUCKET = {
-    "attn_prefill": lambda ce: _b(d=ce["Dk"], g=ce["G"]),
     "attn_decode": lambda ce: _b(d=ce["Dk"], g=ce["G"]),
     "attn_reduce": lambda ce: _b(d=ce["Dv"], s=ce["BLOCK_S"]),
     # SINGLE: the row fits BLOCK_D (D <= BLOCK_D); else the launcher only loops for D > BLOCK_D
@@ -270,7 +270,7 @@ def _cover(add, target, kernel, group, entries) -> None:
             near = group
         else:
             want = tuning.parse_bucket(key)
-            dist = [tuning.bucket_distance(want, tuning.parse_bucket(g[3])) for g in known]
+            dist = [tuning.match_distance(tuning.parse_bucket(g[3]), want) for g in known]
             near = [g for g, d in zip(known, dist) if d == min(dist)]
         for mod, idx, spec, _ in near:
             add(target, kernel, mod, idx, spec, label, e)

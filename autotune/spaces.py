@@ -334,8 +334,13 @@ def attention_problems(kernel: str) -> list[Problem]:
     for d, h, hkv in ((64, 32, 8), (128, 32, 8), (128, 32, 4), (256, 8, 4)):
         g = h // hkv
         if kernel == "attn_prefill":
-            cases = [("prefill 1x2048", [2048], [2048], None),
-                     ("chunk 4x512@4096", [512] * 4, [4096] * 4, None)]
+            # the bucket's t is the call's query tokens (a few-tile chunk and a long prompt may
+            # want different tiles: Gemma 3 heads on an H100, bench/results/run24): a lone
+            # 512-token chunk, 2048 tokens as one prompt or four chunks, an 8192-token prompt
+            cases = [("chunk 1x512@4096", [512], [4096], None),
+                     ("prefill 1x2048", [2048], [2048], None),
+                     ("chunk 4x512@4096", [512] * 4, [4096] * 4, None),
+                     ("prefill 1x8192", [8192], [8192], None)]
         else:
             # batch 1 at a short and a long context, in a graph captured for 8,192 keys (the
             # split count comes from that capacity, as in the engine's decode graphs), and two
@@ -348,7 +353,8 @@ def attention_problems(kernel: str) -> list[Problem]:
             def setup(dev, dtype, d=d, h=h, hkv=hkv, qlens=qlens, klens=klens, cap=cap):
                 return _attn_setup(dev, dtype, d, h, hkv, qlens, klens, max_seq_len=cap)
 
-            out.append(Problem(kernel, kernel, f"{label} d{d} h{h}/{hkv}", {"d": d, "g": g}, setup))
+            dims = {"d": d, "g": g, "t": sum(qlens)} if kernel == "attn_prefill" else {"d": d, "g": g}
+            out.append(Problem(kernel, kernel, f"{label} d{d} h{h}/{hkv}", dims, setup))
     return out
 
 

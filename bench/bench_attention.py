@@ -394,7 +394,9 @@ def sweep(kind: str, dtype, gen, grid: str | None = None, cases_text: str | None
     best = run("tiles" if not grid else "grid", stage1, {})
     if stage2:
         best = run("splits", stage2, best)
-    print(f"\nbest {kernel} entry for configs/sm90.json (bucket d{D}_g{H // HKV}): {json.dumps(best)}")
+    where = f"d{D}_g{H // HKV}" if kind == "decode" else \
+        f"d{D}_g{H // HKV}_t<T>, T the query tokens; the shapes' best are listed above"
+    print(f"\nbest {kernel} entry for configs/sm90.json (bucket {where}): {json.dumps(best)}")
 
 
 def main() -> None:

@@ -432,10 +432,10 @@ def _attn_prefill_kernel(
                 _reset_arrivals(sem_ptr, grp)
         else:
             _store_tile(out_ptr, acc, l_i, q_start, q0, q_len, kvh, hc, stride_ot, G, HT, BQ, Dv,
-                        BLOCK_M, BLOCK_DV)
+                        0, BLOCK_M, BLOCK_DV)
     else:
         _store_tile(out_ptr, acc, l_i, q_start, q0, q_len, kvh, hc, stride_ot, G, HT, BQ, Dv,
-                    BLOCK_M, BLOCK_DV)
+                    0, BLOCK_M, BLOCK_DV)
 
 
 @triton.jit
@@ -457,40 +457,45 @@ def _merge_store(part_ptr, ml_ptr, row0, n_parts, out_ptr, q_start, q0, q_len, k
     """Merge a prefill tile's n_parts partials (rows row0 .. row0 + n_parts - 1 of part_ptr /
     ml_ptr, as the prefill kernel stores them; the caller's own among them) and store the
     output. The caller's accumulator is dead by then: merging the others into it in registers
-    spilled on sm90 at d = 256, reading its own partial back does not."""
-    offs_m = tl.arange(0, BLOCK_M)
-    offs_dv = tl.arange(0, BLOCK_DV)
-    m_run = tl.full([BLOCK_M], -1.0e30, dtype=tl.float32)
-    l_run = tl.zeros([BLOCK_M], dtype=tl.float32)
-    acc = tl.zeros([BLOCK_M, BLOCK_DV], dtype=tl.float32)
-    for p in range(0, n_parts):
-        row = row0 + p
-        # ".cg": from L2, never a stale L1 line (other programs wrote these in this launch).
-        # (A 64-bit base per partial and 32-bit offsets within it: fewer address registers.)
-        m_p = tl.load(ml_ptr + row * (2 * BLOCK_M) + offs_m, cache_modifier=".cg")
-        l_p = tl.load(ml_ptr + row * (2 * BLOCK_M) + BLOCK_M + offs_m, cache_modifier=".cg")
-        a_p = tl.load(part_ptr + row * (BLOCK_M * Dv) + (offs_m[:, None] * Dv + offs_dv[None, :]),
-                      mask=offs_dv[None, :] < Dv, other=0.0, cache_modifier=".cg")
-        m_new = tl.maximum(m_run, m_p)
-        alpha = tl.exp2(m_run - m_new)
-        beta = tl.exp2(m_p - m_new)
-        acc = acc * alpha[:, None] + a_p * beta[:, None]
-        l_run = l_run * alpha + l_p * beta
-        m_run = m_new
-    _store_tile(out_ptr, acc, l_run, q_start, q0, q_len, kvh, hc, stride_ot, G, HT, BQ, Dv,
-                BLOCK_M, BLOCK_DV)
+    spilled on sm90 at d = 256, reading its own partial back does not. Rows go MERGE_M at a
+    time (a 128-row tile at d = 256 would hold two 128 x 256 f32 tiles at once: a spill)."""
+    MERGE_M: tl.constexpr = 64 if BLOCK_M > 64 else BLOCK_M
+    for c in tl.static_range(BLOCK_M // MERGE_M):
+        offs_m = c * MERGE_M + tl.arange(0, MERGE_M)
+        offs_dv = tl.arange(0, BLOCK_DV)
+        m_run = tl.full([MERGE_M], -1.0e30, dtype=tl.float32)
+        l_run = tl.zeros([MERGE_M], dtype=tl.float32)
+        acc = tl.zeros([MERGE_M, BLOCK_DV], dtype=tl.float32)
+        for p in range(0, n_parts):
+            row = row0 + p
+            # ".cg": from L2, never a stale L1 line (other programs wrote these in this
+            # launch). (A 64-bit base per partial and 32-bit offsets within it: fewer address
+            # registers.)
+            m_p = tl.load(ml_ptr + row * (2 * BLOCK_M) + offs_m, cache_modifier=".cg")
+            l_p = tl.load(ml_ptr + row * (2 * BLOCK_M) + BLOCK_M + offs_m, cache_modifier=".cg")
+            a_p = tl.load(part_ptr + row * (BLOCK_M * Dv)
+                          + (offs_m[:, None] * Dv + offs_dv[None, :]),
+                          mask=offs_dv[None, :] < Dv, other=0.0, cache_modifier=".cg")
+            m_new = tl.maximum(m_run, m_p)
+            alpha = tl.exp2(m_run - m_new)
+            beta = tl.exp2(m_p - m_new)
+            acc = acc * alpha[:, None] + a_p * beta[:, None]
+            l_run = l_run * alpha + l_p * beta
+            m_run = m_new
+        _store_tile(out_ptr, acc, l_run, q_start, q0, q_len, kvh, hc, stride_ot, G, HT, BQ, Dv,
+                    c * MERGE_M, MERGE_M, BLOCK_DV)
 
 
 @triton.jit
 def _store_tile(out_ptr, acc, l_i, q_start, q0, q_len, kvh, hc, stride_ot, G: tl.constexpr,
-                HT: tl.constexpr, BQ: tl.constexpr, Dv: tl.constexpr, BLOCK_M: tl.constexpr,
-                BLOCK_DV: tl.constexpr):
-    """Normalise a prefill tile's accumulator and store its valid rows (row r: token
-    q0 + r // HT, head hc * HT + r % HT of KV group kvh). The row indices are formed again
-    (cheap) rather than kept live through the KV loops."""
+                HT: tl.constexpr, BQ: tl.constexpr, Dv: tl.constexpr, R0: tl.constexpr,
+                ROWS: tl.constexpr, BLOCK_DV: tl.constexpr):
+    """Normalise ROWS rows of a prefill tile's accumulator, from its row R0, and store the
+    valid ones (row r: token q0 + r // HT, head hc * HT + r % HT of KV group kvh). The row
+    indices are formed again (cheap) rather than kept live through the KV loops."""
     l_i = tl.where(l_i > 0.0, l_i, 1.0)
     o = acc / l_i[:, None]
-    offs_m = tl.arange(0, BLOCK_M)
+    offs_m = R0 + tl.arange(0, ROWS)
     offs_dv = tl.arange(0, BLOCK_DV)
     tok = offs_m // HT
     hg = hc * HT + offs_m % HT
@@ -1095,13 +1100,21 @@ def _tile_rows(G: int, block_m: int, ht: int) -> dict:
     return {"HT": ht, "NHC": -(-G // ht), "BQ": block_m // ht}
 
 
+def _prefill_plan(kind: str, dk: int, dv: int, G: int, elem: int, lds_bytes: int,
+                  tokens: int) -> dict:
+    """The prefill launch plan for a call of `tokens` query tokens (q's rows: the bucket's `t`,
+    so a table may give a few-tile chunk and a long prompt different tiles)."""
+    return _prefill_plan_at(kind, dk, dv, G, elem, lds_bytes, _pow2(tokens))
+
+
 @functools.lru_cache(maxsize=256)
-def _prefill_plan(kind: str, dk: int, dv: int, G: int, elem: int, lds_bytes: int) -> dict:
+def _prefill_plan_at(kind: str, dk: int, dv: int, G: int, elem: int, lds_bytes: int,
+                     t: int) -> dict:
     default = _prefill_default(kind, dk, elem)
     if kind == "nvidia":
         default = _fit_shared(default, dk, dv, elem, lds_bytes)
     cfg = tuning.get_config("attn_prefill_f32" if elem == 4 else "attn_prefill",
-                            tuning.bucket(d=dk, g=G), default)
+                            tuning.bucket(d=dk, g=G, t=t), default)
     block_m = int(cfg["BLOCK_M"])
     block_n = int(cfg["BLOCK_N"])
     for key, v in (("BLOCK_M", block_m), ("BLOCK_N", block_n)):
@@ -1118,14 +1131,20 @@ def _prefill_plan(kind: str, dk: int, dv: int, G: int, elem: int, lds_bytes: int
 
 
 def num_prefill_splits(n_programs: int, max_kv: int, plan: dict, num_cus: int) -> int:
-    """How many programs share a prefill tile's keys (grid axis 2), from host ints: enough
-    for the grid to reach one program per CU (a prefill tile fills an SM), with splits of at
-    least KV_SPLIT_MIN of the max_kv keys a tile may attend (the longest sequence, or less under
-    a sliding window), at most KV_SPLITS. Each tile splits its own keys on the device
-    (`_split_share`): short tiles stay whole, extra programs exit."""
+    """How many programs share a prefill tile's keys (grid axis 2), from host ints. A prefill
+    tile fills an SM, so: a grid of at most half the CUs takes as many splits as keep it within
+    one program per CU (a second wave of programs as long as the first would cost as much as
+    the first: Gemma 3 heads on an H100, 1024 queries after 4096 keys at 64x64 tiles, 65 tiles
+    x 3 splits 118.7 us, x 2 91.9-95.4; a whole 1024-token prompt, whose causal tiles differ
+    in length, loses: 25.5 -> 28.8); a larger one, still short of the CUs, splits in two (its
+    tiles differ in length, so the second wave is short: 2048 queries after 0 / 4096 keys, 129
+    tiles, 55.4 / 187.8 us split in two, 71.8 / 205.5 whole; bench/results/run24). Splits
+    hold at least KV_SPLIT_MIN of the max_kv keys a tile may attend (the longest sequence, or
+    less under a sliding window); at most KV_SPLITS. Each tile splits its own keys on the
+    device (`_split_share`): short tiles stay whole, extra programs exit."""
     if plan["kv_splits"] <= 1 or n_programs >= num_cus:
         return 1
-    want = -(-num_cus // max(1, n_programs))
+    want = max(num_cus // max(1, n_programs), 2)
     return max(1, min(want, max(1, max_kv) // plan["kv_split_min"], plan["kv_splits"]))
 
 
@@ -1133,7 +1152,7 @@ def clear_config_cache() -> None:
     """Forget resolved launch configs (tuning.clear_cache calls this after a table changes)."""
     _decode_plan.cache_clear()
     _reduce_plan.cache_clear()
-    _prefill_plan.cache_clear()
+    _prefill_plan_at.cache_clear()
 
 
 def num_decode_splits(max_kv: int, n_groups: int, plan: dict, num_cus: int) -> int:
@@ -1376,7 +1395,7 @@ def attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
         return out
 
     # ---- prefill / mixed -------------------------------------------------------------------------
-    plan = _prefill_plan(kind, dk, dv, G, elem, info.lds_bytes if info else 0)
+    plan = _prefill_plan(kind, dk, dv, G, elem, info.lds_bytes if info else 0, T)
     grid = (T // plan["BQ"] + nseq, num_kv_heads * plan["NHC"])
     max_kv = int(max_seq_len) if max_seq_len is not None else block_tables.shape[1] * bs
     if window:  # a tile attends at most its BQ tokens' windows, from a BLOCK_N-aligned start
@@ -1477,7 +1496,9 @@ def compile_specs(kind: str = "rdna", dtypes: tuple = ("fp16", "bf16", "fp32"),
                      "qk_scale": "fp32", "cap_scale": "fp32"}
             sig = _sig(_attn_prefill_kernel, types, ce)
             specs.append({"name": f"attn_prefill_d{d}_{dt}{suffix}", "fn": _attn_prefill_kernel,
-                          "kernel": "attn_prefill" + f32, "bucket": b,
+                          # a 2048-token call: report compiles each table entry of another
+                          # token count against its nearest spec
+                          "kernel": "attn_prefill" + f32, "bucket": tuning.bucket(d=d, g=G, t=2048),
                           "derive": _derive_prefill, "signature": sig, "constexprs": ce,
                           "attrs": _attrs(_attn_prefill_kernel, sig),
                           "num_warps": cfg["num_warps"], "num_stages": cfg["num_stages"],

@@ -17,9 +17,11 @@ Lookup order (the first table that has an entry for the kernel wins):
 
 With no GPU (arch "cpu", the Triton interpreter) no table applies: launchers keep their defaults.
 
-Within one table an exact bucket wins, else the nearest bucket with the same dims (distance =
-sum of |log2| differences; ties go to the smaller bucket, then the smaller string), else the kernel's
-"*" entry. The entry is laid over `default`; its "source" note and keys that are neither in
+Within one table an exact bucket wins, else the nearest bucket whose dims are all among the
+asked ones (distance = sum of |log2| differences over the entry's dims: a dim an entry does not
+name matches any value, so a table written before a launcher gained a dim still serves it; ties go
+to the entry naming more dims, then the smaller bucket, then the smaller string), else the
+kernel's "*" entry. The entry is laid over `default`; its "source" note and keys that are neither in
 `default` nor launch options are dropped, and AMD-only keys are dropped off AMD.
 """
 from __future__ import annotations
@@ -106,6 +108,15 @@ def bucket_distance(a: Mapping[str, int], b: Mapping[str, int]) -> float:
     if a.keys() != b.keys():
         return math.inf
     return sum(abs(math.log2(max(a[k], 1)) - math.log2(max(b[k], 1))) for k in a)
+
+
+def match_distance(want: Mapping[str, int], entry: Mapping[str, int]) -> float:
+    """How far a table entry's bucket is from the asked one: the sum of |log2| differences over
+    the dims the entry names (one it leaves out matches any value); inf when the entry names a
+    dim that was not asked for."""
+    if not entry.keys() <= want.keys():
+        return math.inf
+    return sum(abs(math.log2(max(want[k], 1)) - math.log2(max(entry[k], 1))) for k in entry)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -275,14 +286,14 @@ def _pick(entries: dict, b: str) -> tuple[str, dict] | None:
             if key == "*":
                 continue
             dims = parse_bucket(key)
-            d = bucket_distance(want, dims)
+            d = match_distance(want, dims)
             if d == math.inf:
                 continue
-            rank = (d, sum(math.log2(v) for v in dims.values()), key)
+            rank = (d, -len(dims), sum(math.log2(v) for v in dims.values()), key)
             if best is None or rank < best:
                 best = rank
         if best is not None:
-            return best[2], entries[best[2]]
+            return best[-1], entries[best[-1]]
     if "*" in entries:
         return "*", entries["*"]
     return None

@@ -259,7 +259,7 @@ def test_prefill_heads_per_tile(rng, monkeypatch, ht):
     orig = attn._prefill_default
     monkeypatch.setattr(attn, "_prefill_default", lambda *a: dict(orig(*a), HT=ht, BLOCK_M=32))
     attn.clear_config_cache()
-    plan = attn._prefill_plan("interp", 64, 64, 6, 4, 0)
+    plan = attn._prefill_plan("interp", 64, 64, 6, 4, 0, sum(Q_LENS))
     assert (plan["HT"], plan["NHC"], plan["BQ"]) == (ht, -(-6 // ht), 32 // ht)
     t, n = make_case(rng, SEQ_LENS, Q_LENS, 12, 2, 64, 64, 16, "fp32")
     run_and_check(t, n, 12, 2, 0.125, "fp32", window=20, max_query_len=max(Q_LENS))
@@ -307,19 +307,24 @@ def prefill_splits(monkeypatch):
     return force
 
 
-@pytest.mark.parametrize("dtype,single,window,softcap,bs,min_keys", [
-    ("fp32", False, None, None, 16, 32),
-    ("fp32", True, None, None, 16, 32),
-    ("bf16", False, 130, None, 32, 32),    # window: front tiles masked, on the last split
-    ("fp16", True, 130, 20.0, 16, 64),
-    ("fp32", False, None, 20.0, 64, 100),  # KV_SPLIT_MIN not a multiple of BLOCK_N
+@pytest.mark.parametrize("dtype,single,window,softcap,bs,min_keys,block_m", [
+    ("fp32", False, None, None, 16, 32, None),
+    ("fp32", True, None, None, 16, 32, None),
+    ("bf16", False, 130, None, 32, 32, None),    # window: front tiles masked, on the last split
+    ("fp16", True, 130, 20.0, 16, 64, None),
+    ("fp32", False, None, 20.0, 64, 100, None),  # KV_SPLIT_MIN not a multiple of BLOCK_N
+    ("fp32", False, None, None, 16, 32, 128),    # the merge goes 64 rows at a time
+    ("bf16", True, 130, None, 16, 32, 128),
 ])
-def test_prefill_split_keys(rng, prefill_splits, dtype, single, window, softcap, bs, min_keys):
+def test_prefill_split_keys(rng, prefill_splits, dtype, single, window, softcap, bs, min_keys,
+                            block_m):
     """The keys of a prefill tile split over programs whose partials the last to finish
     merges: whole prompts, chunks after a context (splits of the unmasked tiles; the last split
     also takes the masked ones), a decode row, tiles too short to split, GQA 3:1 (idle rows),
-    head dim 80. The arrival counters are left at zero."""
-    used = prefill_splits(min_keys, SINGLE_LOOP=int(single))
+    head dim 80; 128-row tiles (merged in two row chunks). The arrival counters are left at
+    zero."""
+    used = prefill_splits(min_keys, SINGLE_LOOP=int(single),
+                          **({"BLOCK_M": block_m} if block_m else {}))
     seq_lens, q_lens = [300, 5, 130, 261, 40], [7, 5, 40, 1, 40]
     t, n = make_case(rng, seq_lens, q_lens, 6, 2, 80, 80, bs, dtype,
                      q_mult=3.0 if softcap else 1.0)
@@ -347,14 +352,19 @@ def test_prefill_tile_sizes_checked(rng):
 
 
 def test_prefill_split_count():
-    """The split rule: programs up to one per CU, KV_SPLIT_MIN keys each, at most KV_SPLITS;
-    none when the grid already fills the device or the config says 1."""
+    """The split rule: programs up to one per CU (no second wave) below half the CUs, two
+    splits above; KV_SPLIT_MIN keys each, at most KV_SPLITS; none when the grid already fills
+    the device or the config says 1."""
     plan = {"kv_splits": 16, "kv_split_min": 512}
     H100 = 132
     assert attn.num_prefill_splits(33, 8704, plan, H100) == 4      # Gemma 3: 512 after 8192
     assert attn.num_prefill_splits(33, 1024, plan, H100) == 2      # the keys bound it
     assert attn.num_prefill_splits(33, 500, plan, H100) == 1
     assert attn.num_prefill_splits(2, 1 << 20, plan, H100) == 16   # KV_SPLITS bounds it
+    assert attn.num_prefill_splits(65, 1 << 20, plan, H100) == 2   # 130 programs, not 195
+    assert attn.num_prefill_splits(17, 1 << 20, plan, H100) == 7   # 119, not 136
+    assert attn.num_prefill_splits(67, 1 << 20, plan, H100) == 2   # over half the CUs: two
+    assert attn.num_prefill_splits(131, 1 << 20, plan, H100) == 2
     assert attn.num_prefill_splits(132, 1 << 20, plan, H100) == 1  # the grid fills the GPU
     assert attn.num_prefill_splits(136, 8704, plan, H100) == 1     # 8B heads: 512 after 8192
     assert attn.num_prefill_splits(2, 1 << 20, dict(plan, kv_splits=1), H100) == 1

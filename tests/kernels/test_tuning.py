@@ -72,6 +72,14 @@ def test_bucket_distance():
     assert tuning.bucket_distance({"K": 8}, {"N": 8}) == math.inf
 
 
+def test_match_distance_counts_the_entry_dims_only():
+    want = {"d": 256, "g": 4, "t": 8192}
+    assert tuning.match_distance(want, {"d": 256, "g": 4, "t": 2048}) == pytest.approx(2.0)
+    assert tuning.match_distance(want, {"d": 128, "g": 4}) == pytest.approx(1.0)  # t: any
+    assert tuning.match_distance(want, {"d": 256, "g": 4, "s": 8}) == math.inf  # s: not asked
+    assert tuning.match_distance({"d": 256}, {"d": 256, "g": 4}) == math.inf
+
+
 # ---------------------------------------------------------------------------------------------
 # lookup order
 
@@ -180,20 +188,25 @@ def test_invalid_shipped_table_raises(tables):
 # within one table
 
 
-@pytest.fixture
-def one_table(tmp_path, monkeypatch):
+def _sm90_only(tmp_path, monkeypatch, kernels: dict) -> None:
+    """Shipped tables of one sm90 file holding `kernels` (and an empty default.json)."""
     cfg = tmp_path / "configs"
     cfg.mkdir()
-    _write(cfg / "sm90.json", {"arch": "sm90", "family": "hopper", "kernels": {"g": {
+    _write(cfg / "sm90.json", {"arch": "sm90", "family": "hopper", "kernels": kernels})
+    _write(cfg / "default.json", {"kernels": {}})
+    monkeypatch.setattr(tuning, "CONFIG_DIR", cfg)
+
+
+@pytest.fixture
+def one_table(tmp_path, monkeypatch):
+    _sm90_only(tmp_path, monkeypatch, {"g": {
         "K1024_N1024": {"BLOCK_N": 16, "source": "reasoned: a"},
         "K4096_N4096": {"BLOCK_N": 64, "source": "reasoned: b"},
         "K4096_N16384": {"BLOCK_N": 128, "source": "reasoned: c"},
         # not canonical on disk: unsorted and not a power of two -> canonicalised to K256_N256
         "N200_K256": {"BLOCK_N": 32, "source": "reasoned: d"},
         "*": {"BLOCK_N": 8, "source": "reasoned: star"},
-    }}})
-    _write(cfg / "default.json", {"kernels": {}})
-    monkeypatch.setattr(tuning, "CONFIG_DIR", cfg)
+    }})
 
 
 @pytest.mark.parametrize("dims,key,block", [
@@ -208,6 +221,29 @@ def one_table(tmp_path, monkeypatch):
 def test_exact_nearest_star(one_table, dims, key, block):
     r = tuning.resolve("g", tuning.bucket(**dims), {"BLOCK_N": 1}, arch="sm90")
     assert (r.key, r.config["BLOCK_N"]) == (key, block)
+
+
+@pytest.mark.parametrize("dims,key", [
+    ({"d": 256, "g": 4, "t": 4096}, "d256_g4_t4096"),   # exact
+    ({"d": 256, "g": 4, "t": 8192}, "d256_g4_t4096"),   # 1 (t) vs d128_g4's 1 (d): more dims
+    ({"d": 256, "g": 4, "t": 2048}, "d256_g4_t4096"),   # 1 vs t512's 2
+    ({"d": 256, "g": 4, "t": 1024}, "d256_g4_t512"),    # 1, tied with d128_g4: more dims
+    ({"d": 128, "g": 4, "t": 8192}, "d128_g4"),         # names no t: exact on d and g
+    ({"d": 64, "g": 4, "t": 512}, "d128_g4"),           # 1 vs t512's 2 (d 64 -> 256)
+    ({"d": 256, "g": 4}, "d128_g4"),                    # t not asked: the t entries cannot match
+    ({"t": 512}, "*"),                                  # every entry names a dim not asked
+])
+def test_entries_that_leave_a_dim_out_match_any_value_of_it(tmp_path, monkeypatch, dims, key):
+    """A table written before the launcher asked for `t` (d128_g4) keeps serving; the distance
+    counts the dims an entry names, and a tie goes to the entry naming more."""
+    _sm90_only(tmp_path, monkeypatch, {"p": {
+        "d256_g4_t512": {"BLOCK_M": 64, "source": "reasoned: a"},
+        "d256_g4_t4096": {"BLOCK_M": 128, "source": "reasoned: b"},
+        "d128_g4": {"BLOCK_M": 32, "source": "reasoned: c"},
+        "*": {"BLOCK_M": 16, "source": "reasoned: star"},
+    }})
+    r = tuning.resolve("p", tuning.bucket(**dims), {"BLOCK_M": 1}, arch="sm90")
+    assert r.key == key
 
 
 def test_nearest_tie_break_prefers_smaller_bucket(one_table):
