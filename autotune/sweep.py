@@ -31,7 +31,9 @@ What a sweep keeps:
   kernel's first entry goes into the output table, the entries that serve the kernel now are
   copied in (`seed_kernel`): those buckets keep their configs. A bucket the sweep adds also
   serves the shapes nearest to it (tuning's nearest-bucket rule), which a "*" entry or a
-  farther bucket served before.
+  farther bucket served before. Entries that name fewer dims than the kernel's buckets now do
+  (a table from before attn_prefill's t) get them, at each value the problems use
+  (`widen_entries`): otherwise they would stay nearest at every value of the missing dim.
 - A new output table starts as a copy of the user table lookup reads now, if there is one.
   While the sweep writes the user table itself, progress goes to <name>.partial.json (moved into
   place at the end), so that no bucket's baseline is an earlier bucket's fresh winner.
@@ -261,6 +263,38 @@ def group_by_bucket(probs: list[spaces.Problem]) -> list[list[spaces.Problem]]:
     return list(groups.values())
 
 
+def widen_entries(table: dict, kernel: str, probs: list[spaces.Problem]) -> int:
+    """Give `kernel`'s entries in `table` that leave out a dim its problems' buckets name (a table
+    from before the launcher gained it, e.g. attn_prefill's t) that dim, once per value the
+    problems use, so that all of the kernel's entries name the same dims: an entry without the
+    dim is as near at any value of it and would take shapes from the sweep's new buckets.
+    Returns how many entries were widened."""
+    from forge.kernels import tuning
+
+    entries = table.get("kernels", {}).get(kernel)
+    buckets = [tuning.parse_bucket(tuning.bucket(**q.dims)) for q in probs if q.kernel == kernel]
+    if not entries or not buckets:
+        return 0
+    names = set(buckets[0])
+    widened = 0
+    for key in list(entries):
+        if key == "*":
+            continue
+        dims = tuning.parse_bucket(key)
+        missing = sorted(names - dims.keys())
+        if not missing or not dims.keys() <= names:
+            continue
+        e = entries.pop(key)
+        note = f"widened from {key} by autotune.sweep (at the {', '.join(missing)} of its problems)"
+        for combo in sorted({tuple(b[m] for m in missing) for b in buckets}):
+            nb = tuning.bucket(**dims, **dict(zip(missing, combo)))
+            if nb not in entries:
+                entries[nb] = dict(e, comment=f"{note}; {e['comment']}" if e.get("comment")
+                                   else note)
+        widened += 1
+    return widened
+
+
 def merge_entry(table: dict, kernel: str, bucket: str, entry: dict) -> None:
     table.setdefault("kernels", {}).setdefault(kernel, {})[bucket] = entry
 
@@ -423,6 +457,10 @@ def main(argv: list[str] | None = None) -> int:
                 if seeded:
                     tqdm.write(f"  {p.kernel}: copied the {seeded} entries that serve it now "
                                "into the table (their buckets keep their configs)")
+                widened = widen_entries(table, p.kernel, probs)
+                if widened:
+                    tqdm.write(f"  {p.kernel}: {widened} entries named fewer dims than its "
+                               "buckets; each now names them, at the values of the problems")
                 entry["comment"] = f"median {times}, {r['tried']} candidates"
                 merge_entry(table, p.kernel, b, entry)
                 progress_path.parent.mkdir(parents=True, exist_ok=True)

@@ -168,6 +168,12 @@ def _parse_kernels(where: str, kernels: Any) -> dict:
             if b != "*":
                 b = bucket(**parse_bucket(b))  # canonical: sorted and rounded
             canon[b] = _validate_entry(f"{where}.{kname}[{b}]", entry)
+        dimsets = sorted({"_".join(parse_bucket(b)) for b in canon if b != "*"})
+        if len(dimsets) > 1:
+            _warn_once(f"{where}.{kname}: entries name different dims ({', '.join(dimsets)}); "
+                       "an entry that leaves a dim out is as near at any value of it, so it can "
+                       "take shapes from entries that name the dim (autotune.sweep widens such "
+                       "entries)")
         out[kname] = canon
     return out
 

@@ -226,13 +226,14 @@ def test_exact_nearest_star(one_table, dims, key, block):
 @pytest.mark.parametrize("dims,key", [
     ({"d": 256, "g": 4, "t": 4096}, "d256_g4_t4096"),   # exact
     ({"d": 256, "g": 4, "t": 8192}, "d256_g4_t4096"),   # 1 (t) vs d128_g4's 1 (d): more dims
-    ({"d": 256, "g": 4, "t": 2048}, "d256_g4_t4096"),   # 1 vs t512's 2
+    ({"d": 256, "g": 4, "t": 2048}, "d256_g4_t4096"),   # 1, tied with d128_g4: more dims
     ({"d": 256, "g": 4, "t": 1024}, "d256_g4_t512"),    # 1, tied with d128_g4: more dims
     ({"d": 128, "g": 4, "t": 8192}, "d128_g4"),         # names no t: exact on d and g
     ({"d": 64, "g": 4, "t": 512}, "d128_g4"),           # 1 vs t512's 2 (d 64 -> 256)
     ({"d": 256, "g": 4}, "d128_g4"),                    # t not asked: the t entries cannot match
     ({"t": 512}, "*"),                                  # every entry names a dim not asked
 ])
+@pytest.mark.filterwarnings("ignore:.*name different dims:RuntimeWarning")
 def test_entries_that_leave_a_dim_out_match_any_value_of_it(tmp_path, monkeypatch, dims, key):
     """A table written before the launcher asked for `t` (d128_g4) keeps serving; the distance
     counts the dims an entry names, and a tie goes to the entry naming more."""
@@ -605,6 +606,39 @@ def test_a_new_bucket_serves_the_shapes_nearest_to_it(typed_tables):
     with tuning.override(t["kernels"]):
         assert tuning.get_config("other", "N8", {"BLOCK": 1}, arch="sm90")["BLOCK"] == 128
         assert tuning.get_config("other", "N4096", {"BLOCK": 1}, arch="sm90")["BLOCK"] == 128
+
+
+def test_sweep_widens_entries_that_leave_a_dim_out():
+    """A user table from before attn_prefill's bucket named t: the sweep gives each d_g entry
+    the t of its problems (512, 2048, 8192), keeps entries that name t, and leaves "*" alone;
+    afterwards a far token count of an old head dim still takes that head dim's config."""
+    from autotune import spaces, sweep
+
+    t = sweep.new_table("sm90", "hopper", "H100", "2026-11-24")
+    for b, blk in (("d128_g4", 128), ("d64_g4", 64), ("d256_g4_t2048", 32), ("*", 16)):
+        sweep.merge_entry(t, "attn_prefill", b, {"BLOCK_M": blk, "source": "sweep x"})
+    probs = spaces.problems("attn_prefill")
+    assert sweep.widen_entries(t, "attn_prefill", probs) == 2
+    got = t["kernels"]["attn_prefill"]
+    assert sorted(got) == sorted(["*", "d256_g4_t2048"] + [f"d{d}_g4_t{n}" for d in (64, 128)
+                                                           for n in (512, 2048, 8192)])
+    assert got["d128_g4_t8192"]["BLOCK_M"] == 128
+    assert got["d128_g4_t8192"]["comment"].startswith("widened from d128_g4")
+    assert sweep.widen_entries(t, "attn_prefill", probs) == 0          # nothing left to widen
+    sweep.merge_entry(t, "attn_prefill", "d256_g4_t8192", {"BLOCK_M": 256, "source": "sweep y"})
+    with tuning.override(t["kernels"]):
+        # before widening, d128_g4 (1 away, d) was as near as d256_g4_t8192 to this and won
+        # on nothing else; now d128's t8192 entry is nearer
+        r = tuning.resolve("attn_prefill", "d128_g4_t65536", {"BLOCK_M": 1}, arch="sm90")
+        assert (r.key, r.config["BLOCK_M"]) == ("d128_g4_t8192", 128)
+        r = tuning.resolve("attn_prefill", "d256_g4_t65536", {"BLOCK_M": 1}, arch="sm90")
+        assert r.config["BLOCK_M"] == 256
+
+
+def test_a_table_mixing_dims_warns():
+    with pytest.warns(RuntimeWarning, match="name different dims"):
+        tuning.parse_table({"kernels": {"mixdims": {"d128_g4": {"BLOCK_M": 64},
+                                                    "d256_g4_t512": {"BLOCK_M": 32}}}})
 
 
 def test_shipped_sm90_gemv_entries_are_what_a_sweep_keeps():
