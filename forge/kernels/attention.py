@@ -1503,6 +1503,10 @@ def compile_specs(kind: str = "rdna", dtypes: tuple = ("fp16", "bf16", "fp32"),
                           "attrs": _attrs(_attn_prefill_kernel, sig),
                           "num_warps": cfg["num_warps"], "num_stages": cfg["num_stages"],
                           "options": {k: cfg[k] for k in tuning.AMD_ONLY_KEYS if k in cfg}})
+            if kind == "nvidia" and dt == "bf16" and d == 256 and not window_on:
+                # Gemma 3's local layers: the window with split keys (its production launch)
+                specs.append(dict(specs[-1], name=f"attn_prefill_d{d}_{dt}_window{suffix}",
+                                  constexprs=dict(ce, WINDOW=True)))
             # decode (split and fused merge on some specs, plain on others)
             cfg = _decode_default(kind, d, elem)
             # NVIDIA: always split with the launcher's fused merge (sm90 d128's table entry
