@@ -147,12 +147,15 @@ def seed_kernel(table: dict, kernel: str, arch: str) -> int:
     except ValueError:
         pass
     for b, e in entries.items():
-        copy = dict(e)
-        note = f"copied from {path} ({level}) by autotune.sweep: not timed by the sweep"
-        copy["comment"] = f"{note}; {e['comment']}" if e.get("comment") else note
+        copy = _noted(e, f"copied from {path} ({level}) by autotune.sweep: not timed by the sweep")
         copy.setdefault("source", source or "(no source in the original table)")
         merge_entry(table, kernel, b, copy)
     return len(entries)
+
+
+def _noted(entry: dict, note: str) -> dict:
+    """A copy of a table entry whose comment starts with `note` (what the sweep did to it)."""
+    return dict(entry, comment=f"{note}; {entry['comment']}" if entry.get("comment") else note)
 
 
 def start_table(out_path: Path, user_path: Path, arch: str, family: str, device_name: str,
@@ -289,8 +292,7 @@ def widen_entries(table: dict, kernel: str, probs: list[spaces.Problem]) -> int:
         for combo in sorted({tuple(b[m] for m in missing) for b in buckets}):
             nb = tuning.bucket(**dims, **dict(zip(missing, combo)))
             if nb not in entries:
-                entries[nb] = dict(e, comment=f"{note}; {e['comment']}" if e.get("comment")
-                                   else note)
+                entries[nb] = _noted(e, note)
         widened += 1
     return widened
 

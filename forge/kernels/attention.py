@@ -411,28 +411,24 @@ def _attn_prefill_kernel(
                 BLOCK_N, BLOCK_DK, BLOCK_DV, BLOCK_SIZE, STRIDE_KB, STRIDE_KS, STRIDE_VB,
                 STRIDE_VS, QK_CHUNK, True, SOFTCAP, WINDOW, DOT_F32)
 
-    if SPLIT:
-        if n_parts > 1:
-            # Partials (unnormalised acc, max, sum) of this split; the last of the tile's
-            # n_parts programs to arrive merges them (as the fused decode merge does).
-            ng = tl.num_programs(1)
-            grp = tl.program_id(0) * ng + pid_h
-            row0 = grp.to(tl.int64) * num_splits
-            offs_m = tl.arange(0, BLOCK_M)
-            offs_dv = tl.arange(0, BLOCK_DV)
-            # (a 64-bit tile base and 32-bit offsets within it: fewer address registers)
-            tl.store(part_ptr + (row0 + split) * (BLOCK_M * Dv)
-                     + (offs_m[:, None] * Dv + offs_dv[None, :]), acc, mask=offs_dv[None, :] < Dv)
-            ml_ptr = _stats_ptr(part_ptr, num_splits, BLOCK_M, Dv)
-            tl.store(ml_ptr + (row0 + split) * (2 * BLOCK_M) + offs_m, m_i)
-            tl.store(ml_ptr + (row0 + split) * (2 * BLOCK_M) + BLOCK_M + offs_m, l_i)
-            if _last_arrival(sem_ptr, grp, n_parts):
-                _merge_store(part_ptr, ml_ptr, row0, n_parts, out_ptr, q_start, q0, q_len, kvh,
-                             hc, stride_ot, G, HT, BQ, Dv, BLOCK_M, BLOCK_DV)
-                _reset_arrivals(sem_ptr, grp)
-        else:
-            _store_tile(out_ptr, acc, l_i, q_start, q0, q_len, kvh, hc, stride_ot, G, HT, BQ, Dv,
-                        0, BLOCK_M, BLOCK_DV)
+    if n_parts > 1:  # (n_parts is the literal 1 unless SPLIT: then this branch is not built)
+        # Partials (unnormalised acc, max, sum) of this split; the last of the tile's n_parts
+        # programs to arrive merges them (as the fused decode merge does).
+        ng = tl.num_programs(1)
+        grp = tl.program_id(0) * ng + pid_h
+        row0 = grp.to(tl.int64) * num_splits
+        offs_m = tl.arange(0, BLOCK_M)
+        offs_dv = tl.arange(0, BLOCK_DV)
+        # (a 64-bit tile base and 32-bit offsets within it: fewer address registers)
+        tl.store(part_ptr + (row0 + split) * (BLOCK_M * Dv)
+                 + (offs_m[:, None] * Dv + offs_dv[None, :]), acc, mask=offs_dv[None, :] < Dv)
+        ml_ptr = _stats_ptr(part_ptr, num_splits, BLOCK_M, Dv)
+        tl.store(ml_ptr + (row0 + split) * (2 * BLOCK_M) + offs_m, m_i)
+        tl.store(ml_ptr + (row0 + split) * (2 * BLOCK_M) + BLOCK_M + offs_m, l_i)
+        if _last_arrival(sem_ptr, grp, n_parts):
+            _merge_store(part_ptr, ml_ptr, row0, n_parts, out_ptr, q_start, q0, q_len, kvh, hc,
+                         stride_ot, G, HT, BQ, Dv, BLOCK_M, BLOCK_DV)
+            _reset_arrivals(sem_ptr, grp)
     else:
         _store_tile(out_ptr, acc, l_i, q_start, q0, q_len, kvh, hc, stride_ot, G, HT, BQ, Dv,
                     0, BLOCK_M, BLOCK_DV)

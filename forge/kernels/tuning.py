@@ -103,13 +103,6 @@ def parse_bucket(b: str) -> dict[str, int]:
     return out
 
 
-def bucket_distance(a: Mapping[str, int], b: Mapping[str, int]) -> float:
-    """Sum of |log2(a_d) - log2(b_d)| over dims; inf when the two have different dims."""
-    if a.keys() != b.keys():
-        return math.inf
-    return sum(abs(math.log2(max(a[k], 1)) - math.log2(max(b[k], 1))) for k in a)
-
-
 def match_distance(want: Mapping[str, int], entry: Mapping[str, int]) -> float:
     """How far a table entry's bucket is from the asked one: the sum of |log2| differences over
     the dims the entry names (one it leaves out matches any value); inf when the entry names a

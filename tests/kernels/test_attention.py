@@ -285,25 +285,31 @@ def test_negative_scale_rejected(rng):
 
 
 @pytest.fixture
-def prefill_splits(monkeypatch):
+def split_counts(monkeypatch):
+    """The split counts (`num_prefill_splits`) the prefill launches of the test use, in order."""
+    used = []
+    orig = attn.num_prefill_splits
+
+    def count(*a):
+        used.append(orig(*a))
+        return used[-1]
+
+    monkeypatch.setattr(attn, "num_prefill_splits", count)
+    return used
+
+
+@pytest.fixture
+def prefill_splits(monkeypatch, split_counts):
     """Make the prefill launcher split the keys of small test grids: a CU count (the
     interpreter's) above the grid, and splits of KV_SPLIT_MIN keys (other keys laid over the
     default too). Returns the split counts the launches used."""
-    used = []
-    orig_n = attn.num_prefill_splits
-
-    def count(*a):
-        used.append(orig_n(*a))
-        return used[-1]
-
     def force(min_keys, **kw):
         orig = attn._prefill_default
         monkeypatch.setattr(attn, "_prefill_default",
                             lambda *a: dict(orig(*a), KV_SPLIT_MIN=min_keys, **kw))
         monkeypatch.setattr(attn, "_NO_GPU_CUS", 256)
-        monkeypatch.setattr(attn, "num_prefill_splits", count)
         attn.clear_config_cache()
-        return used
+        return split_counts
     return force
 
 
@@ -617,14 +623,11 @@ def test_gpu_gemma3_shapes(rng):
 
 
 @pytest.mark.gpu
-def test_gpu_gemma3_long_chunk_split(rng, monkeypatch):
+def test_gpu_gemma3_long_chunk_split(rng, split_counts):
     """A 2100-token chunk after 3000 keys at Gemma 3 heads: the t4096 bucket (2049 tokens and
     up), whose sm90 tile has 128 rows (the split merge goes 64 rows at a time), and 66 tiles,
     which a GPU of more CUs splits (an H100's 132: in two). With and without a window wide
     enough to split under."""
-    used = []
-    orig = attn.num_prefill_splits
-    monkeypatch.setattr(attn, "num_prefill_splits", lambda *a: used.append(orig(*a)) or used[-1])
     t, n = make_case(rng, [5100], [2100], 4, 1, 256, 256, 16, "bf16")
     run_and_check(t, n, 4, 1, 256 ** -0.5, "bf16", max_query_len=2100, max_seq_len=5100)
     run_and_check(t, n, 4, 1, 256 ** -0.5, "bf16", window=1500, softcap=30.0,
@@ -637,7 +640,7 @@ def test_gpu_gemma3_long_chunk_split(rng, monkeypatch):
     if device.current_arch() == "sm90":
         assert plan["BLOCK_M"] == 128, plan  # the shipped t4096 tile
     if info.num_cus > 2100 // plan["BQ"] + 1:
-        assert min(used) > 1, used
+        assert min(split_counts) > 1, split_counts
 
 
 @pytest.mark.gpu

@@ -65,11 +65,11 @@ def test_parse_bucket_round_trip():
             tuning.parse_bucket(bad)
 
 
-def test_bucket_distance():
-    d = tuning.bucket_distance({"K": 1024, "N": 4096}, {"K": 4096, "N": 1024})
+def test_match_distance_of_entries_naming_the_same_dims():
+    d = tuning.match_distance({"K": 1024, "N": 4096}, {"K": 4096, "N": 1024})
     assert d == pytest.approx(4.0)
-    assert tuning.bucket_distance({"K": 8}, {"K": 8}) == 0
-    assert tuning.bucket_distance({"K": 8}, {"N": 8}) == math.inf
+    assert tuning.match_distance({"K": 8}, {"K": 8}) == 0
+    assert tuning.match_distance({"K": 8}, {"N": 8}) == math.inf
 
 
 def test_match_distance_counts_the_entry_dims_only():
