@@ -257,7 +257,8 @@ def _cover(add, target, kernel, group, entries) -> None:
                 reached.add(label)
             continue
         for label, table, key, e in entries:
-            got = tuning._pick(table.kernels[table_kernel(label)], b)
+            tk = table_kernel(label)
+            got = tuning._pick(table.kernels[tk], b, tuning.exact_dims(tk))
             if got is not None and got[0] == key:
                 add(target, kernel, mod, idx, spec, label, e)
                 reached.add(label)
@@ -270,7 +271,8 @@ def _cover(add, target, kernel, group, entries) -> None:
             near = group
         else:
             want = tuning.parse_bucket(key)
-            dist = [tuning.match_distance(tuning.parse_bucket(g[3]), want) for g in known]
+            ex = tuning.exact_dims(table_kernel(label))
+            dist = [tuning.match_distance(tuning.parse_bucket(g[3]), want, ex) for g in known]
             near = [g for g, d in zip(known, dist) if d == min(dist)]
         for mod, idx, spec, _ in near:
             add(target, kernel, mod, idx, spec, label, e)

@@ -343,6 +343,11 @@ def attention_problems(kernel: str) -> list[Problem]:
                      ("prefill 1x2048", [2048], [2048], None),
                      ("chunk 4x512@4096", [512] * 4, [4096] * 4, None),
                      ("prefill 1x8192", [8192], [8192], None)]
+            if d == 256:
+                # and Gemma 3's local layers (the bucket's kv: the keys a query may attend,
+                # here the 512-key window), whose tiles differ from the global layers'
+                cases += [("local chunk 1x2048@6144 w512", [2048], [6144], None, 512),
+                          ("local prefill 1x8192 w512", [8192], [8192], None, 512)]
         else:
             # batch 1 at a short and a long context, in a graph captured for 8,192 keys (the
             # split count comes from that capacity, as in the engine's decode graphs), and two
@@ -351,19 +356,30 @@ def attention_problems(kernel: str) -> list[Problem]:
             cases = [("decode 1x512", [1], [512], 8192), ("decode 1x4096", [1], [4096], 8192),
                      ("decode 16x4096", [1] * 16, [4096] * 16, None),
                      ("decode 64x1024", [1] * 64, [1024] * 64, None)]
-        for label, qlens, klens, cap in cases:
-            def setup(dev, dtype, d=d, h=h, hkv=hkv, qlens=qlens, klens=klens, cap=cap):
-                return _attn_setup(dev, dtype, d, h, hkv, qlens, klens, max_seq_len=cap)
+        for label, qlens, klens, cap, *win in cases:
+            window = win[0] if win else None
 
-            dims = {"d": d, "g": g, "t": sum(qlens)} if kernel == "attn_prefill" else {"d": d, "g": g}
+            def setup(dev, dtype, d=d, h=h, hkv=hkv, qlens=qlens, klens=klens, cap=cap,
+                      window=window):
+                return _attn_setup(dev, dtype, d, h, hkv, qlens, klens, max_seq_len=cap,
+                                   window=window)
+
+            if kernel == "attn_prefill":
+                from forge.kernels.attention import prefill_keys
+
+                kv = prefill_keys(max(max(klens), cap or 0), window or 0)
+                dims = {"d": d, "g": g, "kv": kv, "t": sum(qlens)}
+            else:
+                dims = {"d": d, "g": g}
             out.append(Problem(kernel, kernel, f"{label} d{d} h{h}/{hkv}", dims, setup))
     return out
 
 
 def _attn_setup(dev, dtype, d, h, hkv, qlens, klens, bs: int = 16,
-                max_seq_len: int | None = None):
+                max_seq_len: int | None = None, window: int | None = None):
     """The attention call of one problem; `max_seq_len` (at least the longest context) as a
-    graph's capacity: block tables that wide and the decode split count derived from it."""
+    graph's capacity: block tables that wide and the decode split count derived from it;
+    `window`: a sliding window of that many keys."""
     import torch
 
     from forge.kernels import attention
@@ -386,7 +402,7 @@ def _attn_setup(dev, dtype, d, h, hkv, qlens, klens, bs: int = 16,
     bt = bt.to(dev)
     mq = max(qlens)
     return lambda: attention.attention(q, kc, vc, qsl, sl, bt, h, hkv, d ** -0.5,
-                                       max_query_len=mq, max_seq_len=mk)
+                                       sliding_window=window, max_query_len=mq, max_seq_len=mk)
 
 
 def elementwise_problems(kernel: str) -> list[Problem]:

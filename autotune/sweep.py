@@ -27,13 +27,14 @@ What a sweep keeps:
   kernel (a bias, a fused norm) run the Triton GEMV with those keys, untimed.
 - A bucket is written only when its best candidate beats the current config by --min-gain
   (1% by default).
-- The first table with an entry for a kernel serves every bucket of that kernel, so before a
+- The first table with an entry for a kernel serves every bucket of that kernel (whose exact
+  dims, attention's head dim, one of its entries names), so before a
   kernel's first entry goes into the output table, the entries that serve the kernel now are
   copied in (`seed_kernel`): those buckets keep their configs. A bucket the sweep adds also
   serves the shapes nearest to it (tuning's nearest-bucket rule), which a "*" entry or a
   farther bucket served before. Entries that name fewer dims than the kernel's buckets now do
-  (a table from before attn_prefill's t) get them, at each value the problems use
-  (`widen_entries`): otherwise they would stay nearest at every value of the missing dim.
+  (a table from before attn_prefill's t or kv) get them, at each value the problems of their
+  head dim use (`widen_entries`): otherwise they would stay nearest at every value of the missing dim.
 - A new output table starts as a copy of the user table lookup reads now, if there is one.
   While the sweep writes the user table itself, progress goes to <name>.partial.json (moved into
   place at the end), so that no bucket's baseline is an earlier bucket's fresh winner.
@@ -271,7 +272,8 @@ def widen_entries(table: dict, kernel: str, probs: list[spaces.Problem]) -> int:
     from before the launcher gained it, e.g. attn_prefill's t) that dim, once per value the
     problems use, so that all of the kernel's entries name the same dims: an entry without the
     dim is as near at any value of it and would take shapes from the sweep's new buckets.
-    Returns how many entries were widened."""
+    An entry takes the values of the problems that share its exact dims (attention's head dim)
+    where there are any. Returns how many entries were widened."""
     from forge.kernels import tuning
 
     entries = table.get("kernels", {}).get(kernel)
@@ -289,7 +291,9 @@ def widen_entries(table: dict, kernel: str, probs: list[spaces.Problem]) -> int:
             continue
         e = entries.pop(key)
         note = f"widened from {key} by autotune.sweep (at the {', '.join(missing)} of its problems)"
-        for combo in sorted({tuple(b[m] for m in missing) for b in buckets}):
+        ex = [k for k in tuning.exact_dims(kernel) if k in dims]
+        own = [b for b in buckets if all(b[k] == dims[k] for k in ex)] or buckets
+        for combo in sorted({tuple(b[m] for m in missing) for b in own}):
             nb = tuning.bucket(**dims, **dict(zip(missing, combo)))
             if nb not in entries:
                 entries[nb] = _noted(e, note)

@@ -48,6 +48,7 @@ from autotune.timing import graph_ms  # noqa: E402
 
 H, HKV, D, BS = 32, 8, 128, 16
 WINDOW = 0  # --window: prefill with a sliding window of this many keys (0: off)
+CAPACITY = 0  # --capacity: prefill's max_seq_len at least this (a prefill graph's capacity)
 DEV = "cuda"
 L2_TARGET = 256 << 20   # bytes of KV the graph rotates through (H100 L2: 50 MiB)
 
@@ -200,7 +201,7 @@ def prefill_fns(n, dtype, gen, ctx: int = 0):
 
     def ours():
         attention(q, k, v, qsl, sl, bt, H, HKV, scale, sliding_window=WINDOW or None,
-                  max_query_len=n, max_seq_len=total, out=out)
+                  max_query_len=n, max_seq_len=max(total, CAPACITY), out=out)
 
     kk = k[bt[0].long()].reshape(-1, HKV, D)[:total]
     vv = v[bt[0].long()].reshape(-1, HKV, D)[:total]
@@ -249,13 +250,14 @@ def attended_keys(n: int, ctx: int) -> float:
 PREFILL_CASES = ((512, 0), (2048, 0), (8192, 0), (512, 4096), (512, 8192))
 
 
-def run_prefill(dtype, gen) -> None:
+def run_prefill(dtype, gen, cases=PREFILL_CASES) -> None:
     print("\n## prefill (one sequence: n causal queries after ctx cached tokens; "
-          "CUDA-graph medians" + (f"; sliding window {WINDOW}, SDPA with a dense mask)"
-                                  if WINDOW else ")"))
+          "CUDA-graph medians" + (f"; sliding window {WINDOW}, SDPA with a dense mask"
+                                  if WINDOW else "")
+          + (f"; max_seq_len {CAPACITY} as in a prefill graph" if CAPACITY else "") + ")")
     print(f"{'n@ctx':>10} | {'forge us':>9} {'TFLOP/s':>8} | {'sdpa us':>9} {'TFLOP/s':>8} | "
           f"{'vs sdpa':>7} {'max|diff|':>9}")
-    for n, ctx in PREFILL_CASES:
+    for n, ctx in cases:
         ours, ref, err = prefill_fns(n, dtype, gen, ctx)
         t_ours = prefill_ms(ours)
         t_ref = prefill_ms(ref)
@@ -408,9 +410,13 @@ def main() -> None:
                     help="with --sweep: one grid instead of the two built-in stages, e.g. "
                          "'SPLITS_PER_CU=1,2,4 MAX_SPLITS=16,32,64 FUSED_REDUCE=0,1'")
     ap.add_argument("--cases", default=None,
-                    help="with --sweep: the shapes instead of the built-in ones; decode "
-                         "BATCHxCTXxMAX_SEQ,... (six built in), prefill N@CTX,... (2048@0, "
-                         "8192@0, 512@8192)")
+                    help="with --sweep or --only prefill: the shapes instead of the built-in "
+                         "ones; decode BATCHxCTXxMAX_SEQ,... (six built in), prefill "
+                         "N@CTX,... (sweep: 2048@0, 8192@0, 512@8192)")
+    ap.add_argument("--capacity", type=int, default=0,
+                    help="prefill: max_seq_len at least this, as a prefill graph captured for "
+                         "that many tokens passes whatever the context (the kv of the "
+                         "attn_prefill bucket)")
     ap.add_argument("--top", type=int, default=8, help="with --sweep: rows shown")
     ap.add_argument("--window", type=int, default=0,
                     help="prefill: a sliding window of this many keys (Gemma 3's local layers: "
@@ -429,10 +435,12 @@ def main() -> None:
             raise SystemExit(f"--heads: need H, HKV, D >= 1 and H a multiple of HKV, got {args.heads}")
     if args.window < 0:
         raise SystemExit(f"--window: must be >= 0, got {args.window}")
-    global WINDOW
-    WINDOW = args.window
-    if args.cases and not args.sweep:
-        raise SystemExit("--cases: only with --sweep")
+    if args.capacity < 0:
+        raise SystemExit(f"--capacity: must be >= 0, got {args.capacity}")
+    global WINDOW, CAPACITY
+    WINDOW, CAPACITY = args.window, args.capacity
+    if args.cases and not (args.sweep or args.only == "prefill"):
+        raise SystemExit("--cases: only with --sweep or --only prefill")
     if args.grid and not args.sweep:
         raise SystemExit("--grid: only with --sweep")
     if not torch.cuda.is_available():
@@ -447,7 +455,10 @@ def main() -> None:
     if args.only in (None, "decode"):
         run_decode(dtype, gen)
     if args.only in (None, "prefill"):
-        run_prefill(dtype, gen)
+        cases = PREFILL_CASES
+        if args.cases:
+            cases = [tuple(int(x) for x in c.split("@")) for c in parse_prefill_cases(args.cases)]
+        run_prefill(dtype, gen, cases)
 
 
 if __name__ == "__main__":

@@ -1097,20 +1097,29 @@ def _tile_rows(G: int, block_m: int, ht: int) -> dict:
 
 
 def _prefill_plan(kind: str, dk: int, dv: int, G: int, elem: int, lds_bytes: int,
-                  tokens: int) -> dict:
-    """The prefill launch plan for a call of `tokens` query tokens (q's rows: the bucket's `t`,
-    so a table may give a few-tile chunk and a long prompt different tiles)."""
-    return _prefill_plan_at(kind, dk, dv, G, elem, lds_bytes, _pow2(tokens))
+                  tokens: int, keys: int) -> dict:
+    """The prefill launch plan for a call of `tokens` query tokens (q's rows: the bucket's `t`)
+    whose queries attend at most `keys` keys (the bucket's `kv`: the longest sequence the
+    launcher is told of, max_seq_len, capped by the sliding window). A table may so give a
+    few-tile chunk and a long prompt different tiles, and a sliding-window layer and a global
+    one (Gemma 3 heads, H100: 2048 queries after 4096 keys want 128-row tiles on a global layer,
+    64-row ones under the 512-key window; bench/results/run24)."""
+    return _prefill_plan_at(kind, dk, dv, G, elem, lds_bytes, _pow2(tokens), _pow2(keys))
+
+
+def prefill_keys(max_kv: int, window: int) -> int:
+    """The bucket's `kv` of a prefill call: the keys a query may attend at most."""
+    return min(max_kv, window) if window > 0 else max_kv
 
 
 @functools.lru_cache(maxsize=256)
 def _prefill_plan_at(kind: str, dk: int, dv: int, G: int, elem: int, lds_bytes: int,
-                     t: int) -> dict:
+                     t: int, kv: int) -> dict:
     default = _prefill_default(kind, dk, elem)
     if kind == "nvidia":
         default = _fit_shared(default, dk, dv, elem, lds_bytes)
     cfg = tuning.get_config("attn_prefill_f32" if elem == 4 else "attn_prefill",
-                            tuning.bucket(d=dk, g=G, t=t), default)
+                            tuning.bucket(d=dk, g=G, kv=kv, t=t), default)
     block_m = int(cfg["BLOCK_M"])
     block_n = int(cfg["BLOCK_N"])
     for key, v in (("BLOCK_M", block_m), ("BLOCK_N", block_n)):
@@ -1391,9 +1400,10 @@ def attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
         return out
 
     # ---- prefill / mixed -------------------------------------------------------------------------
-    plan = _prefill_plan(kind, dk, dv, G, elem, info.lds_bytes if info else 0, T)
-    grid = (T // plan["BQ"] + nseq, num_kv_heads * plan["NHC"])
     max_kv = int(max_seq_len) if max_seq_len is not None else block_tables.shape[1] * bs
+    plan = _prefill_plan(kind, dk, dv, G, elem, info.lds_bytes if info else 0, T,
+                         prefill_keys(max_kv, window))
+    grid = (T // plan["BQ"] + nseq, num_kv_heads * plan["NHC"])
     if window:  # a tile attends at most its BQ tokens' windows, from a BLOCK_N-aligned start
         max_kv = min(max_kv, window + plan["BQ"] + plan["BLOCK_N"])
     S = num_prefill_splits(grid[0] * grid[1], max_kv, plan, info.num_cus if info else _NO_GPU_CUS)
@@ -1492,9 +1502,11 @@ def compile_specs(kind: str = "rdna", dtypes: tuple = ("fp16", "bf16", "fp32"),
                      "qk_scale": "fp32", "cap_scale": "fp32"}
             sig = _sig(_attn_prefill_kernel, types, ce)
             specs.append({"name": f"attn_prefill_d{d}_{dt}{suffix}", "fn": _attn_prefill_kernel,
-                          # a 2048-token call: report compiles each table entry of another
-                          # token count against its nearest spec
-                          "kernel": "attn_prefill" + f32, "bucket": tuning.bucket(d=d, g=G, t=2048),
+                          # a 2048-token call (after 4096 keys; under a window, 512 keys):
+                          # report compiles each table entry of another bucket against its
+                          # nearest spec
+                          "kernel": "attn_prefill" + f32,
+                          "bucket": tuning.bucket(d=d, g=G, kv=512 if window_on else 8192, t=2048),
                           "derive": _derive_prefill, "signature": sig, "constexprs": ce,
                           "attrs": _attrs(_attn_prefill_kernel, sig),
                           "num_warps": cfg["num_warps"], "num_stages": cfg["num_stages"],
@@ -1502,7 +1514,8 @@ def compile_specs(kind: str = "rdna", dtypes: tuple = ("fp16", "bf16", "fp32"),
             if kind == "nvidia" and dt == "bf16" and d == 256 and not window_on:
                 # Gemma 3's local layers: the window with split keys (its production launch)
                 specs.append(dict(specs[-1], name=f"attn_prefill_d{d}_{dt}_window{suffix}",
-                                  constexprs=dict(ce, WINDOW=True)))
+                                  constexprs=dict(ce, WINDOW=True),
+                                  bucket=tuning.bucket(d=d, g=G, kv=512, t=2048)))
             # decode (split and fused merge on some specs, plain on others)
             cfg = _decode_default(kind, d, elem)
             # NVIDIA: always split with the launcher's fused merge (sm90 d128's table entry

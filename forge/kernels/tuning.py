@@ -21,7 +21,9 @@ Within one table an exact bucket wins, else the nearest bucket whose dims are al
 asked ones (distance = sum of |log2| differences over the entry's dims: a dim an entry does not
 name matches any value, so a table written before a launcher gained a dim still serves it; ties go
 to the entry naming more dims, then the smaller bucket, then the smaller string), else the
-kernel's "*" entry. The entry is laid over `default`; its "source" note and keys that are neither in
+kernel's "*" entry. A kernel's EXACT_DIMS (attention's head dim `d`) are categories, not sizes:
+an entry naming another value of one never serves (it is no nearer for a head dim one step
+away), so a table need not repeat its other dims' grid for every head dim. The entry is laid over `default`; its "source" note and keys that are neither in
 `default` nor launch options are dropped, and AMD-only keys are dropped off AMD.
 """
 from __future__ import annotations
@@ -55,6 +57,12 @@ ENUM_KEYS = {"PREFETCH": (0, 1, 2, 3, 4), "X_PRE": (0, 1), "PDL": (0, 1), "FUSE_
              "ASYNC_XA": (0, 1)}
 # L2PF (matmul.py's GEMV, NVIDIA): how many steps ahead the weights are prefetched into L2 (0 off).
 L2PF_VALUES = range(0, 4097)
+
+# Bucket dims matched exactly, per kernel (dotted per-type names use their base kernel's): a
+# head dim is a category (a tile tuned for d256 says nothing about d128 shapes: its shared
+# memory, registers and MMA shapes differ), where token counts and widths are sizes.
+EXACT_DIMS = {"attn_prefill": ("d",), "attn_prefill_f32": ("d",), "attn_decode": ("d",),
+              "attn_decode_f32": ("d",), "attn_reduce": ("d",)}
 
 _DIM_NAME = re.compile(r"[A-Za-z][A-Za-z_]*\Z")
 _BUCKET_PART = re.compile(r"(?:^|_)([A-Za-z][A-Za-z_]*?)(\d+)(?=_|$)")
@@ -103,11 +111,19 @@ def parse_bucket(b: str) -> dict[str, int]:
     return out
 
 
-def match_distance(want: Mapping[str, int], entry: Mapping[str, int]) -> float:
+def exact_dims(kernel: str) -> tuple[str, ...]:
+    """The dims `kernel`'s lookup matches exactly (EXACT_DIMS; "attn_prefill.x" -> attn_prefill's)."""
+    return EXACT_DIMS.get(kernel.split(".", 1)[0], ())
+
+
+def match_distance(want: Mapping[str, int], entry: Mapping[str, int],
+                   exact: tuple[str, ...] = ()) -> float:
     """How far a table entry's bucket is from the asked one: the sum of |log2| differences over
     the dims the entry names (one it leaves out matches any value); inf when the entry names a
-    dim that was not asked for."""
+    dim that was not asked for, or another value of an `exact` dim."""
     if not entry.keys() <= want.keys():
+        return math.inf
+    if any(k in entry and entry[k] != want[k] for k in exact):
         return math.inf
     return sum(abs(math.log2(max(want[k], 1)) - math.log2(max(entry[k], 1))) for k in entry)
 
@@ -275,7 +291,9 @@ def _chain(arch: str, include_user: bool = True,
     return chain
 
 
-def _pick(entries: dict, b: str) -> tuple[str, dict] | None:
+def _pick(entries: dict, b: str, exact: tuple[str, ...] = ()) -> tuple[str, dict] | None:
+    """(bucket key, entry) of `entries` that serves bucket b (None: none does; the caller goes
+    on to the next table). exact: dims matched exactly (`exact_dims` of the kernel)."""
     if b in entries:
         return b, entries[b]
     want = parse_bucket(b) if b != "*" else None
@@ -285,7 +303,7 @@ def _pick(entries: dict, b: str) -> tuple[str, dict] | None:
             if key == "*":
                 continue
             dims = parse_bucket(key)
-            d = match_distance(want, dims)
+            d = match_distance(want, dims, exact)
             if d == math.inf:
                 continue
             rank = (d, -len(dims), sum(math.log2(v) for v in dims.values()), key)
@@ -334,7 +352,7 @@ def _find(chain: list[tuple[str, Table]], kernel: str, bucket_: str):
     for level, table in chain:
         entries = table.kernels.get(kernel)
         if entries:
-            got = _pick(entries, bucket_)
+            got = _pick(entries, bucket_, exact_dims(kernel))
             if got is not None:
                 return (level, table, *got)
     return None

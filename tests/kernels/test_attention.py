@@ -259,7 +259,7 @@ def test_prefill_heads_per_tile(rng, monkeypatch, ht):
     orig = attn._prefill_default
     monkeypatch.setattr(attn, "_prefill_default", lambda *a: dict(orig(*a), HT=ht, BLOCK_M=32))
     attn.clear_config_cache()
-    plan = attn._prefill_plan("interp", 64, 64, 6, 4, 0, sum(Q_LENS))
+    plan = attn._prefill_plan("interp", 64, 64, 6, 4, 0, sum(Q_LENS), max(SEQ_LENS))
     assert (plan["HT"], plan["NHC"], plan["BQ"]) == (ht, -(-6 // ht), 32 // ht)
     t, n = make_case(rng, SEQ_LENS, Q_LENS, 12, 2, 64, 64, 16, "fp32")
     run_and_check(t, n, 12, 2, 0.125, "fp32", window=20, max_query_len=max(Q_LENS))
@@ -636,9 +636,10 @@ def test_gpu_gemma3_long_chunk_split(rng, split_counts):
     from forge.runtime import device
 
     info = attn._device_info()
-    plan = attn._prefill_plan("nvidia", 256, 256, 4, 2, info.lds_bytes, 2100)
-    if device.current_arch() == "sm90":
-        assert plan["BLOCK_M"] == 128, plan  # the shipped t4096 tile
+    for keys in (5100, 1500):   # a global layer's keys, the window's
+        plan = attn._prefill_plan("nvidia", 256, 256, 4, 2, info.lds_bytes, 2100, keys)
+        if device.current_arch() == "sm90":
+            assert plan["BLOCK_M"] == 128, plan  # the shipped t4096 tiles
     if info.num_cus > 2100 // plan["BQ"] + 1:
         assert min(split_counts) > 1, split_counts
 

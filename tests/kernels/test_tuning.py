@@ -609,30 +609,99 @@ def test_a_new_bucket_serves_the_shapes_nearest_to_it(typed_tables):
 
 
 def test_sweep_widens_entries_that_leave_a_dim_out():
-    """A user table from before attn_prefill's bucket named t: the sweep gives each d_g entry
-    the t of its problems (512, 2048, 8192), keeps entries that name t, and leaves "*" alone;
-    afterwards a far token count of an old head dim still takes that head dim's config."""
+    """A user table from before attn_prefill's bucket named t and kv: the sweep gives each entry
+    the (kv, t) of its head dim's problems (a d_t entry the kv), keeps entries that name both,
+    and leaves "*" alone; afterwards a far shape of an old head dim still takes that head dim's
+    config."""
     from autotune import spaces, sweep
 
     t = sweep.new_table("sm90", "hopper", "H100", "2026-11-24")
-    for b, blk in (("d128_g4", 128), ("d64_g4", 64), ("d256_g4_t2048", 32), ("*", 16)):
+    for b, blk in (("d128_g4", 128), ("d64_g4", 64), ("d256_g4_t2048", 32),
+                   ("d256_g4_kv512_t8192", 8), ("*", 16)):
         sweep.merge_entry(t, "attn_prefill", b, {"BLOCK_M": blk, "source": "sweep x"})
     probs = spaces.problems("attn_prefill")
-    assert sweep.widen_entries(t, "attn_prefill", probs) == 2
+    assert sweep.widen_entries(t, "attn_prefill", probs) == 3
     got = t["kernels"]["attn_prefill"]
-    assert sorted(got) == sorted(["*", "d256_g4_t2048"] + [f"d{d}_g4_t{n}" for d in (64, 128)
-                                                           for n in (512, 2048, 8192)])
-    assert got["d128_g4_t8192"]["BLOCK_M"] == 128
-    assert got["d128_g4_t8192"]["comment"].startswith("widened from d128_g4")
+    # the d64 / d128 problems: 512 after 4096, 2048 whole, 4 x 512 after 4096, 8192 whole
+    llama = ["kv4096_t512", "kv2048_t2048", "kv4096_t2048", "kv8192_t8192"]
+    # d256's also run under the 512-key window (kv512): t2048 takes every kv of them
+    assert sorted(got) == sorted(["*", "d256_g4_kv512_t8192"]
+                                 + [f"d{d}_g4_{b}" for d in (64, 128) for b in llama]
+                                 + [f"d256_g4_kv{kv}_t2048" for kv in (512, 2048, 4096, 8192)])
+    assert got["d128_g4_kv8192_t8192"]["BLOCK_M"] == 128
+    assert got["d128_g4_kv8192_t8192"]["comment"].startswith("widened from d128_g4")
+    assert got["d256_g4_kv512_t2048"]["BLOCK_M"] == 32
     assert sweep.widen_entries(t, "attn_prefill", probs) == 0          # nothing left to widen
-    sweep.merge_entry(t, "attn_prefill", "d256_g4_t8192", {"BLOCK_M": 256, "source": "sweep y"})
+    sweep.merge_entry(t, "attn_prefill", "d256_g4_kv8192_t8192", {"BLOCK_M": 256,
+                                                                  "source": "sweep y"})
     with tuning.override(t["kernels"]):
-        # before widening, d128_g4 (1 away, d) was as near as d256_g4_t8192 to this and won
-        # on nothing else; now d128's t8192 entry is nearer
-        r = tuning.resolve("attn_prefill", "d128_g4_t65536", {"BLOCK_M": 1}, arch="sm90")
-        assert (r.key, r.config["BLOCK_M"]) == ("d128_g4_t8192", 128)
-        r = tuning.resolve("attn_prefill", "d256_g4_t65536", {"BLOCK_M": 1}, arch="sm90")
+        r = tuning.resolve("attn_prefill", "d128_g4_kv65536_t65536", {"BLOCK_M": 1}, arch="sm90")
+        assert (r.key, r.config["BLOCK_M"]) == ("d128_g4_kv8192_t8192", 128)
+        r = tuning.resolve("attn_prefill", "d256_g4_kv65536_t65536", {"BLOCK_M": 1}, arch="sm90")
         assert r.config["BLOCK_M"] == 256
+
+
+@pytest.mark.parametrize("kernel,dims,key", [
+    ("attn_prefill", {"d": 256, "g": 4, "kv": 512, "t": 512}, "d256_g4_kv512_t2048"),
+    ("attn_prefill", {"d": 256, "g": 2, "kv": 1024, "t": 2048}, "d256_g4_kv512_t2048"),
+    ("attn_prefill", {"d": 256, "g": 4, "kv": 65536, "t": 1024}, "d256_g4_kv8192_t2048"),
+    # d128 is one step from d256's entries but matches none: the "*" entry
+    ("attn_prefill", {"d": 128, "g": 4, "kv": 512, "t": 2048}, "*"),
+    ("attn_prefill", {"d": 64, "g": 4, "kv": 512, "t": 2048}, "d64_g4_kv512_t8192"),
+    ("attn_prefill.x", {"d": 128, "g": 4, "kv": 512, "t": 2048}, "*"),   # the base kernel's rule
+    ("attn_decode", {"d": 128, "g": 4, "kv": 512, "t": 2048}, "*"),
+    # a kernel with no exact dims takes the nearest head dim
+    ("p", {"d": 128, "g": 4, "kv": 512, "t": 2048}, "d256_g4_kv512_t2048"),
+])
+def test_attention_head_dim_is_matched_exactly(tmp_path, monkeypatch, kernel, dims, key):
+    """A head dim is a category: an attention entry tuned at another head dim never serves, however
+    near its other dims (tuning.EXACT_DIMS); "*" (or the next table) does instead."""
+    entries = {"d256_g4_kv512_t2048": {"BLOCK_M": 64, "source": "reasoned: a"},
+               "d256_g4_kv8192_t2048": {"BLOCK_M": 128, "source": "reasoned: b"},
+               "d64_g4_kv512_t8192": {"BLOCK_M": 32, "source": "reasoned: c"},
+               "*": {"BLOCK_M": 16, "source": "reasoned: star"}}
+    _sm90_only(tmp_path, monkeypatch, {kernel: entries})
+    r = tuning.resolve(kernel, tuning.bucket(**dims), {"BLOCK_M": 1}, arch="sm90")
+    assert r.key == key
+    assert tuning.match_distance(dims, {"d": 256}, ("d",)) == (0 if dims["d"] == 256 else math.inf)
+
+
+def test_an_exact_dim_miss_falls_through_to_the_next_table(tmp_path, monkeypatch):
+    """A user table that has only d128 attn_prefill entries leaves a d256 call to the shipped
+    table (the first table with the kernel no longer serves every bucket of it)."""
+    _sm90_only(tmp_path, monkeypatch, {"attn_prefill": {
+        "d256_g4_kv512_t2048": {"BLOCK_M": 64, "source": "reasoned: shipped"}}})
+    user = tmp_path / "user.json"
+    _write(user, {"arch": "sm90", "kernels": {"attn_prefill": {
+        "d128_g4_kv8192_t2048": {"BLOCK_M": 128, "source": "sweep user"}}}})
+    monkeypatch.setenv("FORGE_TUNING_TABLE", str(user))
+    tuning.clear_cache()
+    r = tuning.resolve("attn_prefill", "d256_g4_kv8192_t2048", {"BLOCK_M": 1}, arch="sm90")
+    assert (r.level, r.config["BLOCK_M"]) == ("arch", 64)
+    r = tuning.resolve("attn_prefill", "d128_g4_kv512_t512", {"BLOCK_M": 1}, arch="sm90")
+    assert (r.level, r.config["BLOCK_M"]) == ("user", 128)
+
+
+@pytest.mark.parametrize("tokens,keys,block_m", [
+    (512, 512, 64), (2048, 512, 64), (2048, 6144, 128), (1024, 32768, 128), (512, 32768, 64),
+    (512, 4608, 64), (1024, 1024, 64), (2048, 2048, 64), (8192, 512, 128), (4096, 4096, 128),
+])
+def test_shipped_sm90_prefill_tiles_at_gemma3_heads(monkeypatch, tokens, keys, block_m):
+    """The sm90 table's attn_prefill tiles at Gemma 3 heads (4:1, d256) per (query tokens,
+    keys a query may attend): the 128-row tile for more than 2048 tokens, and from 1024 on a
+    global layer (a long context, or a prefill graph's capacity); 64 rows for up to 2048 tokens
+    under the 512-key window (bench/results/run24 call 3, run25). Llama heads keep one tile."""
+    from forge.kernels import attention as attn
+
+    monkeypatch.setenv("FORGE_ARCH", "sm90")
+    tuning.clear_cache()
+    lds = 232448
+    plan = attn._prefill_plan("nvidia", 256, 256, 4, 2, lds, tokens, keys)
+    assert plan["BLOCK_M"] == block_m
+    assert plan["BLOCK_N"] == (32 if block_m == 128 else 64)
+    for d, tile in ((128, (128, 64)), (64, (64, 128))):
+        plan = attn._prefill_plan("nvidia", d, d, 4, 2, lds, tokens, keys)
+        assert (plan["BLOCK_M"], plan["BLOCK_N"]) == tile
 
 
 def test_a_table_mixing_dims_warns():
