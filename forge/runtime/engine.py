@@ -289,39 +289,66 @@ class Engine:
         )
 
     def _warmup(self, progress: bool) -> None:
-        """Compile and warm every kernel variant serving will use (prefill sizes, decode), and
-        capture the decode graphs, so that the first request is not slow."""
+        """Compile and warm the kernel variants serving will use (prefill sizes up to the
+        largest step, decode), and capture the decode graphs and those prefill graphs, so that
+        the first request is not slow. Prefill is warmed at 1, 7 and 64 tokens, then at every
+        doubling from 512 up to the largest step (max_num_batched_tokens): attention's tuning
+        bucket counts query tokens in powers of two, so a longer step may take another tile, and
+        whether its tiles split their keys depends on how many there are; compiling those
+        variants in a serving step would stall it for seconds. Running the largest step here
+        also shows at load, not mid-serving, whether its activations fit beside the KV cache."""
         import sys
 
-        # (no larger than the KV cache holds: model_logits needs blocks for every token)
+        # (no larger than the KV cache holds: a step needs blocks for every token)
         top = min(self.max_num_batched_tokens, self.max_model_len - 1, self.pool.capacity_tokens)
-        sizes = sorted({max(1, min(s, top)) for s in (1, 7, 64, 512)})
+        ladder = [1, 7, 64, 512]
+        while ladder[-1] * 2 < top:
+            ladder.append(ladder[-1] * 2)
+        sizes = sorted({max(1, min(s, top)) for s in ladder + [top]})
+        graphs = getattr(self.backend, "cuda_graphs", False)
+        prefill_graphs = graphs and getattr(self.backend, "prefill_graphs", False)
+        # with prefill graphs the largest step is warmed by its graph's capture alone: eager
+        # steps of that size would then be rare (past the graph limit), and their GEMM
+        # variants (inside a graph: dequantize + cuBLAS) would only lengthen the load
+        eager = [s for s in sizes if s <= 512 or not prefill_graphs]
         bar = None
         if progress:
             from tqdm import tqdm
 
-            bar = tqdm(total=len(sizes), desc="warming kernels", unit="shape", file=sys.stderr, leave=False)
-        for s in sizes:
-            self.model_logits([0] * s)
+            bar = tqdm(total=len(eager), desc="warming kernels", unit="shape", file=sys.stderr, leave=False)
+        for s in eager:
+            # the last row's logits only: [T, vocab] float32 of an 8192-token step of a
+            # 262k vocabulary would be 8.6 GB
+            self._forward_prompt([0] * s, all_logits=False)
             if bar:
                 bar.update(1)
         if bar:
             bar.close()
-        if getattr(self.backend, "cuda_graphs", False):
+        if graphs:
             from forge.runtime.graphs import DecodeGraphs
 
             self.graphs = DecodeGraphs(self)
             self.graphs.capture(progress)
-            if getattr(self.backend, "prefill_graphs", False):
+            if prefill_graphs:
                 from forge.runtime.graphs import PrefillGraphs
 
                 self.prefill_graphs = PrefillGraphs(self)
-                self.prefill_graphs.warm([(s, 1) for s in sizes if s > 1], progress)
+                # the graphs a prompt of s - 1 tokens replays: padded to the rung s with the
+                # padding sequence, (s, 2), as nearly every prompt is (one of exactly s tokens
+                # replays (s, 1), captured on first use). Their kernels are not all those of
+                # (s, 1): Triton specialises integer arguments equal to 1 (the sequence count)
+                self.prefill_graphs.warm([(s - 1, 1) for s in sizes if s > 2], progress)
 
     # ---- tools --------------------------------------------------------------------------
     def model_logits(self, token_ids: Sequence[int], trace=None) -> np.ndarray:
         """Logits [T, vocab] (float32, NumPy) of every position of one prompt, through the same
         paged path as serving, without touching the scheduler's state."""
+        logits = self._forward_prompt(token_ids, all_logits=True, trace=trace)
+        return np.asarray(self.backend.to_numpy(logits), dtype=np.float32)
+
+    def _forward_prompt(self, token_ids: Sequence[int], all_logits: bool, trace=None):
+        """One prompt's forward pass through the paged path in blocks of its own (freed after),
+        outside the scheduler; the backend's logits of every row (all_logits) or the last."""
         ids = [int(t) for t in token_ids]
         T = len(ids)
         bs = self.block_size
@@ -336,8 +363,9 @@ class Engine:
             req.block_ids = list(blocks)
             out = SchedulerOutput(seqs=[ScheduledSeq(req, 0, T, True)], num_tokens=T)
             batch = make_forward_batch(out, bs, self.backend)
-            logits = self.model.forward(batch, self.kv.layers, all_logits=True, trace=trace)
-            return np.asarray(self.backend.to_numpy(logits), dtype=np.float32)
+            logits = self.model.forward(batch, self.kv.layers, all_logits=all_logits, trace=trace)
+            self.backend.synchronize()   # the step done before its blocks go back
+            return logits
         finally:
             self.pool.free(blocks)
 

@@ -188,3 +188,30 @@ def test_warmup_fits_a_small_kv_cache(tiny):
     assert eng.pool.capacity_tokens < 512
     eng._warmup(progress=False)
     assert eng.pool.num_free == eng.pool.num_usable   # every warm-up block given back
+
+
+@pytest.mark.parametrize("budget,want", [(1500, [1, 7, 64, 512, 1024, 1500]),
+                                         (1024, [1, 7, 64, 512, 1024]),
+                                         (300, [1, 7, 64, 300]),
+                                         (4096, [1, 7, 64, 512, 1024, 2047])])  # context 2048
+def test_warmup_steps_double_up_to_the_largest_step(tiny, budget, want):
+    """The warm-up runs every doubling from 512 tokens up to the largest step the engine will
+    schedule (attention's bucket counts tokens in powers of two, so each may want its own
+    kernel variants), asking for the last row's logits only (an 8192-token step's logits of a
+    262k vocabulary would take 8.6 GB)."""
+    from forge.runtime.engine import Engine
+
+    eng = Engine(tiny, device="cpu", kv_cache_tokens=4096, max_num_batched_tokens=budget)
+    seen = []
+    forward = eng.model.forward
+
+    def record(batch, kv, all_logits=False, trace=None):
+        out = forward(batch, kv, all_logits=all_logits, trace=trace)
+        seen.append((int(batch.max_query_len), all_logits, out.shape[0]))
+        return out
+
+    eng.model.forward = record
+    eng._warmup(progress=False)
+    assert [s for s, _, _ in seen] == want
+    assert all(not a and rows == 1 for _, a, rows in seen)
+    assert eng.pool.num_free == eng.pool.num_usable
