@@ -25,6 +25,7 @@ import argparse
 import dataclasses
 import importlib
 import json
+import math
 import os
 import pkgutil
 import re
@@ -232,15 +233,27 @@ def _expect_mma(spec: dict, kernel: str) -> bool:
 def _returnable(kernel: str, target: str, include_user: bool) -> list[tuple[str, Any, str, dict]]:
     """(label, table, bucket, entry) for the entries lookup can return for `kernel` on
     `target`: those of the first table in the chain that has the kernel (all launchers of a
-    kernel bucket by the same dims, so later tables are unreachable once one has it)."""
+    kernel bucket by the same dims, so later tables are unreachable once one has it), and for a
+    kernel with exact dims (attention's head dim) those of later tables at head dims no earlier
+    table names (lookup falls through to them), until a table with a "*" or an entry that
+    leaves the dim out."""
     from forge.kernels import tuning
 
+    ex = tuning.exact_dims(kernel)
+    out, named = [], set()
     for level, table in tuning._chain(target, include_user):
         entries = table.kernels.get(kernel)
-        if entries:
-            name = Path(table.path.split("#")[0]).stem + _sect(table.path)
-            return [(f"{name}:{kernel}:{key}", table, key, e) for key, e in entries.items()]
-    return []
+        if not entries:
+            continue
+        name = Path(table.path.split("#")[0]).stem + _sect(table.path)
+        vals = {key: tuple(tuning.parse_bucket(key).get(k) for k in ex)
+                for key in entries if key != "*"}
+        out += [(f"{name}:{kernel}:{key}", table, key, e) for key, e in entries.items()
+                if key == "*" or vals[key] not in named]
+        named |= set(vals.values())
+        if not ex or "*" in entries or any(None in v for v in vals.values()):
+            break
+    return out
 
 
 def _cover(add, target, kernel, group, entries) -> None:
@@ -273,6 +286,8 @@ def _cover(add, target, kernel, group, entries) -> None:
             want = tuning.parse_bucket(key)
             ex = tuning.exact_dims(table_kernel(label))
             dist = [tuning.match_distance(tuning.parse_bucket(g[3]), want, ex) for g in known]
+            if min(dist) == math.inf:
+                continue  # no spec of the entry's head dim: none it could be compiled against
             near = [g for g, d in zip(known, dist) if d == min(dist)]
         for mod, idx, spec, _ in near:
             add(target, kernel, mod, idx, spec, label, e)

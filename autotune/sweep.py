@@ -27,10 +27,10 @@ What a sweep keeps:
   kernel (a bias, a fused norm) run the Triton GEMV with those keys, untimed.
 - A bucket is written only when its best candidate beats the current config by --min-gain
   (1% by default).
-- The first table with an entry for a kernel serves every bucket of that kernel (whose exact
-  dims, attention's head dim, one of its entries names), so before a
-  kernel's first entry goes into the output table, the entries that serve the kernel now are
-  copied in (`seed_kernel`): those buckets keep their configs. A bucket the sweep adds also
+- The first table with an entry for a kernel serves every bucket of that kernel (for a kernel
+  with exact dims, attention's head dim, every bucket of a head dim it has entries for), so
+  before a kernel's (or a head dim's) first entry goes into the output table, the entries that
+  serve it now are copied in (`seed_kernel`): those buckets keep their configs. A bucket the sweep adds also
   serves the shapes nearest to it (tuning's nearest-bucket rule), which a "*" entry or a
   farther bucket served before. Entries that name fewer dims than the kernel's buckets now do
   (a table from before attn_prefill's t or kv) get them, at each value the problems of their
@@ -119,9 +119,13 @@ def with_current(cands: list[dict], current: dict) -> list[dict]:
     return [{**current, **c} for c in cands]
 
 
-def seed_kernel(table: dict, kernel: str, arch: str) -> int:
+def seed_kernel(table: dict, kernel: str, arch: str, bucket: str | None = None) -> int:
     """Copy into `table` the entries that serve `kernel` on `arch` now, unless `table` has the
-    kernel already; returns how many. For a per-type kernel ("linear_gemv.Q4_K") these are its
+    kernel already; returns how many. A kernel with exact dims (attention's head dim) is seeded
+    per value: when `table` has the kernel but no entry with `bucket`'s head dim, the entries of
+    that head dim in the table that serves `bucket` now are copied (a user table swept at d128
+    only leaves d256 to the shipped table; a swept d256 bucket would otherwise serve every d256
+    shape alone). For a per-type kernel ("linear_gemv.Q4_K") these are its
     own table's entries where they are laid over the generic kernel's (tuning.typed_wins),
     else the generic kernel's (which then decide alone: a generic entry of a higher-ranked
     table, or no per-type table at all). Each copy says where it came from.
@@ -131,8 +135,9 @@ def seed_kernel(table: dict, kernel: str, arch: str) -> int:
     any copied bucket (and those a "*" entry served)."""
     from forge.kernels import tuning
 
-    if table.get("kernels", {}).get(kernel):
-        return 0
+    have = table.get("kernels", {}).get(kernel)
+    if have:
+        return _seed_exact(table, kernel, arch, bucket, have) if bucket is not None else 0
     generic, dot, _ = kernel.partition(".")
     got = tuning.serving_table(kernel, arch)
     if dot:
@@ -142,16 +147,54 @@ def seed_kernel(table: dict, kernel: str, arch: str) -> int:
     if got is None:
         return 0
     level, path, source, entries = got
-    try:  # a shipped table by its place in the package, a user's by its path
-        path = f"forge/kernels/configs/{Path(path.split('#')[0]).relative_to(tuning.CONFIG_DIR)}" \
-            + (f"#{path.split('#', 1)[1]}" if "#" in path else "")
-    except ValueError:
-        pass
+    path = _package_path(path)
     for b, e in entries.items():
         copy = _noted(e, f"copied from {path} ({level}) by autotune.sweep: not timed by the sweep")
         copy.setdefault("source", source or "(no source in the original table)")
         merge_entry(table, kernel, b, copy)
     return len(entries)
+
+
+def _seed_exact(table: dict, kernel: str, arch: str, bucket: str, have: dict) -> int:
+    """seed_kernel for a kernel `table` has: copy the entries of `bucket`'s exact-dim values
+    (attention's head dim) when `table` has none of them."""
+    from forge.kernels import tuning
+
+    ex = tuning.exact_dims(kernel)
+    want = {k: v for k, v in tuning.parse_bucket(bucket).items() if k in ex}
+    if not want:
+        return 0
+
+    def same(key: str) -> bool:
+        dims = tuning.parse_bucket(key)
+        return all(dims.get(k, v) == v for k, v in want.items())
+
+    if "*" in have or any(same(b) for b in have if b != "*"):
+        return 0
+    got = tuning.serving_table(kernel, arch, bucket)
+    if got is None:
+        return 0
+    level, path, source, entries = got
+    path = _package_path(path)
+    n = 0
+    for b, e in entries.items():
+        if b != "*" and same(b):
+            copy = _noted(e, f"copied from {path} ({level}) by autotune.sweep: not timed by the sweep")
+            copy.setdefault("source", source or "(no source in the original table)")
+            merge_entry(table, kernel, b, copy)
+            n += 1
+    return n
+
+
+def _package_path(path: str) -> str:
+    """A shipped table by its place in the package, a user's by its path."""
+    from forge.kernels import tuning
+
+    try:
+        return f"forge/kernels/configs/{Path(path.split('#')[0]).relative_to(tuning.CONFIG_DIR)}" \
+            + (f"#{path.split('#', 1)[1]}" if "#" in path else "")
+    except ValueError:
+        return path
 
 
 def _noted(entry: dict, note: str) -> dict:
@@ -459,7 +502,7 @@ def main(argv: list[str] | None = None) -> int:
                     continue
                 entry = dict(r["best"])
                 entry["source"] = src
-                seeded = seed_kernel(table, p.kernel, info.arch)
+                seeded = seed_kernel(table, p.kernel, info.arch, b)
                 if seeded:
                     tqdm.write(f"  {p.kernel}: copied the {seeded} entries that serve it now "
                                "into the table (their buckets keep their configs)")

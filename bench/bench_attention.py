@@ -397,7 +397,8 @@ def sweep(kind: str, dtype, gen, grid: str | None = None, cases_text: str | None
     if stage2:
         best = run("splits", stage2, best)
     where = f"d{D}_g{H // HKV}" if kind == "decode" else \
-        f"d{D}_g{H // HKV}_t<T>, T the query tokens; the shapes' best are listed above"
+        f"d{D}_g{H // HKV}_kv<KV>_t<T>, T the query tokens, KV the keys a query may attend " \
+        "(max_seq_len, capped by the window); the shapes' best are listed above"
     print(f"\nbest {kernel} entry for configs/sm90.json (bucket {where}): {json.dumps(best)}")
 
 

@@ -5,7 +5,8 @@ launch (BLOCK_* constexprs, num_warps, num_stages and, on AMD only, waves_per_eu
 matrix_instr_nonkdim / kpack). Nothing is autotuned at run time: the tables come from
 `autotune/` sweeps (user tables) or are shipped in `configs/` (see configs/README.md).
 
-Lookup order (the first table that has an entry for the kernel wins):
+Lookup order (the first table that has an entry for the kernel wins, unless none of its entries
+can serve the bucket: another value of an exact dim, below, and no "*"):
 
 1. the user table: $FORGE_TUNING_TABLE, else ~/.cache/forge/tuning/<arch>.json (ignored, with a
    warning, when it was made for another arch);
@@ -348,7 +349,8 @@ def typed_wins(generic_level: str, typed_level: str) -> bool:
 
 
 def _find(chain: list[tuple[str, Table]], kernel: str, bucket_: str):
-    """(level, table, key, entry) of the first table in `chain` with an entry for `kernel`."""
+    """(level, table, key, entry) of the first table in `chain` with an entry for `kernel` that
+    can serve the bucket (one of the bucket's exact dims, or "*")."""
     for level, table in chain:
         entries = table.kernels.get(kernel)
         if entries:
@@ -374,17 +376,21 @@ def lookup(kernel: str, bucket_: str, arch: str) -> tuple[str, str, str, dict] |
     return level, table.path, key, entry
 
 
-def serving_table(kernel: str, arch: str) -> tuple[str, str, str, dict] | None:
+def serving_table(kernel: str, arch: str, bucket_: str | None = None
+                  ) -> tuple[str, str, str, dict] | None:
     """(level, table path, table source, {bucket: entry}) of the table that serves `kernel` on
-    `arch` (the first in the lookup order that has it, overrides aside); None when none has it."""
+    `arch` (the first in the lookup order that has it, overrides aside; with `bucket_`, the first
+    with an entry that can serve that bucket: see EXACT_DIMS); None when none has it."""
     from forge.runtime import device
 
     if not device.vendor_of(arch):
         return None
     with _lock:
         for level, table in _chain(arch, include_overrides=False):
-            if table.kernels.get(kernel):
-                return level, table.path, table.source, table.kernels[kernel]
+            entries = table.kernels.get(kernel)
+            if entries and (bucket_ is None
+                            or _pick(entries, bucket_, exact_dims(kernel)) is not None):
+                return level, table.path, table.source, entries
     return None
 
 

@@ -296,7 +296,11 @@ class Engine:
         bucket counts query tokens in powers of two, so a longer step may take another tile, and
         whether its tiles split their keys depends on how many there are; compiling those
         variants in a serving step would stall it for seconds. Running the largest step here
-        also shows at load, not mid-serving, whether its activations fit beside the KV cache."""
+        also shows at load, not mid-serving, whether its activations fit beside the KV cache.
+        Not warmed: steps of several prompts past the ladder's sizes (their graphs are captured
+        on first use, a few eager steps' time once the kernels are compiled), and with
+        prefill graphs off, eager chunks after a long context (sm90 Gemma 3 heads take another
+        attention tile there: the bucket's kv is the context)."""
         import sys
 
         # (no larger than the KV cache holds: a step needs blocks for every token)
@@ -336,8 +340,10 @@ class Engine:
                 # the graphs a prompt of s - 1 tokens replays: padded to the rung s with the
                 # padding sequence, (s, 2), as nearly every prompt is (one of exactly s tokens
                 # replays (s, 1), captured on first use). Their kernels are not all those of
-                # (s, 1): Triton specialises integer arguments equal to 1 (the sequence count)
-                self.prefill_graphs.warm([(s - 1, 1) for s in sizes if s > 2], progress)
+                # (s, 1): Triton specialises integer arguments equal to 1 (the sequence count).
+                # And (top, 1): each full-budget chunk of a prompt longer than the budget
+                self.prefill_graphs.warm([(s - 1, 1) for s in sizes if s > 2] + [(top, 1)],
+                                         progress)
 
     # ---- tools --------------------------------------------------------------------------
     def model_logits(self, token_ids: Sequence[int], trace=None) -> np.ndarray:

@@ -265,6 +265,24 @@ def test_prefill_heads_per_tile(rng, monkeypatch, ht):
     run_and_check(t, n, 12, 2, 0.125, "fp32", window=20, max_query_len=max(Q_LENS))
 
 
+@pytest.mark.parametrize("window,keys", [(0, 100), (20, 20), (500, 100)])
+def test_prefill_bucket_keys(rng, monkeypatch, window, keys):
+    """attention() asks the prefill plan for the keys a query may attend: max_seq_len, capped
+    by the sliding window (before the launcher widens its split bound by a tile)."""
+    got = []
+    orig = attn._prefill_plan
+
+    def spy(*a):
+        got.append(a[-1])
+        return orig(*a)
+
+    monkeypatch.setattr(attn, "_prefill_plan", spy)
+    t, n = make_case(rng, [30, 40], [30, 5], 4, 2, 32, 32, 16, "fp32")
+    run_and_check(t, n, 4, 2, 0.2, "fp32", window=window or None, max_query_len=30,
+                  max_seq_len=100)
+    assert got == [keys]
+
+
 def test_cache_offset_width():
     """The prefill kernel forms 32-bit cache offsets unless a cache spans 2**31 elements or
     more (counted from its shape and strides: a view into a larger buffer counts its reach)."""

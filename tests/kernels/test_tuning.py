@@ -704,6 +704,54 @@ def test_shipped_sm90_prefill_tiles_at_gemma3_heads(monkeypatch, tokens, keys, b
         assert (plan["BLOCK_M"], plan["BLOCK_N"]) == tile
 
 
+def test_sweep_seeds_each_head_dim_of_an_attention_kernel(tmp_path, monkeypatch):
+    """A user table holding attn_prefill entries of d128 only: before a d256 bucket is swept in,
+    the entries that serve d256 now (the shipped table's, every one of that head dim) are
+    copied, so the swept bucket does not serve every d256 shape alone; d128 entries are left
+    alone, and a head dim the table has is not seeded again."""
+    from autotune import sweep
+
+    _sm90_only(tmp_path, monkeypatch, {"attn_prefill": {
+        "d256_g4_kv512_t2048": {"BLOCK_M": 64, "source": "s1"},
+        "d256_g4_kv8192_t2048": {"BLOCK_M": 128, "source": "s2"},
+        "d128_g4_kv8192_t2048": {"BLOCK_M": 32, "source": "s3"}}})
+    t = sweep.new_table("sm90", "hopper", "H100", "2026-11-24")
+    sweep.merge_entry(t, "attn_prefill", "d128_g4_kv8192_t4096", {"BLOCK_M": 16, "source": "u"})
+    user = tmp_path / "user.json"
+    _write(user, t)
+    monkeypatch.setenv("FORGE_TUNING_TABLE", str(user))
+    tuning.clear_cache()
+    assert sweep.seed_kernel(t, "attn_prefill", "sm90", "d128_g4_kv512_t512") == 0
+    assert sweep.seed_kernel(t, "attn_prefill", "sm90", "d256_g4_kv512_t8192") == 2
+    got = t["kernels"]["attn_prefill"]
+    assert sorted(got) == ["d128_g4_kv8192_t4096", "d256_g4_kv512_t2048", "d256_g4_kv8192_t2048"]
+    assert got["d256_g4_kv8192_t2048"]["comment"].startswith("copied from")
+    assert sweep.seed_kernel(t, "attn_prefill", "sm90", "d256_g4_kv8192_t8192") == 0
+    # a kernel without exact dims is seeded only when the table lacks it (as before)
+    assert sweep.seed_kernel(t, "attn_prefill", "sm90") == 0
+
+
+def test_report_compiles_the_entries_lookup_falls_through_to(tmp_path, monkeypatch):
+    """autotune.report's entries for an attention kernel: a user table of d128 entries, then the
+    shipped table's entries of the head dims the user table does not name (lookup falls
+    through to them), not its d128 ones."""
+    from autotune import report
+
+    _sm90_only(tmp_path, monkeypatch, {"attn_prefill": {
+        "d256_g4_kv512_t2048": {"BLOCK_M": 64, "source": "s1"},
+        "d128_g4_kv8192_t2048": {"BLOCK_M": 32, "source": "s3"}}})
+    user = tmp_path / "user.json"
+    _write(user, {"arch": "sm90", "kernels": {"attn_prefill": {
+        "d128_g4_kv8192_t4096": {"BLOCK_M": 16, "source": "u"}}, "lin": {"N8": {"BLOCK": 2}}}})
+    monkeypatch.setenv("FORGE_TUNING_TABLE", str(user))
+    tuning.clear_cache()
+    got = [(label.split(":")[0], key) for label, _, key, _ in
+           report._returnable("attn_prefill", "sm90", include_user=True)]
+    assert got == [("user", "d128_g4_kv8192_t4096"), ("sm90", "d256_g4_kv512_t2048")]
+    assert [k for _, _, k, _ in report._returnable("attn_prefill", "sm90", False)] == \
+        ["d256_g4_kv512_t2048", "d128_g4_kv8192_t2048"]
+
+
 def test_a_table_mixing_dims_warns():
     with pytest.warns(RuntimeWarning, match="name different dims"):
         tuning.parse_table({"kernels": {"mixdims": {"d128_g4": {"BLOCK_M": 64},

@@ -215,3 +215,46 @@ def test_warmup_steps_double_up_to_the_largest_step(tiny, budget, want):
     assert [s for s, _, _ in seen] == want
     assert all(not a and rows == 1 for _, a, rows in seen)
     assert eng.pool.num_free == eng.pool.num_usable
+
+
+def test_warmup_with_graphs_captures_what_prompts_replay(tiny, monkeypatch):
+    """With decode and prefill graphs (GPU; stubbed here), the eager warm-up stops at 512 tokens
+    and the prefill graphs are captured for prompts one token short of each size (they pad to
+    the size's rung with the padding sequence: (s, 2) graphs), plus a full-budget chunk (a
+    longer prompt's chunks: (top, 1))."""
+    from forge.runtime import graphs as graphs_mod
+    from forge.runtime.engine import Engine
+
+    eng = Engine(tiny, device="cpu", kv_cache_tokens=4096, max_num_batched_tokens=1500)
+    calls = {}
+
+    class FakeDecode:
+        def __init__(self, engine):
+            self.pool = None
+
+        def capture(self, progress):
+            calls["decode"] = True
+
+    class FakePrefill:
+        def __init__(self, engine):
+            pass
+
+        def warm(self, sizes, progress=False):
+            calls["prefill"] = sizes
+
+    monkeypatch.setattr(graphs_mod, "DecodeGraphs", FakeDecode)
+    monkeypatch.setattr(graphs_mod, "PrefillGraphs", FakePrefill)
+    monkeypatch.setattr(eng.backend, "cuda_graphs", True, raising=False)
+    monkeypatch.setattr(eng.backend, "prefill_graphs", True, raising=False)
+    seen = []
+    forward = eng.model.forward
+
+    def record(batch, kv, all_logits=False, trace=None):
+        seen.append(int(batch.max_query_len))
+        return forward(batch, kv, all_logits=all_logits, trace=trace)
+
+    eng.model.forward = record
+    eng._warmup(progress=False)
+    assert seen == [1, 7, 64, 512]
+    assert calls["decode"]
+    assert calls["prefill"] == [(6, 1), (63, 1), (511, 1), (1023, 1), (1499, 1), (1500, 1)]
