@@ -30,11 +30,12 @@ What a sweep keeps:
 - The first table with an entry for a kernel serves every bucket of that kernel (for a kernel
   with exact dims, attention's head dim, every bucket of a head dim it has entries for), so
   before a kernel's (or a head dim's) first entry goes into the output table, the entries that
-  serve it now are copied in (`seed_kernel`): those buckets keep their configs. A bucket the sweep adds also
-  serves the shapes nearest to it (tuning's nearest-bucket rule), which a "*" entry or a
-  farther bucket served before. Entries that name fewer dims than the kernel's buckets now do
-  (a table from before attn_prefill's t or kv) get them, at each value the problems of their
-  head dim use (`widen_entries`): otherwise they would stay nearest at every value of the missing dim.
+  serve it now are copied in (`seed_kernel`): those buckets keep their configs. A bucket the
+  sweep adds also serves the shapes nearest to it (tuning's nearest-bucket rule), which a "*"
+  entry or a farther bucket served before. Entries that name fewer dims than the kernel's
+  buckets now do (a table from before attn_prefill's t or kv) get them, at each value the
+  problems of their head dim use (`widen_entries`): otherwise they would stay nearest at every
+  value of the missing dim.
 - A new output table starts as a copy of the user table lookup reads now, if there is one.
   While the sweep writes the user table itself, progress goes to <name>.partial.json (moved into
   place at the end), so that no bucket's baseline is an earlier bucket's fresh winner.
@@ -144,15 +145,7 @@ def seed_kernel(table: dict, kernel: str, arch: str, bucket: str | None = None) 
         gen = tuning.serving_table(generic, arch)
         if gen is not None and (got is None or not tuning.typed_wins(gen[0], got[0])):
             got = gen
-    if got is None:
-        return 0
-    level, path, source, entries = got
-    path = _package_path(path)
-    for b, e in entries.items():
-        copy = _noted(e, f"copied from {path} ({level}) by autotune.sweep: not timed by the sweep")
-        copy.setdefault("source", source or "(no source in the original table)")
-        merge_entry(table, kernel, b, copy)
-    return len(entries)
+    return _copy_in(table, kernel, got, lambda b: True) if got is not None else 0
 
 
 def _seed_exact(table: dict, kernel: str, arch: str, bucket: str, have: dict) -> int:
@@ -172,29 +165,29 @@ def _seed_exact(table: dict, kernel: str, arch: str, bucket: str, have: dict) ->
     if "*" in have or any(same(b) for b in have if b != "*"):
         return 0
     got = tuning.serving_table(kernel, arch, bucket)
-    if got is None:
-        return 0
+    return _copy_in(table, kernel, got, lambda b: b != "*" and same(b)) if got is not None else 0
+
+
+def _copy_in(table: dict, kernel: str, got: tuple, keep) -> int:
+    """Copy the entries whose bucket `keep` accepts from `got` (tuning.serving_table's (level,
+    path, source, entries)) into `table` for `kernel`, each noting where it came from; returns
+    how many."""
+    from forge.kernels import tuning
+
     level, path, source, entries = got
-    path = _package_path(path)
+    try:  # a shipped table by its place in the package, a user's by its path
+        path = f"forge/kernels/configs/{Path(path.split('#')[0]).relative_to(tuning.CONFIG_DIR)}" \
+            + (f"#{path.split('#', 1)[1]}" if "#" in path else "")
+    except ValueError:
+        pass
     n = 0
     for b, e in entries.items():
-        if b != "*" and same(b):
+        if keep(b):
             copy = _noted(e, f"copied from {path} ({level}) by autotune.sweep: not timed by the sweep")
             copy.setdefault("source", source or "(no source in the original table)")
             merge_entry(table, kernel, b, copy)
             n += 1
     return n
-
-
-def _package_path(path: str) -> str:
-    """A shipped table by its place in the package, a user's by its path."""
-    from forge.kernels import tuning
-
-    try:
-        return f"forge/kernels/configs/{Path(path.split('#')[0]).relative_to(tuning.CONFIG_DIR)}" \
-            + (f"#{path.split('#', 1)[1]}" if "#" in path else "")
-    except ValueError:
-        return path
 
 
 def _noted(entry: dict, note: str) -> dict:

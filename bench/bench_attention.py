@@ -305,8 +305,9 @@ def parse_cases(text: str) -> list[tuple[int, int, int]]:
     return out
 
 
-def parse_prefill_cases(text: str) -> list[str]:
-    """'2048@0,512@8192' -> the labels, checked (N queries after CTX cached tokens)."""
+def parse_prefill_cases(text: str) -> list[tuple[int, int]]:
+    """'2048@0,512@8192' -> [(2048, 0), (512, 8192)], checked (N queries after CTX cached
+    tokens)."""
     out = []
     for item in text.split(","):
         try:
@@ -315,7 +316,7 @@ def parse_prefill_cases(text: str) -> list[str]:
             raise SystemExit(f"--cases: expected N@CTX items (prefill), got {item!r}") from None
         if n < 1 or ctx < 0:
             raise SystemExit(f"--cases: need N >= 1 and CTX >= 0, got {item!r}")
-        out.append(f"{n}@{ctx}")
+        out.append((n, ctx))
     return out
 
 
@@ -340,13 +341,11 @@ def sweep(kind: str, dtype, gen, grid: str | None = None, cases_text: str | None
             return graph_ms(cases[s].forge_fns(), reps=10)
     else:
         # a whole 2048- and 8192-token prompt, and a 512-token chunk after 8192 cached tokens
-        shapes = ["2048@0", "8192@0", "512@8192"]
+        pairs = [(2048, 0), (8192, 0), (512, 8192)]
         if cases_text:
-            shapes = parse_prefill_cases(cases_text)
-        fns = {}
-        for s in shapes:
-            n, ctx = map(int, s.split("@"))
-            fns[s] = prefill_fns(n, dtype, gen, ctx)[0]
+            pairs = parse_prefill_cases(cases_text)
+        shapes = [f"{n}@{ctx}" for n, ctx in pairs]
+        fns = {f"{n}@{ctx}": prefill_fns(n, dtype, gen, ctx)[0] for n, ctx in pairs}
         stage1 = [c for c in _grid(BLOCK_M=(64, 128), BLOCK_N=(32, 64, 128), num_warps=(4, 8),
                                    num_stages=(2, 3, 4))
                   if (c["BLOCK_M"] == 128) == (c["num_warps"] == 8)
@@ -456,10 +455,7 @@ def main() -> None:
     if args.only in (None, "decode"):
         run_decode(dtype, gen)
     if args.only in (None, "prefill"):
-        cases = PREFILL_CASES
-        if args.cases:
-            cases = [tuple(int(x) for x in c.split("@")) for c in parse_prefill_cases(args.cases)]
-        run_prefill(dtype, gen, cases)
+        run_prefill(dtype, gen, parse_prefill_cases(args.cases) if args.cases else PREFILL_CASES)
 
 
 if __name__ == "__main__":
