@@ -1143,7 +1143,9 @@ def _linear_splitk_reduce_kernel(
 # prefill / batch decode: dequant GEMM
 
 
-@triton.jit
+# T (the token count) is not specialised: a prefill of 7 tokens and one of 64 would otherwise
+# compile every tile twice (divisible by 16 or not) for nothing; it only bounds rows.
+@triton.jit(do_not_specialize=["T"])
 def _linear_gemm_kernel(
     x_ptr,                          # [T, K] act dtype, row stride stride_x
     q_ptr, qh_ptr, sc_ptr, d_ptr,   # weight planes [N, *] (dequant.py)

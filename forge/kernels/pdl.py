@@ -25,8 +25,16 @@ Rules for a kernel launched with launch_pdl=True:
    their predecessor as usual, and a PDL kernel after them waits in `pdl_wait`: mixing PDL and
    non-PDL launches on a stream, inside or outside a CUDA graph, is safe.
 
-Launchers pass `**launch_args()` (the PDL constexpr and the launch option together): PDL only
-while a CUDA graph is being captured (decode), see `active()`.
+Launchers pass `**launch_args()` (the PDL constexpr and the launch option together).
+
+Which launches take it (`FORGE_PDL`, read once per process):
+- unset or `1` (the default): every launch of these kernels, eager or captured, decode or
+  prefill. Triton compiles `launch_pdl` into the kernel's options, so a kernel launched both
+  with and without it is compiled twice; launching it one way everywhere compiles it once (a
+  first start of a Gemma 3 1B-shaped model built 168 variants, ~60 of them only for this);
+- `decode`: only while a CUDA graph is captured outside `suspended()` (the decode graphs; the
+  prefill graphs suspend it): the policy before it was measured everywhere, kept to compare;
+- `0`: never.
 
 `enabled()` decides once per process (`reset()` forgets it, for tests): True only without
 TRITON_INTERPRET, on an NVIDIA GPU (torch.version.hip is None) of compute capability >= 9.0,
@@ -46,6 +54,7 @@ except ImportError:  # pragma: no cover - a Triton without the CUDA extras
     _tl_cuda = None
 
 _ENABLED: bool | None = None
+_MODE: str | None = None   # "all" or "decode" (FORGE_PDL), when enabled
 _SUSPENDED = 0   # > 0 inside `suspended()`
 
 
@@ -85,10 +94,23 @@ def enabled() -> bool:
     return _ENABLED
 
 
+def mode() -> str:
+    """"off", "all" (every launch; the default) or "decode" (graph captures outside
+    `suspended()` only): see the module notes. Cached with `enabled()`."""
+    global _MODE
+    if not enabled():
+        return "off"
+    if _MODE is None:
+        _MODE = "decode" if os.environ.get("FORGE_PDL", "").strip().lower() == "decode" else "all"
+    return _MODE
+
+
 def reset() -> None:
-    """Forget the cached `enabled()` answer (tests that change FORGE_PDL or the environment)."""
-    global _ENABLED
+    """Forget the cached `enabled()` / `mode()` answers (tests that change FORGE_PDL or the
+    environment)."""
+    global _ENABLED, _MODE
     _ENABLED = None
+    _MODE = None
 
 
 def _capturing() -> bool:
@@ -98,17 +120,27 @@ def _capturing() -> bool:
 
 
 def active() -> bool:
-    """Whether a launch now takes PDL: enabled() and the current stream is being captured into a
-    CUDA graph (the decode graphs, where it was measured: 8B Q4_K_M tg128 290.9 -> 315.2 on an
-    H100). Eager launches (prefill, which is host-bound) go without it: 8B F16 pp512 measured
-    16.9k tok/s without PDL, 11.4-14.2k with it (H100, session 4, noisy)."""
-    return enabled() and not _SUSPENDED and _capturing()
+    """Whether a launch now takes PDL: enabled(), not `suspended()`, and in mode "all" always,
+    in mode "decode" only while the current stream is being captured into a CUDA graph.
+
+    Measured (H100): the decode graphs gain from it (8B Q4_K_M tg128 290.9 -> 315.2). Mode
+    "all" against "decode", Q4_K_M, forge bench per process (run 26):
+    - prefill graphs, pp512: Llama-3.2-1B 123.8k-134.4k tok/s against 121.0k-124.9k (4 each),
+      8B 26.7k / 26.8k against 26.3k / 26.5k;
+    - tg128: 1B 1,453-1,465 against 1,451-1,472; 8B 410.5 / 410.5 against 411.1 / 413.3
+      (mode "all" ran first in each of these two pairs; in the 1B pairs run the other way it
+      was level or ahead);
+    - eager pp512 (--no-prefill-graphs, host-bound): 1B 13.2k-22.0k against 17.3k-25.3k, 8B
+      11.6k / 8.5k against 10.2k / 7.6k: each spread wider than any gap."""
+    if not enabled() or _SUSPENDED:
+        return False
+    return mode() == "all" or _capturing()
 
 
 @contextlib.contextmanager
 def suspended():
-    """Launches inside take no PDL even while a graph is captured (e.g. a prefill graph whose
-    capture should not get PDL; FORGE_PDL_PREFILL, runtime/graphs.py)."""
+    """Launches inside take no PDL (the prefill graphs' captures in mode "decode",
+    runtime/graphs.py)."""
     global _SUSPENDED
     _SUSPENDED += 1
     try:

@@ -40,36 +40,48 @@ def ladder(max_bs: int) -> list[int]:
     return [r for r in rungs if r < max_bs] + [max_bs]
 
 
+def aligned_spans(words: dict[str, int], align: int = 4) -> tuple[dict[str, tuple[int, int]], int]:
+    """Lay named int32 sections out one after another, each starting on a multiple of `align`
+    words (4: 16 bytes). Returns ({name: (start, end)}, total words).
+
+    A graph's input views then start 16-byte aligned, as a fresh eager tensor does. Triton
+    specialises a pointer argument on 16-byte alignment, so a view that is not aligned compiles
+    its kernel a second time (run 25's census: decode attention at batch 1, whose positions
+    started 4 bytes into the buffer)."""
+    spans, o = {}, 0
+    for name, n in words.items():
+        o = -(-o // align) * align
+        spans[name] = (o, o + n)
+        o += n
+    return spans, o
+
+
 class _Rung:
     """The static inputs of one batch size: a device buffer, its pinned host twin, and views."""
 
     def __init__(self, torch, bs: int, W: int, device):
-        # int32 words: tokens | positions | seq_lens | pad to even | slots (int64) | block tables
-        # | meta (n real rows, advance flag)
+        # int32 sections: slots (int64) | tokens | positions | seq_lens | block tables | meta
+        # (n real rows, advance flag)
         self.bs, self.W = bs, W
-        o_slot = 3 * bs + (3 * bs) % 2
-        o_bt = o_slot + 2 * bs
-        o_meta = o_bt + bs * W
-        n = o_meta + 2
+        self.spans, n = aligned_spans({"slot_mapping": 2 * bs, "token_ids": bs, "positions": bs,
+                                       "seq_lens": bs, "block_tables": bs * W, "meta": 2})
         self.dev = torch.zeros(n, dtype=torch.int32, device=device)
         self.host_t = torch.zeros(n, dtype=torch.int32, pin_memory=True)
         self.host = self.host_t.numpy()
-        self.o_slot, self.o_bt, self.o_meta = o_slot, o_bt, o_meta
         d = self.dev
-        self.views = {
-            "token_ids": d[0:bs],
-            "positions": d[bs:2 * bs],
-            "seq_lens": d[2 * bs:3 * bs],
-            "slot_mapping": d[o_slot:o_bt].view(torch.int64),
-            "block_tables": d[o_bt:o_meta].view(bs, W),
-            "meta": d[o_meta:],
-        }
+        self.views = {name: d[a:b] for name, (a, b) in self.spans.items()}
+        self.views["slot_mapping"] = self.views["slot_mapping"].view(torch.int64)
+        self.views["block_tables"] = self.views["block_tables"].view(bs, W)
         self.next_ids = torch.zeros(bs, dtype=torch.int64, device=device)  # the in-graph argmax
-        self.host[2 * bs:3 * bs] = 1  # padding rows: one token of context
+        self._host("seq_lens")[:] = 1  # padding rows: one token of context
         self.query_start_loc = torch.arange(bs + 1, dtype=torch.int32, device=device)
         self.logits_indices = torch.arange(bs, dtype=torch.int64, device=device)
         self.graph = None
         self.logits = None
+
+    def _host(self, name: str) -> np.ndarray:
+        a, b = self.spans[name]
+        return self.host[a:b]
 
     def batch(self, max_len: int) -> ForwardBatch:
         v = self.views
@@ -81,22 +93,19 @@ class _Rung:
             num_seqs=self.bs, num_tokens=self.bs)
 
     def fill(self, host: dict) -> None:
-        n, bs, h = host["num_seqs"], self.bs, self.host
-        h[0:n] = host["token_ids"]
-        h[n:bs] = 0
-        h[bs:bs + n] = host["positions"]
-        h[bs + n:2 * bs] = 0
-        h[2 * bs:2 * bs + n] = host["seq_lens"]
-        h[2 * bs + n:3 * bs] = 1
-        slots = h[self.o_slot:self.o_bt].view(np.int64)
+        n, hv = host["num_seqs"], self._host
+        for name, pad in (("token_ids", 0), ("positions", 0), ("seq_lens", 1)):
+            hv(name)[:n] = host[name]
+            hv(name)[n:] = pad
+        slots = hv("slot_mapping").view(np.int64)
         slots[:n] = host["slot_mapping"]
         slots[n:] = 0
-        bt = h[self.o_bt:self.o_meta].reshape(bs, self.W)
+        bt = hv("block_tables").reshape(self.bs, self.W)
         src = host["block_tables"]
         bt[:n, : src.shape[1]] = src
         bt[:n, src.shape[1]:] = 0
         bt[n:] = 0
-        h[self.o_meta:] = (n, 0)   # n real rows; flag 0: the graph computes these inputs
+        hv("meta")[:] = (n, 0)   # n real rows; flag 0: the graph computes these inputs
         self.dev.copy_(self.host_t, non_blocking=True)
 
     def advance_inputs(self) -> None:
@@ -107,10 +116,35 @@ class _Rung:
                        self.next_ids)
 
 
+_BLAS_READY: set = set()
+
+
+def _init_blas(torch, device) -> None:
+    """Create this thread's cuBLAS / cuBLASLt state for `device` outside any capture (once).
+
+    A capture may take a path its eager warm runs do not: quantized linears of T >= DEQUANT_T
+    call dequantize + torch.matmul only inside a capture (kernels/matmul.py). If that is the
+    process's first cuBLAS call, cublasCreate runs inside the capture and fails
+    (CUBLAS_STATUS_NOT_INITIALIZED, then "operation failed due to a previous error during
+    capture"): H100, Llama-3.2-1B Q4_K_M, the first prefill graph of the warm-up, once the
+    warm-up's eager steps stopped computing every row's logits (run 26)."""
+    key = str(device)
+    if key in _BLAS_READY:
+        return
+    torch.cuda.current_blas_handle()
+    for dt in (torch.bfloat16, torch.float16, torch.float32):
+        a = torch.ones(16, 16, dtype=dt, device=device)
+        torch.matmul(a, a)
+        torch.addmm(a[0], a, a)   # with a bias: the cuBLASLt path
+    torch.cuda.synchronize(device)
+    _BLAS_READY.add(key)
+
+
 def _capture_graph(torch, device, pool, fn, warm=None, warm_runs: int = 2):
     """Run `warm` (default `fn`) `warm_runs` times on a side stream (every kernel compiled and
     loaded outside the capture), then capture `fn` into a new CUDAGraph on `pool` (None: a new
     pool). Returns (graph, fn's result in the graph's memory)."""
+    _init_blas(torch, device)
     stream = torch.cuda.Stream(device)
     stream.wait_stream(torch.cuda.current_stream(device))
     with torch.cuda.stream(stream):
@@ -294,23 +328,15 @@ class _PrefillRung:
 
     def __init__(self, torch, T: int, B: int, W: int, device):
         self.T, self.B, self.W = T, B, W
-        # int32 words: slots (int64) | logits rows (int64) | tokens | positions | qsl | seq_lens
-        # | block tables
-        o_li = 2 * T
-        o_tok = o_li + 2 * B
-        o_pos = o_tok + T
-        o_qsl = o_pos + T
-        o_sl = o_qsl + B + 1
-        o_bt = o_sl + B
-        n = o_bt + B * W
+        # int32 sections, each 16-byte aligned: slots (int64) | logits rows (int64) | tokens |
+        # positions | qsl | seq_lens | block tables
+        spans, n = aligned_spans({"slot_mapping": 2 * T, "logits_indices": 2 * B, "token_ids": T,
+                                  "positions": T, "query_start_loc": B + 1, "seq_lens": B,
+                                  "block_tables": B * W})
         self.dev = torch.zeros(n, dtype=torch.int32, device=device)
         self.host_t = torch.zeros(n, dtype=torch.int32, pin_memory=True)
         h = self.host_t.numpy()
         d = self.dev
-        spans = {"slot_mapping": (0, o_li), "logits_indices": (o_li, o_tok),
-                 "token_ids": (o_tok, o_pos), "positions": (o_pos, o_qsl),
-                 "query_start_loc": (o_qsl, o_sl), "seq_lens": (o_sl, o_bt),
-                 "block_tables": (o_bt, n)}
         self.host, self.views = {}, {}
         for name, (a, b) in spans.items():
             hv, dv = h[a:b], d[a:b]
@@ -361,13 +387,11 @@ class PrefillGraphs:
 
     Inside a capture the quantized linears of T >= DEQUANT_T take dequantize + cuBLAS (see
     kernels/matmul.py): with no per-launch host cost, the path with less GPU time wins.
-    `pdl`: capture the kernels with programmatic dependent launch as the decode graphs do
-    (default off; FORGE_PDL_PREFILL=1 turns it on): H100 pp512, Llama-3.2-1B Q4_K_M 100.7k
-    ± 29.8k tok/s with it, 112.1k ± 1.8k without; 8B F16 29.9k ± 3.6k vs 31.8k ± 0.3k."""
+    `pdl`: capture the kernels with programmatic dependent launch as every other launch takes it
+    (kernels/pdl.py; None: unless FORGE_PDL=decode, which captures these without it as before
+    run 26). One launch mode everywhere compiles each kernel once."""
 
     def __init__(self, engine, max_graphs: int = 64, max_seqs: int = 64, pdl: bool | None = None):
-        import os
-
         import torch
 
         self.torch = torch
@@ -385,7 +409,9 @@ class PrefillGraphs:
         self.num_replays = 0
         self.num_eager = 0    # eligible steps that ran eagerly (graph limit reached)
         if pdl is None:
-            pdl = os.environ.get("FORGE_PDL_PREFILL", "").strip() == "1"
+            from forge.kernels import pdl as pdl_mod
+
+            pdl = pdl_mod.mode() != "decode"
         self.pdl = bool(pdl)
 
     def size_for(self, host: dict) -> tuple[int, int] | None:

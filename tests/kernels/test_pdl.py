@@ -67,15 +67,54 @@ def _fake_hopper(mp, major=9, hip=None, cuda=True):
 def test_enabled_on_supported_hopper(fresh_pdl):
     _fake_hopper(fresh_pdl)
     assert pdl.has_gdc()
-    assert pdl.enabled()
-    # launches take it only while a CUDA graph is being captured (the decode graphs)
+    assert pdl.enabled() and pdl.mode() == "all"
+    # by default every launch takes it, captured or eager (one compile per kernel)
+    for capturing in (True, False):
+        fresh_pdl.setattr(pdl, "_capturing", lambda: capturing)
+        assert pdl.active() and pdl.launch_kwargs() == {"launch_pdl": True}
+        assert pdl.launch_args() == {"PDL": True, "launch_pdl": True}
+        assert pdl.launch_args(False) == {"PDL": False}          # a table entry turned it off
+        with pdl.suspended():
+            assert not pdl.active() and pdl.launch_args() == {"PDL": False}
+        assert pdl.active()
+
+
+def test_decode_mode_only_while_capturing(fresh_pdl):
+    """FORGE_PDL=decode: the earlier policy, PDL only inside a graph capture."""
+    _fake_hopper(fresh_pdl)
+    fresh_pdl.setenv("FORGE_PDL", "Decode")
+    assert pdl.enabled() and pdl.mode() == "decode"
     fresh_pdl.setattr(pdl, "_capturing", lambda: True)
-    assert pdl.active() and pdl.launch_kwargs() == {"launch_pdl": True}
-    assert pdl.launch_args() == {"PDL": True, "launch_pdl": True}
-    assert pdl.launch_args(False) == {"PDL": False}          # a table entry turned it off
+    assert pdl.active() and pdl.launch_args() == {"PDL": True, "launch_pdl": True}
+    with pdl.suspended():
+        assert not pdl.active()
     fresh_pdl.setattr(pdl, "_capturing", lambda: False)
     assert not pdl.active() and pdl.launch_kwargs() == {}
     assert pdl.launch_args() == {"PDL": False}
+
+
+def test_prefill_graphs_follow_the_mode(fresh_pdl):
+    """Prefill graphs capture with PDL unless FORGE_PDL=decode (which suspends it there)."""
+    from types import SimpleNamespace
+
+    from forge.runtime import graphs
+
+    class _Eng:  # what PrefillGraphs.__init__ reads, on the CPU
+        backend = SimpleNamespace(device="cpu")
+        max_model_len, max_num_batched_tokens, block_size, max_num_seqs = 256, 64, 16, 4
+        graphs = None
+        cfg = SimpleNamespace(vocab_size=8)
+
+    _fake_hopper(fresh_pdl)
+    assert graphs.PrefillGraphs(_Eng()).pdl is True
+    assert graphs.PrefillGraphs(_Eng(), pdl=False).pdl is False
+    fresh_pdl.setenv("FORGE_PDL", "decode")
+    pdl.reset()
+    assert graphs.PrefillGraphs(_Eng()).pdl is False
+    fresh_pdl.setenv("FORGE_PDL", "0")
+    pdl.reset()
+    assert pdl.mode() == "off"
+    assert graphs.PrefillGraphs(_Eng()).pdl is True   # asks for it; active() says no
 
 
 @pytest.mark.parametrize("why", ["interpreter", "FORGE_PDL=0", "sm80", "rocm", "no cuda", "no gdc"])
@@ -89,7 +128,7 @@ def test_disabled(fresh_pdl, why):
         mp.setenv("FORGE_PDL", "0")
     if why == "no gdc":
         mp.setattr(pdl, "_tl_cuda", None)
-    assert not pdl.enabled()
+    assert not pdl.enabled() and pdl.mode() == "off"
     assert pdl.launch_kwargs() == {}
 
 

@@ -258,3 +258,34 @@ def test_warmup_with_graphs_captures_what_prompts_replay(tiny, monkeypatch):
     assert seen == [1, 7, 64, 512]
     assert calls["decode"]
     assert calls["prefill"] == [(6, 1), (63, 1), (511, 1), (1023, 1), (1499, 1), (1500, 1)]
+
+
+
+_FIRST_BLAS_IN_CAPTURE = r"""
+import torch
+from forge.runtime import graphs
+dev = torch.device("cuda")
+a = torch.ones(64, 64, dtype=torch.bfloat16, device=dev)
+# warm runs that call no cuBLAS, then a capture whose matmul is this process's first cuBLAS call
+g, out = graphs._capture_graph(torch, dev, None, lambda: a @ a, warm=lambda: a + 1, warm_runs=1)
+g.replay()
+torch.cuda.synchronize()
+print("OK", float(out[0, 0]))
+"""
+
+
+@pytest.mark.gpu
+def test_gpu_capture_when_the_first_cublas_call_is_in_it():
+    """A capture that makes the process's first cuBLAS call must work: quantized linears of
+    T >= DEQUANT_T call dequantize + cuBLAS only inside a capture (kernels/matmul.py), and
+    nothing eager may have called cuBLAS before. Llama-3.2-1B Q4_K_M failed to load on an H100
+    that way (CUBLAS_STATUS_NOT_INITIALIZED in the first prefill graph; run 26). graphs._init_blas
+    sets cuBLAS up before any capture. A fresh process: pytest's may have called cuBLAS."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    proc = subprocess.run([sys.executable, "-c", _FIRST_BLAS_IN_CAPTURE], env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0 and "OK 64.0" in proc.stdout, proc.stderr[-3000:]

@@ -13,8 +13,8 @@ import pytest
 from forge import LLM, SamplingParams
 from forge.runtime.backend import ForwardBatch
 from forge.runtime.batch import pad_batch_arrays
-from forge.runtime.graphs import (prefill_block_cols, prefill_seq_ladder, prefill_size,
-                                  prefill_token_ladder)
+from forge.runtime.graphs import (aligned_spans, prefill_block_cols, prefill_seq_ladder,
+                                  prefill_size, prefill_token_ladder)
 from forge.testing.synthetic import write_synthetic
 
 
@@ -26,6 +26,24 @@ def test_token_ladder():
             if a >= 128:  # four rungs per doubling: a step pads by < 1/4 of its size
                 assert (b - a) <= a // 4 + 1, (a, b)
     assert prefill_token_ladder(512)[:9] == [16, 32, 64, 128, 160, 192, 224, 256, 320]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_aligned_spans(seed):
+    """Each section of a graph's input buffer starts 16-byte aligned (4 int32 words: Triton
+    compiles a kernel again for a pointer that is not), in order, without overlap."""
+    rng = np.random.default_rng(seed)
+    words = {f"s{i}": int(n) for i, n in enumerate(rng.integers(0, 23, size=7))}
+    spans, total = aligned_spans(words)
+    assert list(spans) == list(words)
+    end = 0
+    for name, (a, b) in spans.items():
+        assert a % 4 == 0 and a >= end and b - a == words[name], (name, a, b)
+        assert a - end < 4   # no more padding than alignment needs
+        end = b
+    assert total == end
+    assert aligned_spans({"a": 1, "b": 1, "c": 2}) == ({"a": (0, 1), "b": (4, 5), "c": (8, 10)}, 10)
+    assert aligned_spans({"a": 3, "b": 2}, align=2) == ({"a": (0, 3), "b": (4, 6)}, 6)
 
 
 def test_seq_ladder():
