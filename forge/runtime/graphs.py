@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import sys
+import threading
 from typing import Any
 
 import numpy as np
@@ -120,7 +121,9 @@ _BLAS_READY: set = set()
 
 
 def _init_blas(torch, device) -> None:
-    """Create this thread's cuBLAS / cuBLASLt state for `device` outside any capture (once).
+    """Create this thread's cuBLAS / cuBLASLt state for `device` outside any capture (once per
+    device and thread: torch keeps a handle per thread, and a graph captured on first use may be
+    captured from a caller's thread other than the one that loaded the engine).
 
     A capture may take a path its eager warm runs do not: quantized linears of T >= DEQUANT_T
     call dequantize + torch.matmul only inside a capture (kernels/matmul.py). If that is the
@@ -128,7 +131,7 @@ def _init_blas(torch, device) -> None:
     (CUBLAS_STATUS_NOT_INITIALIZED, then "operation failed due to a previous error during
     capture"): H100, Llama-3.2-1B Q4_K_M, the first prefill graph of the warm-up, once the
     warm-up's eager steps stopped computing every row's logits (run 26)."""
-    key = str(device)
+    key = (str(device), threading.get_ident())
     if key in _BLAS_READY:
         return
     torch.cuda.current_blas_handle()
