@@ -239,8 +239,10 @@ def run_bench(a) -> int:
     pg = eng.prefill_graphs
     pgi = None
     if pg is not None:
+        from forge.kernels import pdl
+
         pgi = {"graphs": sorted(pg.by_size), "replays": pg.num_replays, "eager": pg.num_eager,
-               "pdl": pg.pdl}
+               "pdl": pg.pdl and pdl.mode() != "off"}
         print(f"prefill graphs: {len(pg.by_size)} captured (tokens, seqs): "
               f"{', '.join(f'{t}x{b}' for t, b in sorted(pg.by_size))}; {pg.num_replays} steps "
               f"replayed, {pg.num_eager} eager past the graph limit")

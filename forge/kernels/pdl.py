@@ -1,4 +1,5 @@
-"""Programmatic Dependent Launch (PDL) for the small decode-path kernels (NVIDIA Hopper and later).
+"""Programmatic Dependent Launch (PDL) for the small kernels of the decode path and the norms,
+rope, activations and dequantize around prefill GEMMs (NVIDIA Hopper and later).
 
 A kernel launched with `launch_pdl=True` (`**launch_kwargs()`) may be scheduled while the kernel
 before it on the stream is still finishing (its last programs running, its stores not yet
@@ -31,10 +32,11 @@ Which launches take it (`FORGE_PDL`, read once per process):
 - unset or `1` (the default): every launch of these kernels, eager or captured, decode or
   prefill. Triton compiles `launch_pdl` into the kernel's options, so a kernel launched both
   with and without it is compiled twice; launching it one way everywhere compiles it once (a
-  first start of a Gemma 3 1B-shaped model built 168 variants, ~60 of them only for this);
+  first start of a Gemma 3 1B-shaped model compiled 171 variants, 87 with this and the other
+  changes of run 26);
 - `decode`: only while a CUDA graph is captured outside `suspended()` (the decode graphs; the
   prefill graphs suspend it): the policy before it was measured everywhere, kept to compare;
-- `0`: never.
+- `0` (or `off`, `false`, `no`): never.
 
 `enabled()` decides once per process (`reset()` forgets it, for tests): True only without
 TRITON_INTERPRET, on an NVIDIA GPU (torch.version.hip is None) of compute capability >= 9.0,
@@ -58,6 +60,9 @@ _MODE: str | None = None   # "all" or "decode" (FORGE_PDL), when enabled
 _SUSPENDED = 0   # > 0 inside `suspended()`
 
 
+_OFF = ("0", "off", "false", "no")
+
+
 def _truthy(v: str | None) -> bool:
     return (v or "").strip().lower() in ("1", "true", "on", "yes")
 
@@ -69,7 +74,7 @@ def has_gdc() -> bool:
 
 
 def _detect() -> bool:
-    if os.environ.get("FORGE_PDL", "").strip() == "0":
+    if os.environ.get("FORGE_PDL", "").strip().lower() in _OFF:
         return False
     if _truthy(os.environ.get("TRITON_INTERPRET")):
         return False
@@ -87,7 +92,8 @@ def _detect() -> bool:
 
 
 def enabled() -> bool:
-    """Whether the decode-path kernels are launched with PDL (see the module notes); cached."""
+    """Whether PDL is available here and not turned off (mode() != "off"); which launches take
+    it is `mode()` / `active()`'s answer. Cached."""
     global _ENABLED
     if _ENABLED is None:
         _ENABLED = _detect()

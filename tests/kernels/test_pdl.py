@@ -117,15 +117,16 @@ def test_prefill_graphs_follow_the_mode(fresh_pdl):
     assert graphs.PrefillGraphs(_Eng()).pdl is True   # asks for it; active() says no
 
 
-@pytest.mark.parametrize("why", ["interpreter", "FORGE_PDL=0", "sm80", "rocm", "no cuda", "no gdc"])
+@pytest.mark.parametrize("why", ["interpreter", "FORGE_PDL=0", "FORGE_PDL=off", "FORGE_PDL=False",
+                                 "sm80", "rocm", "no cuda", "no gdc"])
 def test_disabled(fresh_pdl, why):
     mp = fresh_pdl
     _fake_hopper(mp, major=8 if why == "sm80" else 9, hip="6.2" if why == "rocm" else None,
                  cuda=why != "no cuda")
     if why == "interpreter":
         mp.setenv("TRITON_INTERPRET", "1")
-    if why == "FORGE_PDL=0":
-        mp.setenv("FORGE_PDL", "0")
+    if why.startswith("FORGE_PDL="):
+        mp.setenv("FORGE_PDL", why.split("=", 1)[1])
     if why == "no gdc":
         mp.setattr(pdl, "_tl_cuda", None)
     assert not pdl.enabled() and pdl.mode() == "off"
@@ -178,8 +179,10 @@ class _Recorder:
         return launch
 
 
-@pytest.mark.parametrize("on", [True, False])
-def test_launchers_pass_pdl(monkeypatch, on):
+@pytest.mark.parametrize("on,capturing", [(True, True), (True, False), (False, True)])
+def test_launchers_pass_pdl(monkeypatch, on, capturing):
+    """Every launcher passes PDL and launch_pdl together: in mode "all" (the default) in a
+    graph capture and eagerly alike."""
     from forge.kernels import activation, attention, dequant, norm, rope, sampling, step
     from forge.kernels.embedding import embed
     from forge.runtime.backend import RopeSpec
@@ -188,8 +191,10 @@ def test_launchers_pass_pdl(monkeypatch, on):
     for mod, name in PDL_KERNELS:
         m = sys.modules[mod]
         monkeypatch.setattr(m, name, _Recorder(name, calls))
+    monkeypatch.delenv("FORGE_PDL", raising=False)
     monkeypatch.setattr(pdl, "_ENABLED", on)
-    monkeypatch.setattr(pdl, "_capturing", lambda: True)   # as inside a decode graph capture
+    monkeypatch.setattr(pdl, "_MODE", None)
+    monkeypatch.setattr(pdl, "_capturing", lambda: capturing)
     # decode with a separate reduce launch (split, merge not fused)
     orig = attention._decode_default
     monkeypatch.setattr(attention, "_decode_default", lambda *a: dict(orig(*a), FUSED_REDUCE=0))

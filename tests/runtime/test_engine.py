@@ -260,7 +260,6 @@ def test_warmup_with_graphs_captures_what_prompts_replay(tiny, monkeypatch):
     assert calls["prefill"] == [(6, 1), (63, 1), (511, 1), (1023, 1), (1499, 1), (1500, 1)]
 
 
-
 _FIRST_BLAS_IN_CAPTURE = r"""
 import torch
 from forge.runtime import graphs
@@ -285,7 +284,11 @@ def test_gpu_capture_when_the_first_cublas_call_is_in_it():
     import subprocess
     import sys
 
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    proc = subprocess.run([sys.executable, "-c", _FIRST_BLAS_IN_CAPTURE], env=env,
+    env["PYTHONPATH"] = str(root) + os.pathsep + env.get("PYTHONPATH", "")
+    proc = subprocess.run([sys.executable, "-c", _FIRST_BLAS_IN_CAPTURE], env=env, cwd=root,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0 and "OK 64.0" in proc.stdout, proc.stderr[-3000:]
