@@ -242,7 +242,7 @@ def run_bench(a) -> int:
         from forge.kernels import pdl
 
         pgi = {"graphs": sorted(pg.by_size), "replays": pg.num_replays, "eager": pg.num_eager,
-               "pdl": pg.pdl and pdl.mode() != "off"}
+               "pdl": pg.pdl and pdl.enabled()}
         print(f"prefill graphs: {len(pg.by_size)} captured (tokens, seqs): "
               f"{', '.join(f'{t}x{b}' for t, b in sorted(pg.by_size))}; {pg.num_replays} steps "
               f"replayed, {pg.num_eager} eager past the graph limit")

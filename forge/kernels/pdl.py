@@ -55,8 +55,7 @@ try:  # triton/language/extra/cuda/gdc.py (Triton >= 3.3)
 except ImportError:  # pragma: no cover - a Triton without the CUDA extras
     _tl_cuda = None
 
-_ENABLED: bool | None = None
-_MODE: str | None = None   # "all" or "decode" (FORGE_PDL), when enabled
+_MODE: str | None = None   # "off", "all" or "decode"; None: not decided yet
 _SUSPENDED = 0   # > 0 inside `suspended()`
 
 
@@ -73,9 +72,7 @@ def has_gdc() -> bool:
             and hasattr(_tl_cuda, "gdc_launch_dependents"))
 
 
-def _detect() -> bool:
-    if os.environ.get("FORGE_PDL", "").strip().lower() in _OFF:
-        return False
+def _supported() -> bool:
     if _truthy(os.environ.get("TRITON_INTERPRET")):
         return False
     if not has_gdc():
@@ -91,31 +88,31 @@ def _detect() -> bool:
     return major >= 9
 
 
-def enabled() -> bool:
-    """Whether PDL is available here and not turned off (mode() != "off"); which launches take
-    it is `mode()` / `active()`'s answer. Cached."""
-    global _ENABLED
-    if _ENABLED is None:
-        _ENABLED = _detect()
-    return _ENABLED
+def _detect() -> str:
+    env = os.environ.get("FORGE_PDL", "").strip().lower()
+    if env in _OFF or not _supported():
+        return "off"
+    return "decode" if env == "decode" else "all"
 
 
 def mode() -> str:
     """"off", "all" (every launch; the default) or "decode" (graph captures outside
-    `suspended()` only): see the module notes. Cached with `enabled()`."""
+    `suspended()` only): see the module notes. Decided once per process (`reset()`)."""
     global _MODE
-    if not enabled():
-        return "off"
     if _MODE is None:
-        _MODE = "decode" if os.environ.get("FORGE_PDL", "").strip().lower() == "decode" else "all"
+        _MODE = _detect()
     return _MODE
 
 
+def enabled() -> bool:
+    """Whether PDL is available here and not turned off (mode() != "off"); which launches take
+    it is `mode()` / `active()`'s answer."""
+    return mode() != "off"
+
+
 def reset() -> None:
-    """Forget the cached `enabled()` / `mode()` answers (tests that change FORGE_PDL or the
-    environment)."""
-    global _ENABLED, _MODE
-    _ENABLED = None
+    """Forget the cached `mode()` answer (tests that change FORGE_PDL or the environment)."""
+    global _MODE
     _MODE = None
 
 
@@ -138,9 +135,10 @@ def active() -> bool:
       was level or ahead);
     - eager pp512 (--no-prefill-graphs, host-bound): 1B 13.2k-22.0k against 17.3k-25.3k, 8B
       11.6k / 8.5k against 10.2k / 7.6k: each spread wider than any gap."""
-    if not enabled() or _SUSPENDED:
+    m = mode()
+    if m == "off" or _SUSPENDED:
         return False
-    return mode() == "all" or _capturing()
+    return m == "all" or _capturing()
 
 
 @contextlib.contextmanager

@@ -340,7 +340,7 @@ class Engine:
                 # the graphs a prompt of s - 1 tokens replays: padded to the rung s with the
                 # padding sequence, (s, 2), as nearly every prompt is (one of exactly s tokens
                 # replays (s, 1), captured on first use). Their kernels are not all those of
-                # (s, 1): Triton specialises integer arguments equal to 1 (the sequence count).
+                # (s, 1): the output head's GEMV takes one sampled row there and two here.
                 # And (top, 1): each full-budget chunk of a prompt longer than the budget
                 self.prefill_graphs.warm([(s - 1, 1) for s in sizes if s > 2] + [(top, 1)],
                                          progress)

@@ -57,32 +57,44 @@ def aligned_spans(words: dict[str, int], align: int = 4) -> tuple[dict[str, tupl
     return spans, o
 
 
+_INT64 = ("slot_mapping", "logits_indices")
+
+
+def _input_buffers(torch, words: dict[str, int], rows: int, W: int, device):
+    """One int32 device buffer of the named sections (`aligned_spans`), its pinned host twin, and
+    each section's view in both: int64 for slot_mapping / logits_indices (their words count two
+    per value), [rows, W] for block_tables. Returns (dev, host_t, host views, device views)."""
+    spans, n = aligned_spans(words)
+    dev = torch.zeros(n, dtype=torch.int32, device=device)
+    host_t = torch.zeros(n, dtype=torch.int32, pin_memory=True)
+    h = host_t.numpy()
+    host, views = {}, {}
+    for name, (a, b) in spans.items():
+        hv, dv = h[a:b], dev[a:b]
+        if name in _INT64:
+            hv, dv = hv.view(np.int64), dv.view(torch.int64)
+        elif name == "block_tables":
+            hv, dv = hv.reshape(rows, W), dv.view(rows, W)
+        host[name], views[name] = hv, dv
+    return dev, host_t, host, views
+
+
 class _Rung:
     """The static inputs of one batch size: a device buffer, its pinned host twin, and views."""
 
     def __init__(self, torch, bs: int, W: int, device):
-        # int32 sections: slots (int64) | tokens | positions | seq_lens | block tables | meta
-        # (n real rows, advance flag)
+        # sections: slots (int64) | tokens | positions | seq_lens | block tables | meta (n real
+        # rows, advance flag)
         self.bs, self.W = bs, W
-        self.spans, n = aligned_spans({"slot_mapping": 2 * bs, "token_ids": bs, "positions": bs,
-                                       "seq_lens": bs, "block_tables": bs * W, "meta": 2})
-        self.dev = torch.zeros(n, dtype=torch.int32, device=device)
-        self.host_t = torch.zeros(n, dtype=torch.int32, pin_memory=True)
-        self.host = self.host_t.numpy()
-        d = self.dev
-        self.views = {name: d[a:b] for name, (a, b) in self.spans.items()}
-        self.views["slot_mapping"] = self.views["slot_mapping"].view(torch.int64)
-        self.views["block_tables"] = self.views["block_tables"].view(bs, W)
+        self.dev, self.host_t, self.host, self.views = _input_buffers(
+            torch, {"slot_mapping": 2 * bs, "token_ids": bs, "positions": bs, "seq_lens": bs,
+                    "block_tables": bs * W, "meta": 2}, bs, W, device)
         self.next_ids = torch.zeros(bs, dtype=torch.int64, device=device)  # the in-graph argmax
-        self._host("seq_lens")[:] = 1  # padding rows: one token of context
+        self.host["seq_lens"][:] = 1  # padding rows: one token of context
         self.query_start_loc = torch.arange(bs + 1, dtype=torch.int32, device=device)
         self.logits_indices = torch.arange(bs, dtype=torch.int64, device=device)
         self.graph = None
         self.logits = None
-
-    def _host(self, name: str) -> np.ndarray:
-        a, b = self.spans[name]
-        return self.host[a:b]
 
     def batch(self, max_len: int) -> ForwardBatch:
         v = self.views
@@ -94,19 +106,16 @@ class _Rung:
             num_seqs=self.bs, num_tokens=self.bs)
 
     def fill(self, host: dict) -> None:
-        n, hv = host["num_seqs"], self._host
-        for name, pad in (("token_ids", 0), ("positions", 0), ("seq_lens", 1)):
-            hv(name)[:n] = host[name]
-            hv(name)[n:] = pad
-        slots = hv("slot_mapping").view(np.int64)
-        slots[:n] = host["slot_mapping"]
-        slots[n:] = 0
-        bt = hv("block_tables").reshape(self.bs, self.W)
-        src = host["block_tables"]
+        n, h = host["num_seqs"], self.host
+        for name, pad in (("token_ids", 0), ("positions", 0), ("seq_lens", 1),
+                          ("slot_mapping", 0)):
+            h[name][:n] = host[name]
+            h[name][n:] = pad
+        bt, src = h["block_tables"], host["block_tables"]
         bt[:n, : src.shape[1]] = src
         bt[:n, src.shape[1]:] = 0
         bt[n:] = 0
-        hv("meta")[:] = (n, 0)   # n real rows; flag 0: the graph computes these inputs
+        h["meta"][:] = (n, 0)   # n real rows; flag 0: the graph computes these inputs
         self.dev.copy_(self.host_t, non_blocking=True)
 
     def advance_inputs(self) -> None:
@@ -331,23 +340,11 @@ class _PrefillRung:
 
     def __init__(self, torch, T: int, B: int, W: int, device):
         self.T, self.B, self.W = T, B, W
-        # int32 sections, each 16-byte aligned: slots (int64) | logits rows (int64) | tokens |
-        # positions | qsl | seq_lens | block tables
-        spans, n = aligned_spans({"slot_mapping": 2 * T, "logits_indices": 2 * B, "token_ids": T,
-                                  "positions": T, "query_start_loc": B + 1, "seq_lens": B,
-                                  "block_tables": B * W})
-        self.dev = torch.zeros(n, dtype=torch.int32, device=device)
-        self.host_t = torch.zeros(n, dtype=torch.int32, pin_memory=True)
-        h = self.host_t.numpy()
-        d = self.dev
-        self.host, self.views = {}, {}
-        for name, (a, b) in spans.items():
-            hv, dv = h[a:b], d[a:b]
-            if name in ("slot_mapping", "logits_indices"):
-                hv, dv = hv.view(np.int64), dv.view(torch.int64)
-            elif name == "block_tables":
-                hv, dv = hv.reshape(B, W), dv.view(B, W)
-            self.host[name], self.views[name] = hv, dv
+        # sections: slots (int64) | logits rows (int64) | tokens | positions | qsl | seq_lens |
+        # block tables
+        self.dev, self.host_t, self.host, self.views = _input_buffers(
+            torch, {"slot_mapping": 2 * T, "logits_indices": 2 * B, "token_ids": T, "positions": T,
+                    "query_start_loc": B + 1, "seq_lens": B, "block_tables": B * W}, B, W, device)
         self.uploaded = torch.cuda.Event()
         self.uploaded.record()
         self.graph = None

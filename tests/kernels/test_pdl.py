@@ -192,8 +192,7 @@ def test_launchers_pass_pdl(monkeypatch, on, capturing):
         m = sys.modules[mod]
         monkeypatch.setattr(m, name, _Recorder(name, calls))
     monkeypatch.delenv("FORGE_PDL", raising=False)
-    monkeypatch.setattr(pdl, "_ENABLED", on)
-    monkeypatch.setattr(pdl, "_MODE", None)
+    monkeypatch.setattr(pdl, "_MODE", "all" if on else "off")
     monkeypatch.setattr(pdl, "_capturing", lambda: capturing)
     # decode with a separate reduce launch (split, merge not fused)
     orig = attention._decode_default
