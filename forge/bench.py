@@ -233,6 +233,11 @@ def run_bench(a) -> int:
     print(f"\ndecode weight traffic: {weight_bytes / 2**20:,.1f} MiB/step -> {achieved / 1e9:,.2f} GB/s "
           f"achieved vs {bw / 1e9:,.1f} GB/s measured copy bandwidth ({100 * achieved / bw:.0f}%)")
     print(f"memory: {eng.memory_report()}")
+    ca = eng.compile_ahead
+    print(f"load: {eng.load_seconds:.1f} s" + (
+        f" ({ca['kernels']} kernel variants compiled ahead on {ca['threads']} threads in "
+        f"{ca['seconds']:.1f} s{', ' + str(ca['failed']) + ' failed' if ca['failed'] else ''})"
+        if ca else ""))
     hits, misses = eng.num_ahead_hits, eng.num_ahead_misses
     if eng.graphs is not None:
         print(f"decode run-ahead: {'off' if not eng.run_ahead else f'{hits} steps launched ahead and used, {misses} discarded'}")
@@ -264,7 +269,7 @@ def run_bench(a) -> int:
                "gc_freeze": gc_freeze, "gc_frozen_objects": frozen, "gc_freeze_ms": freeze_ms,
                "gc_tracked_objects": gc_tracked,
                "gc_threshold": list(gc.get_threshold()), "hiccups": hic,
-               "prefill_graphs": pgi}
+               "prefill_graphs": pgi, "load_s": eng.load_seconds, "compile_ahead": ca}
         Path(a.json).write_text(json.dumps(res, indent=2))
         print(f"wrote {a.json}", file=sys.stderr)
     return 0

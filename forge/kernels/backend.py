@@ -15,7 +15,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from forge.kernels import activation, attention, dequant, embedding, matmul, norm, rope, sampling
+from forge.kernels import (activation, attention, dequant, embedding, matmul, norm, precompile, rope,
+                           sampling)
 from forge.runtime.backend import ForwardBatch, QTensor, RopeSpec, SamplingBatch
 
 _ACT = {"bf16": torch.bfloat16, "f16": torch.float16, "f32": torch.float32}
@@ -146,6 +147,9 @@ class TritonBackend:
     def kv_cache_budget_bytes(self, engine) -> int:
         """Device memory for the KV cache: the share of total memory forge may use, less what
         is allocated now (weights) and a reserve for activations of the largest step."""
+        # give back what this process's allocator caches unused (an engine dropped before this
+        # one): else it counts as used by others (run 27: a second engine got 16 tokens)
+        torch.cuda.empty_cache()
         free, total = torch.cuda.mem_get_info(self.device)
         used_by_others = total - free - torch.cuda.memory_allocated(self.device)
         cfg = engine.cfg
@@ -224,6 +228,16 @@ class TritonBackend:
 
     def sample(self, logits, sb: SamplingBatch):
         return sampling.sample(logits.float(), sb)
+
+    # ---- compiling ----------------------------------------------------------------------
+    def compile_ahead(self, progress: bool = False):
+        """A context inside which this thread's kernel launches only compile, on many threads
+        (kernels/precompile.py; the engine's warm-up runs its steps dry inside it first); None
+        where that cannot be done (FORGE_COMPILE_THREADS 0 or 1, a Triton without it)."""
+        n = precompile.workers()
+        if n <= 1 or not precompile.supported():
+            return None
+        return precompile.ahead(n, progress)
 
     # ---- measurement --------------------------------------------------------------------
     def copy_bandwidth(self, nbytes: int = 1 << 30) -> float:

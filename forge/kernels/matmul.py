@@ -36,7 +36,7 @@ import torch
 import triton
 import triton.language as tl
 
-from forge.kernels import gemv_async, kgemm, pdl, tuning, xquant
+from forge.kernels import gemv_async, kgemm, pdl, precompile, tuning, xquant
 from forge.kernels.activation import KINDS as ACT_KINDS
 from forge.kernels.activation import act_mul_fused, gated
 from forge.kernels.norm import rms_norm
@@ -1397,7 +1397,9 @@ _scratch: dict[tuple, torch.Tensor] = {}
 
 
 def _capturing(device: torch.device) -> bool:
-    """Whether work on `device` is being captured into a CUDA/HIP graph (batch decode)."""
+    """Whether work on `device` is being captured into a CUDA/HIP graph: memory rules (a
+    capture's buffers belong to its graph). Which path a launch takes asks
+    `precompile.capturing`, which a dry pass can make answer True outside a capture."""
     return device.type == "cuda" and torch.cuda.is_current_stream_capturing()
 
 
@@ -1785,7 +1787,7 @@ def linear(x: torch.Tensor, w: QTensor, bias: torch.Tensor | None = None,
     if info.block == 1 and _float_matmul(x, w, out):
         pass
     elif x.dtype == torch.float32 or (gm["DEQUANT_T"] and T >= gm["DEQUANT_T"] and (
-            gm["DEQUANT_EAGER"] or _capturing(x.device))):
+            gm["DEQUANT_EAGER"] or precompile.capturing(x.device))):
         # float32 activations always come here: an IEEE fp32 tl.dot spills registers, and the
         # tf32x3 one costs ~25-35 instructions per weight (compile report)
         _dequant_matmul(x, w, out)

@@ -50,6 +50,8 @@ import os
 import triton
 import triton.language as tl
 
+from forge.kernels import precompile
+
 try:  # triton/language/extra/cuda/gdc.py (Triton >= 3.3)
     from triton.language.extra import cuda as _tl_cuda
 except ImportError:  # pragma: no cover - a Triton without the CUDA extras
@@ -116,15 +118,10 @@ def reset() -> None:
     _MODE = None
 
 
-def _capturing() -> bool:
-    import torch
-
-    return torch.cuda.is_current_stream_capturing()
-
-
 def active() -> bool:
     """Whether a launch now takes PDL: enabled(), not `suspended()`, and in mode "all" always,
-    in mode "decode" only while the current stream is being captured into a CUDA graph.
+    in mode "decode" only while the current stream is being captured into a CUDA graph (or
+    inside `precompile.as_if_captured()`, which compiles a capture's variants ahead).
 
     Measured (H100): the decode graphs gain from it (8B Q4_K_M tg128 290.9 -> 315.2). Mode
     "all" against "decode", Q4_K_M, forge bench per process (run 26):
@@ -138,7 +135,7 @@ def active() -> bool:
     m = mode()
     if m == "off" or _SUSPENDED:
         return False
-    return m == "all" or _capturing()
+    return m == "all" or precompile.capturing()
 
 
 @contextlib.contextmanager

@@ -82,6 +82,8 @@ class Engine:
         self._tracks: dict[str, _Track] = {}
         self.graphs = None
         self.prefill_graphs = None
+        # what the load's compile ahead did (Engine._compile_ahead), None where it did not run
+        self.compile_ahead: dict | None = None
         # run-ahead decode (see _forward_and_sample): the step launched before the host saw the
         # tokens it depends on, and the schedule it assumed
         self.run_ahead = bool(run_ahead)
@@ -297,6 +299,7 @@ class Engine:
         whether its tiles split their keys depends on how many there are; compiling those
         variants in a serving step would stall it for seconds. Running the largest step here
         also shows at load, not mid-serving, whether its activations fit beside the KV cache.
+        The kernels are compiled first, all at once on many threads (`_compile_ahead`).
         Not warmed: steps of several prompts past the ladder's sizes (their graphs are captured
         on first use, a few eager steps' time once the kernels are compiled), and with
         prefill graphs off, eager chunks after a long context (sm90 Gemma 3 heads take another
@@ -315,6 +318,19 @@ class Engine:
         # steps of that size would then be rare (past the graph limit), and their GEMM
         # variants (inside a graph: dequantize + cuBLAS) would only lengthen the load
         eager = [s for s in sizes if s <= 512 or not prefill_graphs]
+        # the graphs a prompt of s - 1 tokens replays: padded to the rung s with the padding
+        # sequence, (s, 2), as nearly every prompt is (one of exactly s tokens replays (s, 1),
+        # captured on first use). Their kernels are not all those of (s, 1): the output head's
+        # GEMV takes one sampled row there and two here. And (top, 1): each full-budget chunk
+        # of a prompt longer than the budget
+        prefill_sizes = [(s - 1, 1) for s in sizes if s > 2] + [(top, 1)]
+        if graphs:
+            from forge.runtime.graphs import DecodeGraphs, PrefillGraphs
+
+            self.graphs = DecodeGraphs(self)
+            if prefill_graphs:
+                self.prefill_graphs = PrefillGraphs(self)
+        self._compile_ahead(eager, prefill_sizes, progress)
         bar = None
         if progress:
             from tqdm import tqdm
@@ -328,22 +344,41 @@ class Engine:
                 bar.update(1)
         if bar:
             bar.close()
-        if graphs:
-            from forge.runtime.graphs import DecodeGraphs
-
-            self.graphs = DecodeGraphs(self)
+        if self.graphs is not None:
             self.graphs.capture(progress)
-            if prefill_graphs:
-                from forge.runtime.graphs import PrefillGraphs
+        if self.prefill_graphs is not None:
+            self.prefill_graphs.warm(prefill_sizes, progress)
 
-                self.prefill_graphs = PrefillGraphs(self)
-                # the graphs a prompt of s - 1 tokens replays: padded to the rung s with the
-                # padding sequence, (s, 2), as nearly every prompt is (one of exactly s tokens
-                # replays (s, 1), captured on first use). Their kernels are not all those of
-                # (s, 1): the output head's GEMV takes one sampled row there and two here.
-                # And (top, 1): each full-budget chunk of a prompt longer than the budget
-                self.prefill_graphs.warm([(s - 1, 1) for s in sizes if s > 2] + [(top, 1)],
-                                         progress)
+    def _compile_ahead(self, eager: list[int], prefill_sizes: list[tuple[int, int]],
+                       progress: bool) -> None:
+        """Compile every kernel variant the warm-up will launch, on many threads, before it
+        runs (kernels/precompile.py): a dry run of its steps whose launches only compile. The
+        warm-up after it then finds them compiled; what this misses, or fails to compile, the
+        warm-up compiles as before (and raises there). Skipped where the backend has no
+        `compile_ahead` or it answers None (FORGE_COMPILE_THREADS 0 or 1, a Triton without
+        it)."""
+        import sys
+
+        make = getattr(self.backend, "compile_ahead", None)
+        ahead = make(progress) if make is not None else None
+        if ahead is None:
+            return
+        t0 = time.perf_counter()
+        try:
+            with ahead as job:
+                for s in eager:
+                    self._forward_prompt([0] * s, all_logits=False)
+                if self.graphs is not None:
+                    self.graphs.dry_run()
+                if self.prefill_graphs is not None:
+                    self.prefill_graphs.dry_run(prefill_sizes)
+        except Exception as e:  # noqa: BLE001 - the warm-up compiles what this did not
+            print(f"forge: compiling ahead stopped ({type(e).__name__}: {e}); the warm-up "
+                  "compiles the rest as it goes", file=sys.stderr)
+            return
+        self.compile_ahead = {"threads": job.workers, "kernels": job.submitted,
+                              "failed": job.failed, "seconds": round(time.perf_counter() - t0, 3),
+                              "waited_s": round(job.wait_s, 3)}
 
     # ---- tools --------------------------------------------------------------------------
     def model_logits(self, token_ids: Sequence[int], trace=None) -> np.ndarray:

@@ -153,13 +153,16 @@ def _init_blas(torch, device) -> None:
 
 
 def _capture_graph(torch, device, pool, fn, warm=None, warm_runs: int = 2):
-    """Run `warm` (default `fn`) `warm_runs` times on a side stream (every kernel compiled and
-    loaded outside the capture), then capture `fn` into a new CUDAGraph on `pool` (None: a new
-    pool). Returns (graph, fn's result in the graph's memory)."""
+    """Run `warm` (default `fn`) `warm_runs` times on a side stream, taking the capture's paths
+    (`precompile.as_if_captured`: every kernel the capture launches is compiled and loaded
+    outside it, and none it does not launch), then capture `fn` into a new CUDAGraph on `pool`
+    (None: a new pool). Returns (graph, fn's result in the graph's memory)."""
+    from forge.kernels import precompile
+
     _init_blas(torch, device)
     stream = torch.cuda.Stream(device)
     stream.wait_stream(torch.cuda.current_stream(device))
-    with torch.cuda.stream(stream):
+    with torch.cuda.stream(stream), precompile.as_if_captured():
         for _ in range(warm_runs):
             (warm or fn)()
     torch.cuda.current_stream(device).wait_stream(stream)
@@ -201,31 +204,22 @@ class DecodeGraphs:
 
     def capture(self, progress: bool = False) -> None:
         torch = self.torch
-        model, kv = self.engine.model, self.engine.kv.layers
         bar = None
         if progress:
             from tqdm import tqdm
 
             bar = tqdm(total=len(self.rungs), desc="capturing decode graphs", unit="graph",
                        file=sys.stderr, leave=False)
-        be = self.engine.backend
         for bs in sorted(self.rungs, reverse=True):
             rung = self.by_size[bs]
             rung.dev.copy_(rung.host_t)
-            batch = rung.batch(self.max_len)
 
-            def warm(rung=rung, batch=batch):
-                rung.advance_inputs()   # flag 0 (zeroed buffer): changes nothing
-                be.argmax(model.forward(batch, kv), out=rung.next_ids)
+            def warm(rung=rung):
+                self._step(rung)    # flag 0 (zeroed buffer): the advance changes nothing
                 rung.views["meta"].zero_()
 
-            def step(rung=rung, batch=batch):
-                rung.advance_inputs()
-                out = model.forward(batch, kv)
-                be.argmax(out, out=rung.next_ids)
-                return out
-
-            g, out = _capture_graph(torch, self.device, self.pool, step, warm)
+            g, out = _capture_graph(torch, self.device, self.pool,
+                                    lambda rung=rung: self._step(rung), warm)
             if self.pool is None:
                 self.pool = g.pool()
             rung.graph, rung.logits = g, out
@@ -234,6 +228,23 @@ class DecodeGraphs:
         if bar:
             bar.close()
         torch.cuda.synchronize(self.device)
+
+    def _step(self, rung: _Rung) -> Any:
+        """What a decode graph holds: advance the inputs, the forward pass, the greedy argmax;
+        returns the logits."""
+        rung.advance_inputs()
+        out = self.engine.model.forward(rung.batch(self.max_len), self.engine.kv.layers)
+        self.engine.backend.argmax(out, out=rung.next_ids)
+        return out
+
+    def dry_run(self) -> None:
+        """Each rung's step as its capture takes it, for `precompile.ahead()` (launches compile
+        only)."""
+        from forge.kernels import precompile
+
+        with precompile.as_if_captured():
+            for bs in self.rungs:
+                self._step(self.by_size[bs])
 
     def can_run(self, host: dict) -> bool:
         return (host["max_query_len"] == 1 and host["num_seqs"] <= self.rungs[-1]
@@ -403,6 +414,7 @@ class PrefillGraphs:
         self.b_rungs = prefill_seq_ladder(min(engine.max_num_seqs, max_seqs) + 1)
         self.max_graphs = int(max_graphs)
         self.by_size: dict[tuple[int, int], _PrefillRung] = {}
+        self._spare: dict[tuple[int, int], _PrefillRung] = {}   # made by dry_run, not captured
         self.pool = getattr(engine.graphs, "pool", None)
         vocab = engine.cfg.vocab_size
         self.logits = torch.empty((self.b_rungs[-1], vocab), dtype=torch.float32, device=self.device)
@@ -418,28 +430,37 @@ class PrefillGraphs:
         """The (tokens, sequences) graph a step would replay, or None if it runs eagerly."""
         return prefill_size(host, self.t_rungs, self.b_rungs, self.W)
 
-    def capture(self, T: int, B: int) -> _PrefillRung:
-        torch = self.torch
-        model, kv = self.engine.model, self.engine.kv.layers
-        rung = _PrefillRung(torch, T, B, self.W, self.device)
-        rung.fill(_empty_step())
-        batch = rung.batch(self.max_len)
+    def _rung(self, T: int, B: int) -> _PrefillRung:
+        """A new rung of (T, B) filled with padding only (or the one `dry_run` made)."""
+        rung = self._spare.pop((T, B), None)
+        if rung is None:
+            rung = _PrefillRung(self.torch, T, B, self.W, self.device)
+            rung.fill(_empty_step())
+        return rung
 
-        def step():
-            out = model.forward(batch, kv)
-            self.logits[:B].copy_(out)
+    def _step(self, rung: _PrefillRung) -> None:
+        """What a prefill graph holds: the forward pass, its logits into the shared buffer."""
+        out = self.engine.model.forward(rung.batch(self.max_len), self.engine.kv.layers)
+        self.logits[:rung.B].copy_(out)
 
+    def _launch_mode(self):
         from forge.kernels import pdl
 
-        with contextlib.nullcontext() if self.pdl else pdl.suspended():
-            rung.graph, _ = _capture_graph(torch, self.device, self.pool, step, warm_runs=1)
+        return contextlib.nullcontext() if self.pdl else pdl.suspended()
+
+    def capture(self, T: int, B: int) -> _PrefillRung:
+        rung = self._rung(T, B)
+        with self._launch_mode():
+            rung.graph, _ = _capture_graph(self.torch, self.device, self.pool,
+                                           lambda: self._step(rung), warm_runs=1)
         if self.pool is None:
             self.pool = rung.graph.pool()
         self.by_size[(T, B)] = rung
         return rung
 
-    def warm(self, sizes: list[tuple[int, int]], progress: bool = False) -> None:
-        """Capture the graphs of steps of (tokens, sequences) in `sizes` ahead of their use."""
+    def _keys(self, sizes: list[tuple[int, int]]) -> list[tuple[int, int]]:
+        """The graphs (padded sizes) that steps of (tokens, sequences) in `sizes` replay, not
+        captured yet, as many as `max_graphs` leaves room for."""
         keys = []
         for T, B in sizes:
             bt = np.zeros((B, 1), np.int32)
@@ -447,13 +468,29 @@ class PrefillGraphs:
                                "block_tables": bt})
             if k is not None and k not in keys and k not in self.by_size:
                 keys.append(k)
+        return keys[: max(0, self.max_graphs - len(self.by_size))]
+
+    def dry_run(self, sizes: list[tuple[int, int]]) -> None:
+        """The steps `warm(sizes)` will capture, as their captures take them, for
+        `precompile.ahead()` (launches compile only). Their rungs are kept for the captures:
+        the same buffers, so the same pointer alignments."""
+        from forge.kernels import precompile
+
+        for k in self._keys(sizes):
+            rung = self._spare[k] = self._rung(*k)
+            with self._launch_mode(), precompile.as_if_captured():
+                self._step(rung)
+
+    def warm(self, sizes: list[tuple[int, int]], progress: bool = False) -> None:
+        """Capture the graphs of steps of (tokens, sequences) in `sizes` ahead of their use."""
+        keys = self._keys(sizes)
         bar = None
         if progress and keys:
             from tqdm import tqdm
 
             bar = tqdm(total=len(keys), desc="capturing prefill graphs", unit="graph",
                        file=sys.stderr, leave=False)
-        for k in keys[: max(0, self.max_graphs - len(self.by_size))]:
+        for k in keys:
             self.capture(*k)
             if bar:
                 bar.update(1)

@@ -24,7 +24,7 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-from forge.kernels import pdl  # noqa: E402
+from forge.kernels import pdl, precompile  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
@@ -70,7 +70,7 @@ def test_enabled_on_supported_hopper(fresh_pdl):
     assert pdl.enabled() and pdl.mode() == "all"
     # by default every launch takes it, captured or eager (one compile per kernel)
     for capturing in (True, False):
-        fresh_pdl.setattr(pdl, "_capturing", lambda: capturing)
+        fresh_pdl.setattr(precompile, "capturing", lambda device=None: capturing)
         assert pdl.active() and pdl.launch_kwargs() == {"launch_pdl": True}
         assert pdl.launch_args() == {"PDL": True, "launch_pdl": True}
         assert pdl.launch_args(False) == {"PDL": False}          # a table entry turned it off
@@ -84,11 +84,11 @@ def test_decode_mode_only_while_capturing(fresh_pdl):
     _fake_hopper(fresh_pdl)
     fresh_pdl.setenv("FORGE_PDL", "Decode")
     assert pdl.enabled() and pdl.mode() == "decode"
-    fresh_pdl.setattr(pdl, "_capturing", lambda: True)
+    fresh_pdl.setattr(precompile, "capturing", lambda device=None: True)
     assert pdl.active() and pdl.launch_args() == {"PDL": True, "launch_pdl": True}
     with pdl.suspended():
         assert not pdl.active()
-    fresh_pdl.setattr(pdl, "_capturing", lambda: False)
+    fresh_pdl.setattr(precompile, "capturing", lambda device=None: False)
     assert not pdl.active() and pdl.launch_kwargs() == {}
     assert pdl.launch_args() == {"PDL": False}
 
@@ -193,7 +193,7 @@ def test_launchers_pass_pdl(monkeypatch, on, capturing):
         monkeypatch.setattr(m, name, _Recorder(name, calls))
     monkeypatch.delenv("FORGE_PDL", raising=False)
     monkeypatch.setattr(pdl, "_MODE", "all" if on else "off")
-    monkeypatch.setattr(pdl, "_capturing", lambda: capturing)
+    monkeypatch.setattr(precompile, "capturing", lambda device=None: capturing)
     # decode with a separate reduce launch (split, merge not fused)
     orig = attention._decode_default
     monkeypatch.setattr(attention, "_decode_default", lambda *a: dict(orig(*a), FUSED_REDUCE=0))

@@ -260,6 +260,97 @@ def test_warmup_with_graphs_captures_what_prompts_replay(tiny, monkeypatch):
     assert calls["prefill"] == [(6, 1), (63, 1), (511, 1), (1023, 1), (1499, 1), (1500, 1)]
 
 
+def _stub_graphs(monkeypatch, eng, log):
+    from forge.runtime import graphs as graphs_mod
+
+    class FakeDecode:
+        def __init__(self, engine):
+            self.pool = None
+
+        def dry_run(self):
+            log.append("decode dry")
+
+        def capture(self, progress):
+            log.append("decode capture")
+
+    class FakePrefill:
+        def __init__(self, engine):
+            pass
+
+        def dry_run(self, sizes):
+            log.append(("prefill dry", tuple(sizes)))
+
+        def warm(self, sizes, progress=False):
+            log.append(("prefill warm", tuple(sizes)))
+
+    monkeypatch.setattr(graphs_mod, "DecodeGraphs", FakeDecode)
+    monkeypatch.setattr(graphs_mod, "PrefillGraphs", FakePrefill)
+    monkeypatch.setattr(eng.backend, "cuda_graphs", True, raising=False)
+    monkeypatch.setattr(eng.backend, "prefill_graphs", True, raising=False)
+    forward = eng.model.forward
+
+    def record(batch, kv, all_logits=False, trace=None):
+        log.append(int(batch.max_query_len))
+        return forward(batch, kv, all_logits=all_logits, trace=trace)
+
+    eng.model.forward = record
+
+
+def test_warmup_compiles_ahead_then_runs(tiny, monkeypatch):
+    """Where the backend can compile ahead, the warm-up first runs every step it will run (eager
+    sizes, each graph's step) inside the backend's compile_ahead context, then warms for real."""
+    import contextlib
+
+    from forge.kernels.precompile import Job
+    from forge.runtime.engine import Engine
+
+    eng = Engine(tiny, device="cpu", kv_cache_tokens=4096, max_num_batched_tokens=1500)
+    log = []
+    _stub_graphs(monkeypatch, eng, log)
+
+    @contextlib.contextmanager
+    def ahead():
+        log.append("enter")
+        job = Job(3)
+        yield job
+        job.submitted = 5
+        log.append("exit")
+
+    monkeypatch.setattr(eng.backend, "compile_ahead", lambda progress=False: ahead(), raising=False)
+    eng._warmup(progress=False)
+    sizes = ((6, 1), (63, 1), (511, 1), (1023, 1), (1499, 1), (1500, 1))
+    assert log == ["enter", 1, 7, 64, 512, "decode dry", ("prefill dry", sizes), "exit",
+                   1, 7, 64, 512, "decode capture", ("prefill warm", sizes)]
+    assert eng.compile_ahead["threads"] == 3 and eng.compile_ahead["kernels"] == 5
+    assert eng.pool.num_free == eng.pool.num_usable
+
+
+def test_warmup_goes_on_when_compiling_ahead_fails(tiny, monkeypatch, capsys):
+    from forge.runtime.engine import Engine
+
+    eng = Engine(tiny, device="cpu", kv_cache_tokens=4096, max_num_batched_tokens=600)
+    log = []
+    _stub_graphs(monkeypatch, eng, log)
+
+    class Broken:
+        def __enter__(self):
+            raise RuntimeError("no compiler")
+
+        def __exit__(self, *a):
+            return False
+
+    monkeypatch.setattr(eng.backend, "compile_ahead", lambda progress=False: Broken(), raising=False)
+    eng._warmup(progress=False)
+    assert "compiling ahead stopped (RuntimeError: no compiler)" in capsys.readouterr().err
+    assert eng.compile_ahead is None
+    assert log[:4] == [1, 7, 64, 512] and "decode capture" in log
+    # and a backend with nothing to compile ahead (answers None) just warms
+    log.clear()
+    monkeypatch.setattr(eng.backend, "compile_ahead", lambda progress=False: None, raising=False)
+    eng._warmup(progress=False)
+    assert log[:4] == [1, 7, 64, 512] and "decode dry" not in log
+
+
 _FIRST_BLAS_IN_CAPTURE = r"""
 import torch
 from forge.runtime import graphs

@@ -1,0 +1,248 @@
+"""Compile a warm-up's kernels ahead of it, on many threads.
+
+A first start on an empty Triton cache compiles each kernel variant the warm-up launches, one
+after another: a launch compiles its kernel before it runs, and the next launch waits for it
+(H100, Gemma 3 1B-shaped Q4_K_M, run 26: 87 compiles, 72.8 s of a 92.4 s load). Triton
+compiles from threads of one process in parallel (24 sm90 attention builds: 50.7 s one after
+another, 10.9 s from 12 threads), but only if it is told every variant before the first is
+needed.
+
+`ahead(workers)` does that. Inside it, each Triton launch from this thread compiles its kernel
+without running it (`JITFunction.run(warmup=True)`), on a pool of `workers` threads (Triton's
+`AsyncCompileMode`). On exit it waits for every compile and puts each kernel into its
+JITFunction's cache, where the real launches after it find them. A dry run of the warm-up's
+forward passes inside it (Engine._warmup) reaches the variants the warm-up launches:
+- a variant is picked on the host, from shapes, dtypes, pointer alignment and integer
+  arguments, never from data on the device;
+- so a dry pass needs only the same buffers and sizes as the real one.
+Its buffers hold garbage. The only code that reads them runs between launches as torch ops (adds,
+cuBLAS matmuls, index_select with indices made on the host), so nothing takes a data-dependent
+path or asserts on the device.
+
+`capturing(device)` is the question the kernels' launchers ask to pick a graph capture's path
+(matmul's dequantize + cuBLAS at T >= DEQUANT_T, PDL in mode "decode"). `as_if_captured()`
+makes it answer True outside a capture: the dry pass of a graph's step, and the eager warm runs
+before each capture (runtime/graphs.py), compile exactly the variants the capture launches.
+Memory rules that concern real captures only (scratch buffers, rope's frequency cache) still
+ask torch.
+
+Threads: `FORGE_COMPILE_THREADS` (default: the usable CPUs, at most 16; 0 or 1: no compile
+ahead, the warm-up compiles as it goes). Needs a Triton with
+`triton.runtime._async_compile` (3.4 and later); elsewhere `supported()` is False and nothing
+changes.
+"""
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import os
+import sys
+import threading
+
+_DRY: contextvars.ContextVar[bool] = contextvars.ContextVar("forge_dry_launch", default=False)
+_local = threading.local()      # .pretend: depth of as_if_captured() on this thread
+_patched = False
+_touched: set = set()           # JITFunctions launched dry (their caches are checked on exit)
+_lock = threading.Lock()
+
+
+def capturing(device=None) -> bool:
+    """Whether launches now should take a CUDA/HIP graph capture's path: the current stream is
+    being captured, or we are inside `as_if_captured()` on this thread. `device`: a torch
+    device (non-"cuda" ones never capture) or None."""
+    if device is not None and device.type != "cuda":
+        return False
+    if getattr(_local, "pretend", 0):
+        return True
+    import torch
+
+    return torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
+
+
+@contextlib.contextmanager
+def as_if_captured():
+    """`capturing()` answers True on this thread inside."""
+    _local.pretend = getattr(_local, "pretend", 0) + 1
+    try:
+        yield
+    finally:
+        _local.pretend -= 1
+
+
+def dry() -> bool:
+    """Whether Triton launches from this thread now compile only (inside `ahead()`)."""
+    return _DRY.get()
+
+
+def supported() -> bool:
+    """Whether this Triton has what `ahead()` uses."""
+    try:
+        import inspect
+
+        from triton.runtime import _async_compile
+        from triton.runtime.jit import JITFunction
+    except ImportError:
+        return False
+    return (hasattr(_async_compile, "AsyncCompileMode") and hasattr(_async_compile, "active_mode")
+            and "warmup" in inspect.signature(JITFunction.run).parameters)
+
+
+def workers() -> int:
+    """Compile threads for `ahead()` (FORGE_COMPILE_THREADS, else the usable CPUs, at most
+    16); 0 or 1 means compile as the warm-up goes."""
+    env = os.environ.get("FORGE_COMPILE_THREADS", "").strip()
+    if env:
+        try:
+            n = int(env)
+        except ValueError:
+            raise ValueError(f"FORGE_COMPILE_THREADS must be a whole number (0 or 1: off), "
+                             f"got {env!r}") from None
+        if n < 0:
+            raise ValueError(f"FORGE_COMPILE_THREADS must be >= 0, got {n}")
+        return n
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        cpus = os.cpu_count() or 1
+    return min(16, cpus)
+
+
+def _patch() -> None:
+    """Route JITFunction.run through a check of `dry()` (once per process): dry launches become
+    warm-ups (compile, no launch). Launches from other threads, or outside `ahead()`, pass
+    through unchanged."""
+    global _patched
+    with _lock:
+        if _patched:
+            return
+        from triton.runtime.jit import JITFunction
+
+        run = JITFunction.run
+
+        def forge_run(self, *args, grid, warmup, **kwargs):
+            if _DRY.get():
+                _touched.add(self)
+                warmup = True
+            return run(self, *args, grid=grid, warmup=warmup, **kwargs)
+
+        forge_run.__wrapped__ = run
+        forge_run.__doc__ = run.__doc__
+        JITFunction.run = forge_run
+
+        # Triton 3.6 caches an async compile's kernel only when it is finalized, so each dry
+        # launch of a variant already submitted would rebuild its source key (~1 ms, thousands
+        # of launches per dry pass): keep the pending compile in the cache meanwhile, as 3.9
+        # does. `_scrub` takes out whatever was not finalized.
+        import inspect
+
+        from triton.runtime import _async_compile
+
+        do = getattr(JITFunction, "_do_compile", None)
+        future = getattr(_async_compile, "FutureKernel", None)
+        if do is not None and future is not None and list(inspect.signature(do).parameters)[:4] \
+                == ["self", "key", "signature", "device"]:
+            def forge_do_compile(self, key, signature, device, *args, **kwargs):
+                k = do(self, key, signature, device, *args, **kwargs)
+                if _DRY.get() and isinstance(k, future):
+                    self.device_caches[device][0].setdefault(key, _Pending(k))
+                return k
+
+            forge_do_compile.__wrapped__ = do
+            JITFunction._do_compile = forge_do_compile
+        _patched = True
+
+
+class _Pending:
+    """A compile in flight, in a kernel's cache: a launch from another thread that finds it
+    waits for the compile (as Triton 3.9's own placeholder does)."""
+
+    def __init__(self, future_kernel):
+        self.future_kernel = future_kernel
+
+    def __getattr__(self, name):
+        return getattr(self.future_kernel.result(), name)
+
+
+class Job:
+    """What one `ahead()` compiled: `submitted` variants, `failed` of them (each compiles again,
+    and raises its error, at its first real launch), seconds spent waiting for them after the
+    dry pass (`wait_s`)."""
+
+    def __init__(self, workers: int):
+        self.workers = workers
+        self.submitted = 0
+        self.failed = 0
+        self.wait_s = 0.0
+
+
+@contextlib.contextmanager
+def ahead(num_workers: int | None = None, progress: bool = False, desc: str = "compiling kernels"):
+    """Inside, Triton launches from this thread compile their kernels on `num_workers` threads
+    (default `workers()`) instead of running; on a normal exit, wait for them all (a progress bar
+    with `progress`) and keep each in its kernel's cache. Yields a `Job`. An exception inside
+    leaves the compiles already started to finish and keeps those that did."""
+    import time
+    from concurrent.futures import ThreadPoolExecutor, as_completed
+
+    from triton.runtime import _async_compile
+
+    n = workers() if num_workers is None else int(num_workers)
+    if n < 1:
+        raise ValueError(f"num_workers must be >= 1, got {n}")
+    if _DRY.get():
+        raise RuntimeError("precompile.ahead() is already active on this thread")
+    _patch()
+    job = Job(n)
+    pool = ThreadPoolExecutor(n, thread_name_prefix="forge-compile")
+    mode = _async_compile.AsyncCompileMode(pool)
+    # set the mode ourselves rather than `with mode`: Triton 3.6's __exit__ leaves it active
+    # when a compile failed
+    mode_token = _async_compile.active_mode.set(mode)
+    dry_token = _DRY.set(True)
+    try:
+        yield job
+        _DRY.reset(dry_token)
+        dry_token = None
+        futures = list(mode.raw_futures)
+        job.submitted = len(futures)
+        t0 = time.perf_counter()
+        bar = None
+        if progress and futures:
+            from tqdm import tqdm
+
+            bar = tqdm(total=len(futures), desc=f"{desc} ({n} threads)", unit="kernel",
+                       file=sys.stderr, leave=False)
+        for f in as_completed(futures):
+            if bar:
+                bar.update(1)
+        if bar:
+            bar.close()
+        for f in futures:
+            try:
+                mode.future_kernels[f._key].result()    # puts it into the kernel's cache
+            except Exception:  # noqa: BLE001 - compiled again, and raised, at its launch
+                job.failed += 1
+        job.wait_s = time.perf_counter() - t0
+    finally:
+        if dry_token is not None:   # the body raised: start no more compiles
+            _DRY.reset(dry_token)
+        _async_compile.active_mode.reset(mode_token)
+        pool.shutdown(wait=True, cancel_futures=dry_token is not None)
+        _scrub()
+
+
+def _scrub() -> None:
+    """Drop compiles that did not finish from the caches of the kernels launched dry (Triton
+    3.9 keeps a placeholder there while a compile runs; 3.6 caches only finished ones), so that
+    a later launch compiles them itself."""
+    from triton.runtime import _async_compile
+
+    future = getattr(_async_compile, "FutureKernel", None)
+    for fn in list(_touched):
+        for caches in getattr(fn, "device_caches", {}).values():
+            cache = caches[0]
+            for key, k in list(cache.items()):
+                if isinstance(k, _Pending) or (future is not None and isinstance(k, future)
+                                               and k.kernel is None):
+                    del cache[key]
+    _touched.clear()
