@@ -239,6 +239,11 @@ class TritonBackend:
             return None
         return precompile.ahead(n, progress)
 
+    def warm_mark(self, parts):
+        """The mark (a path) a complete warm-up of `parts` leaves in Triton's cache; while it
+        exists, the warm-up need not compile ahead (precompile.marker)."""
+        return precompile.marker(parts, self.device)
+
     # ---- measurement --------------------------------------------------------------------
     def copy_bandwidth(self, nbytes: int = 1 << 30) -> float:
         """Device-to-device copy bandwidth in bytes/s, counting bytes read plus written."""

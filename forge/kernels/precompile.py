@@ -26,6 +26,14 @@ before each capture (runtime/graphs.py), compile exactly the variants the captur
 Memory rules that concern real captures only (scratch buffers, rope's frequency cache) still
 ask torch.
 
+A load that warmed up completely leaves a mark in Triton's cache directory (`marker`), named by
+a hash of everything that picks its variants: the model's config and weight layouts, the
+engine's sizes, forge's source, Triton, torch, the GPU, FORGE_* / TRITON_* variables and user
+tuning tables. A later load with the same mark skips the dry pass: every kernel it would
+compile is on disk already (run 27, Gemma 3 1B-shaped: a dry pass on a warm cache costs 2.3-3.4
+s of a 10-15 s load). If something that picks a variant is missing from the hash, that load
+compiles the variant as it goes: slower, never wrong.
+
 Threads: `FORGE_COMPILE_THREADS` (default: the usable CPUs, at most 16; 0 or 1: no compile
 ahead, the warm-up compiles as it goes). Needs a Triton with
 `triton.runtime._async_compile` (3.4 and later); elsewhere `supported()` is False and nothing
@@ -35,9 +43,13 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
+import hashlib
+import json
 import os
 import sys
 import threading
+from pathlib import Path
 
 _DRY: contextvars.ContextVar[bool] = contextvars.ContextVar("forge_dry_launch", default=False)
 _local = threading.local()      # .pretend: depth of as_if_captured() on this thread
@@ -246,3 +258,68 @@ def _scrub() -> None:
                                                and k.kernel is None):
                     del cache[key]
     _touched.clear()
+
+
+# ------------------------------------------------------------------------------------------------
+# marks of complete warm-ups
+
+
+@functools.lru_cache(maxsize=1)
+def _source_digest() -> str:
+    """sha256 of forge's Python source and shipped tuning tables."""
+    root = Path(__file__).resolve().parents[1]
+    h = hashlib.sha256()
+    files = sorted(root.rglob("*.py")) + sorted((root / "kernels" / "configs").glob("*.json"))
+    for p in files:
+        h.update(str(p.relative_to(root)).encode())
+        h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+def _user_tables_digest() -> str:
+    h = hashlib.sha256()
+    env = os.environ.get("FORGE_TUNING_TABLE")
+    paths = [Path(env).expanduser()] if env else \
+        sorted((Path.home() / ".cache" / "forge" / "tuning").glob("*.json"))
+    for p in paths:
+        try:
+            h.update(str(p).encode() + p.read_bytes())
+        except OSError:
+            pass
+    return h.hexdigest()
+
+
+def marker(parts, device) -> Path | None:
+    """The mark a complete warm-up of `parts` (the engine's description of its model and
+    sizes: anything repr-able) on torch `device` leaves, or None where marks are not kept: a
+    custom or remote Triton cache manager, or in-memory tuning overrides (autotune sweeps)."""
+    if os.environ.get("TRITON_CACHE_MANAGER") or os.environ.get("TRITON_REMOTE_CACHE_BACKEND"):
+        return None
+    from forge.kernels import tuning
+
+    if tuning._overrides:
+        return None
+    import torch
+    import triton
+
+    env = sorted((k, v) for k, v in os.environ.items() if k.startswith(("FORGE_", "TRITON_"))
+                 and k != "FORGE_COMPILE_THREADS")
+    gpu = (torch.cuda.get_device_name(device), torch.cuda.get_device_capability(device),
+           torch.version.cuda, torch.version.hip)
+    key = repr((parts, triton.__version__, torch.__version__, gpu, env, _user_tables_digest(),
+                _source_digest()))
+    name = hashlib.sha256(key.encode()).hexdigest()[:32]
+    return Path(triton.knobs.cache.dir) / "forge-warm" / f"{name}.json"
+
+
+def leave_mark(path: Path | None, record: dict) -> None:
+    """Write the mark (atomically; a cache directory that cannot be written just keeps none)."""
+    if path is None:
+        return
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_text(json.dumps(record, sort_keys=True, default=str))
+        os.replace(tmp, path)
+    except OSError:
+        pass

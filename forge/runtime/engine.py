@@ -18,7 +18,7 @@ from forge import hub
 from forge.errors import RequestError
 from forge.loader.config import ModelConfig
 from forge.loader.reader import GGUFFile
-from forge.runtime.backend import ForwardBatch, SamplingBatch, get_backend
+from forge.runtime.backend import ForwardBatch, QTensor, SamplingBatch, get_backend
 from forge.runtime.batch import build_batch_arrays, make_forward_batch
 from forge.runtime.kv_cache import BlockPool, KVCache
 from forge.runtime.model import Model
@@ -330,7 +330,9 @@ class Engine:
             self.graphs = DecodeGraphs(self)
             if prefill_graphs:
                 self.prefill_graphs = PrefillGraphs(self)
-        self._compile_ahead(eager, prefill_sizes, progress)
+        warm_mark = getattr(self.backend, "warm_mark", None)
+        mark = warm_mark(self._warm_parts(eager, prefill_sizes)) if warm_mark else None
+        self._compile_ahead(eager, prefill_sizes, progress, mark)
         bar = None
         if progress:
             from tqdm import tqdm
@@ -348,20 +350,55 @@ class Engine:
             self.graphs.capture(progress)
         if self.prefill_graphs is not None:
             self.prefill_graphs.warm(prefill_sizes, progress)
+        if mark is not None and not mark.exists():
+            from forge.kernels.precompile import leave_mark
+
+            leave_mark(mark, {"model": self.cfg.name, "compile_ahead": self.compile_ahead,
+                              "at": time.time()})
+
+    def _warm_parts(self, eager: list[int], prefill_sizes: list[tuple[int, int]]) -> tuple:
+        """What picks the kernel variants a warm-up compiles, besides code and machine (those
+        `precompile.marker` adds): the model's config, each weight's type, shape and layout and
+        each other tensor's dtype and shape, and the engine's sizes."""
+        import dataclasses
+
+        def desc(x):
+            if isinstance(x, QTensor):
+                return (x.ggml_type, tuple(x.shape), x.layout)
+            if hasattr(x, "dtype") and hasattr(x, "shape"):
+                return (str(x.dtype), tuple(x.shape))
+            if dataclasses.is_dataclass(x):    # RopeSpec (its factors: dtype and shape)
+                return tuple(desc(getattr(x, f.name)) for f in dataclasses.fields(x))
+            return None if x is None else repr(x)
+
+        plan = self.model.plan
+        weights = [desc(plan.embed), desc(plan.output), desc(plan.output_norm)]
+        for lp in plan.layers:
+            weights.append(tuple(desc(getattr(lp, f.name)) for f in dataclasses.fields(lp)))
+        be = self.backend
+        return (repr(self.cfg), tuple(weights), str(getattr(be, "act_dtype", None)),
+                bool(getattr(be, "cuda_graphs", False)), bool(getattr(be, "prefill_graphs", False)),
+                self.block_size, self.max_model_len, self.max_num_seqs, self.max_num_batched_tokens,
+                self.pool.num_blocks, tuple(eager), tuple(prefill_sizes), self.run_ahead)
 
     def _compile_ahead(self, eager: list[int], prefill_sizes: list[tuple[int, int]],
-                       progress: bool) -> None:
+                       progress: bool, mark=None) -> None:
         """Compile every kernel variant the warm-up will launch, on many threads, before it
         runs (kernels/precompile.py): a dry run of its steps whose launches only compile. The
         warm-up after it then finds them compiled; what this misses, or fails to compile, the
         warm-up compiles as before (and raises there). Skipped where the backend has no
         `compile_ahead` or it answers None (FORGE_COMPILE_THREADS 0 or 1, a Triton without
-        it)."""
+        it), and where `mark` (the backend's `warm_mark`) exists: an earlier warm-up of the same
+        parts completed, so every kernel is in Triton's disk cache."""
         import sys
 
         make = getattr(self.backend, "compile_ahead", None)
         ahead = make(progress) if make is not None else None
         if ahead is None:
+            return
+        if mark is not None and mark.exists():
+            self.compile_ahead = {"skipped": "an earlier load with this model, these sizes and "
+                                             "this code compiled every kernel (Triton's cache)"}
             return
         t0 = time.perf_counter()
         try:

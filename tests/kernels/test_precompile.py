@@ -106,6 +106,52 @@ def test_matmul_takes_the_capture_path_inside(monkeypatch):
     assert calls == [16]
 
 
+def _fake_gpu(monkeypatch, name="NVIDIA H100 80GB HBM3"):
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda d=None: name)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda d=None: (9, 0))
+
+
+def test_marker_names_everything_that_picks_variants(monkeypatch, tmp_path):
+    from forge.kernels import tuning
+
+    monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path))
+    for k in ("TRITON_CACHE_MANAGER", "TRITON_REMOTE_CACHE_BACKEND", "FORGE_TEST_KNOB"):
+        monkeypatch.delenv(k, raising=False)
+    _fake_gpu(monkeypatch)
+    a = precompile.marker(("model", 512), 0)
+    assert a is not None and a.parent == tmp_path / "forge-warm" and a.suffix == ".json"
+    assert precompile.marker(("model", 512), 0) == a
+    assert precompile.marker(("model", 1024), 0) != a
+    monkeypatch.setenv("FORGE_TEST_KNOB", "1")
+    assert precompile.marker(("model", 512), 0) != a
+    monkeypatch.delenv("FORGE_TEST_KNOB")
+    _fake_gpu(monkeypatch, "NVIDIA H200")
+    assert precompile.marker(("model", 512), 0) != a
+    _fake_gpu(monkeypatch)
+    table = tmp_path / "user.json"
+    table.write_text("{}")
+    monkeypatch.setenv("FORGE_TUNING_TABLE", str(table))
+    b = precompile.marker(("model", 512), 0)
+    table.write_text('{"kernels": {}}')
+    assert precompile.marker(("model", 512), 0) != b
+    monkeypatch.delenv("FORGE_TUNING_TABLE")
+    # no marks with in-memory tuning overrides or a cache Triton does not keep in that directory
+    monkeypatch.setattr(tuning, "_overrides", [object()])
+    assert precompile.marker(("model", 512), 0) is None
+    monkeypatch.setattr(tuning, "_overrides", [])
+    monkeypatch.setenv("TRITON_CACHE_MANAGER", "my.Manager")
+    assert precompile.marker(("model", 512), 0) is None
+    monkeypatch.delenv("TRITON_CACHE_MANAGER")
+    precompile.leave_mark(a, {"x": 1})
+    assert json.loads(a.read_text()) == {"x": 1}
+    assert not list(a.parent.glob("*.tmp*"))
+    # a directory that cannot be written keeps no mark and raises nothing
+    blocked = tmp_path / "file"
+    blocked.write_text("")
+    precompile.leave_mark(blocked / "sub" / "m.json", {"x": 1})
+    precompile.leave_mark(None, {"x": 1})
+
+
 # ------------------------------------------------------------------------------------------------
 # GPU
 
@@ -202,6 +248,8 @@ def test_gpu_engine_load_compiles_everything_ahead(tmp_path):
         pytest.skip("this Triton has no async compile")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    # no warm-up mark of an earlier run (its key includes FORGE_* variables): a dry pass runs
+    env["FORGE_TEST_NONCE"] = os.urandom(8).hex()
     proc = subprocess.run([sys.executable, "-c", _LOAD, "tiny-llama,tiny-gemma3", str(tmp_path)],
                           env=env, cwd=ROOT, capture_output=True, text=True, timeout=900)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]

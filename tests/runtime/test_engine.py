@@ -325,6 +325,46 @@ def test_warmup_compiles_ahead_then_runs(tiny, monkeypatch):
     assert eng.pool.num_free == eng.pool.num_usable
 
 
+def test_warmup_marks_a_complete_warmup_and_skips_compiling_ahead_after(tiny, monkeypatch,
+                                                                        tmp_path):
+    """A warm-up that completes leaves the backend's mark for its parts; the next warm-up of the
+    same parts finds it and runs no dry pass. Other sizes are other parts."""
+    import contextlib
+
+    from forge.kernels.precompile import Job
+    from forge.runtime.engine import Engine
+
+    eng = Engine(tiny, device="cpu", kv_cache_tokens=4096, max_num_batched_tokens=600)
+    log, marks = [], {}
+    _stub_graphs(monkeypatch, eng, log)
+
+    @contextlib.contextmanager
+    def ahead():
+        log.append("enter")
+        yield Job(2)
+
+    def warm_mark(parts):
+        return marks.setdefault(repr(parts), tmp_path / f"mark{len(marks)}.json")
+
+    monkeypatch.setattr(eng.backend, "compile_ahead", lambda progress=False: ahead(), raising=False)
+    monkeypatch.setattr(eng.backend, "warm_mark", warm_mark, raising=False)
+    eng._warmup(progress=False)
+    assert log.count("enter") == 1 and (tmp_path / "mark0.json").exists()
+    log.clear()
+    eng._warmup(progress=False)
+    assert "enter" not in log and log[:4] == [1, 7, 64, 512]
+    assert "skipped" in eng.compile_ahead
+    # another largest step: other parts, no mark yet
+    eng.max_num_batched_tokens = 700
+    log.clear()
+    eng._warmup(progress=False)
+    assert log.count("enter") == 1 and len(marks) == 2
+    # a different weight layout is a different key too
+    p1 = eng._warm_parts([1], [(6, 1)])
+    eng.model.plan.layers[0].wo.layout = "other"
+    assert eng._warm_parts([1], [(6, 1)]) != p1
+
+
 def test_warmup_goes_on_when_compiling_ahead_fails(tiny, monkeypatch, capsys):
     from forge.runtime.engine import Engine
 
