@@ -145,3 +145,4 @@ COMPILE_SPECS: list[dict] = [
     {**_spec("bf16", False, 2048, 4, 14336, (4, 8)), "vendors": ["nvidia"]},
     {**_spec("bf16", False, 2048, 4, 8192, (4, 4)), "vendors": ["nvidia"]},
 ]
+COMPILE_SPECS.append(pdl.with_pdl(COMPILE_SPECS[5]))   # as Hopper launches it at decode

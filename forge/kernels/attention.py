@@ -1587,3 +1587,6 @@ def compile_specs(kind: str = "rdna", dtypes: tuple = ("fp16", "bf16", "fp32"),
 # X_PRE quantization. compile_specs("cdna") gives CDNA's.
 COMPILE_SPECS: list[dict] = compile_specs("rdna") + compile_specs(
     "nvidia", dtypes=("bf16", "fp32"), suffix="_nv", vendors=("nvidia",))
+# decode and its merge as Hopper launches them (PDL), at the Llama heads
+COMPILE_SPECS += [pdl.with_pdl(s) for s in COMPILE_SPECS
+                  if s["name"] in ("attn_decode_d128_bf16_nv", "attn_reduce_d128_bf16_nv")]

@@ -682,3 +682,6 @@ def _compile_specs() -> list[dict]:
 
 
 COMPILE_SPECS: list[dict] = _compile_specs()
+# as Hopper launches it (PDL), the decode-path type of Q4_K_M
+COMPILE_SPECS.append(pdl.with_pdl(next(s for s in COMPILE_SPECS
+                                       if s["name"] == "_dequant_kernel[Q4_K,bf16]")))

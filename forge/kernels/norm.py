@@ -204,14 +204,7 @@ COMPILE_SPECS: list[dict] = [
 ]
 
 
-def _pdl_spec(spec: dict) -> dict:
-    """`spec` with PDL on (griddepcontrol), as it launches on Hopper: NVIDIA targets only
-    (AMD has no griddepcontrol; pdl.enabled() is False there)."""
-    return {**spec, "name": spec["name"] + "_pdl", "constexprs": {**spec["constexprs"], "PDL": True},
-            "vendors": ["nvidia"]}
-
-
-COMPILE_SPECS.append(_pdl_spec(COMPILE_SPECS[0]))
+COMPILE_SPECS.append(pdl.with_pdl(COMPILE_SPECS[0]))
 # with the output quantized for the GEMV's X_PRE path (NVIDIA decode: Q4_K/Q6_K and Q8_0 chunks)
-COMPILE_SPECS.append(_pdl_spec(_spec("bf16", "fp32", True, 1, 4096, True, 8, 4096, (4, 8))))
-COMPILE_SPECS.append(_pdl_spec(_spec("bf16", "fp32", False, 1, 2048, True, 4, 2048, (4, 4))))
+COMPILE_SPECS.append(pdl.with_pdl(_spec("bf16", "fp32", True, 1, 4096, True, 8, 4096, (4, 8))))
+COMPILE_SPECS.append(pdl.with_pdl(_spec("bf16", "fp32", False, 1, 2048, True, 4, 2048, (4, 4))))

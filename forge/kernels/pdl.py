@@ -162,6 +162,15 @@ def launch_kwargs() -> dict:
     return {k: v for k, v in launch_args().items() if k != "PDL"}
 
 
+def with_pdl(spec: dict) -> dict:
+    """A COMPILE_SPECS entry with PDL on (griddepcontrol), as it launches on Hopper: for NVIDIA
+    targets only (AMD has no griddepcontrol; `enabled()` is False there). autotune.report and
+    test_amd_compile then check the variant Hopper runs (registers, spills), not only the one
+    without PDL."""
+    return {**spec, "name": spec["name"] + "_pdl", "constexprs": {**spec["constexprs"], "PDL": True},
+            "vendors": ["nvidia"]}
+
+
 @triton.jit
 def pdl_wait(PDL: tl.constexpr):
     """griddepcontrol.wait when PDL: block until the previous grid has completed and its memory

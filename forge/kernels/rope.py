@@ -343,3 +343,4 @@ COMPILE_SPECS: list[dict] = [
     _spec("rope_partial_fp32_neox", "fp32", "fp32", 24, True, 32, 40, 40, 4, 6),
     _spec("rope_bf16_act_fp16_cache", "bf16", "fp16", 32, False, 16, 64, 128, 2, 16),
 ]
+COMPILE_SPECS.append(pdl.with_pdl(COMPILE_SPECS[0]))   # as Hopper launches it

@@ -701,3 +701,4 @@ COMPILE_SPECS: list[dict] = [
                    "NBP": "constexpr", "PDL": "constexpr"},
      "constexprs": {"NBP": 32, "PDL": False}, "num_warps": 1, "num_stages": 1},
 ]
+COMPILE_SPECS += [pdl.with_pdl(s) for s in COMPILE_SPECS[-2:]]   # the argmax as Hopper launches it

@@ -63,3 +63,4 @@ COMPILE_SPECS: list[dict] = [
      "constexprs": {"BLOCK": b, "PDL": False}, "num_warps": w, "num_stages": 1}
     for b, w in ((16, 1), (512, 1))
 ]
+COMPILE_SPECS += [pdl.with_pdl(s) for s in COMPILE_SPECS]   # as Hopper launches it
