@@ -234,10 +234,11 @@ def run_bench(a) -> int:
           f"achieved vs {bw / 1e9:,.1f} GB/s measured copy bandwidth ({100 * achieved / bw:.0f}%)")
     print(f"memory: {eng.memory_report()}")
     ca = eng.compile_ahead
-    print(f"load: {eng.load_seconds:.1f} s" + (
-        f" ({ca['kernels']} kernel variants compiled ahead on {ca['threads']} threads in "
-        f"{ca['seconds']:.1f} s{', ' + str(ca['failed']) + ' failed' if ca['failed'] else ''})"
-        if ca else ""))
+    print(f"load: {eng.load_seconds:.1f} s (" + ", ".join(
+        f"{k} {v:.1f}" for k, v in eng.load_phases.items()) + ")" + (
+        f"; {ca['kernels']} kernel variants compiled ahead on {ca['threads']} threads"
+        f"{', ' + str(ca['failed']) + ' failed' if ca['failed'] else ''}"
+        if ca and "kernels" in ca else "; compile ahead skipped (marked)" if ca else ""))
     hits, misses = eng.num_ahead_hits, eng.num_ahead_misses
     if eng.graphs is not None:
         print(f"decode run-ahead: {'off' if not eng.run_ahead else f'{hits} steps launched ahead and used, {misses} discarded'}")
@@ -269,7 +270,8 @@ def run_bench(a) -> int:
                "gc_freeze": gc_freeze, "gc_frozen_objects": frozen, "gc_freeze_ms": freeze_ms,
                "gc_tracked_objects": gc_tracked,
                "gc_threshold": list(gc.get_threshold()), "hiccups": hic,
-               "prefill_graphs": pgi, "load_s": eng.load_seconds, "compile_ahead": ca}
+               "prefill_graphs": pgi, "load_s": eng.load_seconds, "load_phases": eng.load_phases,
+               "compile_ahead": ca}
         Path(a.json).write_text(json.dumps(res, indent=2))
         print(f"wrote {a.json}", file=sys.stderr)
     return 0

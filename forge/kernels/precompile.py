@@ -51,10 +51,10 @@ import sys
 import threading
 from pathlib import Path
 
-_DRY: contextvars.ContextVar[bool] = contextvars.ContextVar("forge_dry_launch", default=False)
+# the Job of the `ahead()` active in this context (thread), None outside one
+_JOB: contextvars.ContextVar = contextvars.ContextVar("forge_compile_ahead_job", default=None)
 _local = threading.local()      # .pretend: depth of as_if_captured() on this thread
 _patched = False
-_touched: set = set()           # JITFunctions launched dry (their caches are checked on exit)
 _lock = threading.Lock()
 
 
@@ -83,11 +83,14 @@ def as_if_captured():
 
 def dry() -> bool:
     """Whether Triton launches from this thread now compile only (inside `ahead()`)."""
-    return _DRY.get()
+    return _JOB.get() is not None
 
 
 def supported() -> bool:
-    """Whether this Triton has what `ahead()` uses."""
+    """Whether this Triton has what `ahead()` uses (and kernels compile at all: not under
+    TRITON_INTERPRET, where a launch that only compiles does not exist)."""
+    if os.environ.get("TRITON_INTERPRET", "").strip().lower() in ("1", "true", "on", "yes"):
+        return False
     try:
         import inspect
 
@@ -132,8 +135,7 @@ def _patch() -> None:
         run = JITFunction.run
 
         def forge_run(self, *args, grid, warmup, **kwargs):
-            if _DRY.get():
-                _touched.add(self)
+            if _JOB.get() is not None:
                 warmup = True
             return run(self, *args, grid=grid, warmup=warmup, **kwargs)
 
@@ -144,7 +146,8 @@ def _patch() -> None:
         # Triton 3.6 caches an async compile's kernel only when it is finalized, so each dry
         # launch of a variant already submitted would rebuild its source key (~1 ms, thousands
         # of launches per dry pass): keep the pending compile in the cache meanwhile, as 3.9
-        # does. `_scrub` takes out whatever was not finalized.
+        # does. The job notes each placeholder (ours or 3.9's), and `_scrub` takes out those
+        # not finalized when it ends.
         import inspect
 
         from triton.runtime import _async_compile
@@ -155,8 +158,10 @@ def _patch() -> None:
                 == ["self", "key", "signature", "device"]:
             def forge_do_compile(self, key, signature, device, *args, **kwargs):
                 k = do(self, key, signature, device, *args, **kwargs)
-                if _DRY.get() and isinstance(k, future):
-                    self.device_caches[device][0].setdefault(key, _Pending(k))
+                job = _JOB.get()
+                if job is not None and isinstance(k, future):
+                    cache = self.device_caches[device][0]
+                    job.parked.append((cache, key, cache.setdefault(key, _Pending(k))))
                 return k
 
             forge_do_compile.__wrapped__ = do
@@ -185,6 +190,7 @@ class Job:
         self.submitted = 0
         self.failed = 0
         self.wait_s = 0.0
+        self.parked: list = []   # (kernel cache, key, placeholder) of each compile submitted
 
 
 @contextlib.contextmanager
@@ -201,7 +207,7 @@ def ahead(num_workers: int | None = None, progress: bool = False, desc: str = "c
     n = workers() if num_workers is None else int(num_workers)
     if n < 1:
         raise ValueError(f"num_workers must be >= 1, got {n}")
-    if _DRY.get():
+    if _JOB.get() is not None:
         raise RuntimeError("precompile.ahead() is already active on this thread")
     _patch()
     job = Job(n)
@@ -210,11 +216,12 @@ def ahead(num_workers: int | None = None, progress: bool = False, desc: str = "c
     # set the mode ourselves rather than `with mode`: Triton 3.6's __exit__ leaves it active
     # when a compile failed
     mode_token = _async_compile.active_mode.set(mode)
-    dry_token = _DRY.set(True)
+    job_token = _JOB.set(job)
+    cancel = True       # until every compile was waited for: an exception starts no more
     try:
         yield job
-        _DRY.reset(dry_token)
-        dry_token = None
+        _JOB.reset(job_token)
+        job_token = None
         futures = list(mode.raw_futures)
         job.submitted = len(futures)
         t0 = time.perf_counter()
@@ -229,35 +236,33 @@ def ahead(num_workers: int | None = None, progress: bool = False, desc: str = "c
                 bar.update(1)
         if bar:
             bar.close()
+        cancel = False
+        # finalizing puts each kernel into its cache. (Triton 3.9's FutureKernel.result() drops
+        # its future before it sets the kernel: another thread launching the same variant in
+        # that instant can fail. Launches from other threads during a load are not expected.)
         for f in futures:
             try:
-                mode.future_kernels[f._key].result()    # puts it into the kernel's cache
+                mode.future_kernels[f._key].result()
             except Exception:  # noqa: BLE001 - compiled again, and raised, at its launch
                 job.failed += 1
         job.wait_s = time.perf_counter() - t0
     finally:
-        if dry_token is not None:   # the body raised: start no more compiles
-            _DRY.reset(dry_token)
+        if job_token is not None:
+            _JOB.reset(job_token)
         _async_compile.active_mode.reset(mode_token)
-        pool.shutdown(wait=True, cancel_futures=dry_token is not None)
-        _scrub()
+        pool.shutdown(wait=True, cancel_futures=cancel)
+        _scrub(job)
 
 
-def _scrub() -> None:
-    """Drop compiles that did not finish from the caches of the kernels launched dry (Triton
-    3.9 keeps a placeholder there while a compile runs; 3.6 caches only finished ones), so that
-    a later launch compiles them itself."""
-    from triton.runtime import _async_compile
-
-    future = getattr(_async_compile, "FutureKernel", None)
-    for fn in list(_touched):
-        for caches in getattr(fn, "device_caches", {}).values():
-            cache = caches[0]
-            for key, k in list(cache.items()):
-                if isinstance(k, _Pending) or (future is not None and isinstance(k, future)
-                                               and k.kernel is None):
-                    del cache[key]
-    _touched.clear()
+def _scrub(job: Job) -> None:
+    """Take the job's placeholders that were not finalized (a failed or cancelled compile) out
+    of their kernels' caches, so that the kernel's next launch compiles it (and raises its
+    error) itself. Only this job's: another thread's `ahead()` keeps its own."""
+    for cache, key, placeholder in job.parked:
+        if cache.get(key) is placeholder and (isinstance(placeholder, _Pending)
+                                              or getattr(placeholder, "kernel", 1) is None):
+            del cache[key]
+    job.parked.clear()
 
 
 # ------------------------------------------------------------------------------------------------
@@ -302,10 +307,14 @@ def marker(parts, device) -> Path | None:
     import torch
     import triton
 
+    from forge.runtime import device as devinfo
+
     env = sorted((k, v) for k, v in os.environ.items() if k.startswith(("FORGE_", "TRITON_"))
                  and k != "FORGE_COMPILE_THREADS")
-    gpu = (torch.cuda.get_device_name(device), torch.cuda.get_device_capability(device),
-           torch.version.cuda, torch.version.hip)
+    # name; the current device's arch (gfx targets of one capability differ), CUs (attention
+    # splits), ... (the backend made `device` the current one)
+    gpu = (torch.cuda.get_device_name(device), repr(devinfo.detect()), torch.version.cuda,
+           torch.version.hip)
     key = repr((parts, triton.__version__, torch.__version__, gpu, env, _user_tables_digest(),
                 _source_digest()))
     name = hashlib.sha256(key.encode()).hexdigest()[:32]

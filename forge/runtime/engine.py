@@ -47,13 +47,17 @@ class Engine:
                  block_size: int = 16, enable_prefix_caching: bool = True, run_ahead: bool = True,
                  **backend_kwargs):
         t0 = time.perf_counter()
+        # seconds per phase of the load (forge bench prints them)
+        self.load_phases: dict[str, float] = {}
         self.path = hub.resolve(model)
         self.file = GGUFFile(self.path)
         self.cfg: ModelConfig = ModelConfig.from_gguf(self.file)
         self.tokenizer = Tokenizer.from_metadata(self.file.metadata)
         self.backend = get_backend(device, **backend_kwargs)
+        t = self._lap("open", t0)
         weights = load_weights(self.file, self.cfg, self.backend, progress=progress)
         self.plan = build_plan(self.cfg, weights, self.backend)
+        t = self._lap("weights", t)
         self.model = Model(self.plan, self.backend)
         cfg, be = self.cfg, self.backend
         on_gpu = be.name != "cpu"
@@ -67,6 +71,7 @@ class Engine:
         self.kv = KVCache(be, cfg.num_layers, num_blocks, block_size, cfg.num_kv_heads,
                           cfg.head_dim, cfg.v_head_dim)
         self.pool = BlockPool(num_blocks, block_size, enable_prefix_caching)
+        self._lap("kv_cache", t)
         if progress:
             import sys
 
@@ -93,6 +98,11 @@ class Engine:
         if on_gpu:
             self._warmup(progress)
         self.load_seconds = time.perf_counter() - t0
+
+    def _lap(self, name: str, since: float) -> float:
+        now = time.perf_counter()
+        self.load_phases[name] = round(now - since, 3)
+        return now
 
     def memory_report(self) -> str:
         kv = self.kv.nbytes
@@ -332,7 +342,9 @@ class Engine:
                 self.prefill_graphs = PrefillGraphs(self)
         warm_mark = getattr(self.backend, "warm_mark", None)
         mark = warm_mark(self._warm_parts(eager, prefill_sizes)) if warm_mark else None
+        t = time.perf_counter()
         self._compile_ahead(eager, prefill_sizes, progress, mark)
+        t = self._lap("compile_ahead", t)
         bar = None
         if progress:
             from tqdm import tqdm
@@ -346,10 +358,13 @@ class Engine:
                 bar.update(1)
         if bar:
             bar.close()
+        t = self._lap("warm_eager", t)
         if self.graphs is not None:
             self.graphs.capture(progress)
+            t = self._lap("decode_graphs", t)
         if self.prefill_graphs is not None:
             self.prefill_graphs.warm(prefill_sizes, progress)
+            self._lap("prefill_graphs", t)
         if mark is not None and not mark.exists():
             from forge.kernels.precompile import leave_mark
 
@@ -371,7 +386,7 @@ class Engine:
                 return tuple(desc(getattr(x, f.name)) for f in dataclasses.fields(x))
             return None if x is None else repr(x)
 
-        plan = self.model.plan
+        plan, cfg, nb = self.model.plan, self.cfg, self.pool.num_blocks
         weights = [desc(plan.embed), desc(plan.output), desc(plan.output_norm)]
         for lp in plan.layers:
             weights.append(tuple(desc(getattr(lp, f.name)) for f in dataclasses.fields(lp)))
@@ -379,7 +394,11 @@ class Engine:
         return (repr(self.cfg), tuple(weights), str(getattr(be, "act_dtype", None)),
                 bool(getattr(be, "cuda_graphs", False)), bool(getattr(be, "prefill_graphs", False)),
                 self.block_size, self.max_model_len, self.max_num_seqs, self.max_num_batched_tokens,
-                self.pool.num_blocks, tuple(eager), tuple(prefill_sizes), self.run_ahead)
+                # the cache's size varies with free memory; what of it can pick a variant: an
+                # integer argument's divisibility by 16, 32-bit offsets or not
+                nb % 16 == 0, nb * self.block_size * cfg.num_kv_heads
+                * max(cfg.head_dim, cfg.v_head_dim) >= 2**31,
+                tuple(eager), tuple(prefill_sizes), self.run_ahead)
 
     def _compile_ahead(self, eager: list[int], prefill_sizes: list[tuple[int, int]],
                        progress: bool, mark=None) -> None:

@@ -152,7 +152,7 @@ def _init_blas(torch, device) -> None:
     _BLAS_READY.add(key)
 
 
-def _capture_graph(torch, device, pool, fn, warm=None, warm_runs: int = 2):
+def _capture_graph(torch, device, pool, fn, warm=None, warm_runs: int = 1):
     """Run `warm` (default `fn`) `warm_runs` times on a side stream, taking the capture's paths
     (`precompile.as_if_captured`: every kernel the capture launches is compiled and loaded
     outside it, and none it does not launch), then capture `fn` into a new CUDAGraph on `pool`
@@ -218,6 +218,7 @@ class DecodeGraphs:
                 self._step(rung)    # flag 0 (zeroed buffer): the advance changes nothing
                 rung.views["meta"].zero_()
 
+            # one warm run: every kernel is compiled (ahead, or by this run) and loaded by it
             g, out = _capture_graph(torch, self.device, self.pool,
                                     lambda rung=rung: self._step(rung), warm)
             if self.pool is None:
@@ -450,9 +451,11 @@ class PrefillGraphs:
 
     def capture(self, T: int, B: int) -> _PrefillRung:
         rung = self._rung(T, B)
+        if self.pool is None:   # the decode graphs' pool, once they have one (they may be
+            self.pool = getattr(self.engine.graphs, "pool", None)   # captured after this is made)
         with self._launch_mode():
             rung.graph, _ = _capture_graph(self.torch, self.device, self.pool,
-                                           lambda: self._step(rung), warm_runs=1)
+                                           lambda: self._step(rung))
         if self.pool is None:
             self.pool = rung.graph.pool()
         self.by_size[(T, B)] = rung

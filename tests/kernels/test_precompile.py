@@ -64,6 +64,12 @@ def test_as_if_captured_is_per_thread_and_nests():
         assert not precompile.capturing(cuda)
 
 
+def test_not_supported_under_the_interpreter(monkeypatch):
+    """TRITON_INTERPRET runs kernels as Python: there is no compile-only launch to make."""
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert not precompile.supported()
+
+
 def test_ahead_refuses_bad_workers():
     if not precompile.supported():
         pytest.skip("this Triton has no async compile")
@@ -106,9 +112,11 @@ def test_matmul_takes_the_capture_path_inside(monkeypatch):
     assert calls == [16]
 
 
-def _fake_gpu(monkeypatch, name="NVIDIA H100 80GB HBM3"):
+def _fake_gpu(monkeypatch, name="NVIDIA H100 80GB HBM3", arch="sm90", cus=132):
+    from forge.runtime import device
+
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda d=None: name)
-    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda d=None: (9, 0))
+    monkeypatch.setattr(device, "detect", lambda: (arch, cus))
 
 
 def test_marker_names_everything_that_picks_variants(monkeypatch, tmp_path):
@@ -127,7 +135,10 @@ def test_marker_names_everything_that_picks_variants(monkeypatch, tmp_path):
     monkeypatch.delenv("FORGE_TEST_KNOB")
     _fake_gpu(monkeypatch, "NVIDIA H200")
     assert precompile.marker(("model", 512), 0) != a
+    _fake_gpu(monkeypatch, arch="sm90a", cus=114)      # same name, another part
+    assert precompile.marker(("model", 512), 0) != a
     _fake_gpu(monkeypatch)
+    assert precompile.marker(("model", 512), 0) == a
     table = tmp_path / "user.json"
     table.write_text("{}")
     monkeypatch.setenv("FORGE_TUNING_TABLE", str(table))
@@ -156,18 +167,26 @@ def test_marker_names_everything_that_picks_variants(monkeypatch, tmp_path):
 # GPU
 
 
-@pytest.mark.gpu
-def test_gpu_ahead_compiles_and_does_not_launch():
+def _fill_kernel():
+    """A fresh JITFunction (its own, empty kernel caches) that fills out[:n] with VAL."""
     import triton
     import triton.language as tl
-
-    if not precompile.supported():
-        pytest.skip("this Triton has no async compile")
 
     @triton.jit
     def fill(out, n, VAL: tl.constexpr, BLOCK: tl.constexpr):
         i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
         tl.store(out + i, tl.full([BLOCK], VAL, tl.float32), mask=i < n)
+
+    return fill
+
+
+@pytest.mark.gpu
+def test_gpu_ahead_compiles_and_does_not_launch():
+    import triton
+
+    if not precompile.supported():
+        pytest.skip("this Triton has no async compile")
+    fill = _fill_kernel()
 
     val = float(int.from_bytes(os.urandom(2), "little") + 1)   # a variant not compiled before
     out = torch.zeros(1000, device="cuda")
@@ -192,6 +211,46 @@ def test_gpu_ahead_compiles_and_does_not_launch():
         triton.knobs.runtime.jit_cache_hook = old
     assert all(misses)                         # the real launch found it compiled
     assert torch.all(out == val)
+
+
+def _cached(fn) -> list[str]:
+    return sorted(type(v).__name__ for c in fn.device_caches.values() for v in c[0].values())
+
+
+@pytest.mark.gpu
+def test_gpu_ahead_cleans_up_after_an_exception_and_a_failed_compile():
+    import triton
+    import triton.language as tl
+    from triton.runtime import _async_compile
+
+    if not precompile.supported():
+        pytest.skip("this Triton has no async compile")
+    fill = _fill_kernel()
+
+    @triton.jit
+    def bad(out, V: tl.constexpr):
+        tl.static_assert(V < 0)
+        tl.store(out, 1.0)
+
+    base = float(int.from_bytes(os.urandom(2), "little") * 8 + 1)
+    out = torch.zeros(64, device="cuda")
+    with pytest.raises(KeyError):
+        with precompile.ahead(2):
+            for v in range(4):
+                fill[(1,)](out, 64, VAL=base + v, BLOCK=64)
+            raise KeyError("stop")
+    assert not precompile.dry() and _async_compile.active_mode.get() is None
+    assert "_Pending" not in _cached(fill) and "FutureKernel" not in _cached(fill)
+    fill[(1,)](out, 64, VAL=base, BLOCK=64)           # a real launch compiles and runs
+    torch.cuda.synchronize()
+    assert torch.all(out == base)
+    with precompile.ahead(2) as job:
+        bad[(1,)](out, V=1)
+    assert job.submitted == 1 and job.failed == 1
+    assert _cached(bad) == []                        # no placeholder left behind
+    for _ in range(2):                               # each launch compiles and raises itself
+        with pytest.raises(Exception, match="static_assert|Assert|assert"):
+            bad[(1,)](out, V=1)
 
 
 _LOAD = r"""
@@ -231,7 +290,8 @@ for shape in sys.argv[1].split(","):
                 if o.request_id == rid:
                     toks = list(o.token_ids)
         got[threads] = {"ahead": eng.compile_ahead, "load_misses": load_misses, "tokens": toks,
-                        "kv_tokens": eng.pool.capacity_tokens}
+                        "kv_tokens": eng.pool.capacity_tokens,
+                        "same_pool": eng.prefill_graphs.pool == eng.graphs.pool}
         del eng
         gc.collect()
     res[shape] = got
@@ -260,6 +320,8 @@ def test_gpu_engine_load_compiles_everything_ahead(tmp_path):
         assert on["ahead"] and on["ahead"]["kernels"] > 0 and on["ahead"]["failed"] == 0, shape
         assert on["load_misses"] == [], (shape, on["load_misses"])
         assert off["ahead"] is None
+        # prefill graphs share the decode graphs' memory pool
+        assert on["same_pool"] and off["same_pool"], shape
         assert on["tokens"] and on["tokens"] == off["tokens"], shape
         # the second engine of the process reuses the memory the first one's allocator still
         # holds (TritonBackend.kv_cache_budget_bytes): its KV cache is as large

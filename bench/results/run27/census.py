@@ -56,6 +56,7 @@ for n in lengths:
 by = collections.Counter(f"{p}:{n}" for p, n in outside)
 print(json.dumps({"label": label, "shape": shape, "quant": quant, "load_s": round(load, 2),
                   "threads_env": os.environ.get("FORGE_COMPILE_THREADS"),
-                  "compile_ahead": eng.compile_ahead, "dry_variants": len(dry_keys),
+                  "compile_ahead": eng.compile_ahead, "phases": eng.load_phases,
+                  "dry_variants": len(dry_keys),
                   "compiled_outside_dry": len(outside), "outside_by_kernel": dict(by),
                   "lengths": lengths, "first_token_s": firsts}))
