@@ -35,9 +35,11 @@ s of a 10-15 s load). If something that picks a variant is missing from the hash
 compiles the variant as it goes: slower, never wrong.
 
 Threads: `FORGE_COMPILE_THREADS` (default: the usable CPUs, at most 16; 0 or 1: no compile
-ahead, the warm-up compiles as it goes). Needs a Triton with
-`triton.runtime._async_compile` (3.4 and later); elsewhere `supported()` is False and nothing
-changes.
+ahead, the warm-up compiles as it goes). Needs a Triton with `triton.runtime._async_compile`
+(3.6 was run on an H100, 3.9's source was read); elsewhere `supported()` is False and nothing
+changes. Measured (run 27, H100, empty cache): Gemma 3 1B-shaped Q4_K_M loads in 33-38 s
+instead of 80 (86 variants, none compiled after the dry pass), Llama-3-8B-shaped in 34 s
+instead of 65.
 """
 from __future__ import annotations
 
