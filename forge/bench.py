@@ -234,11 +234,15 @@ def run_bench(a) -> int:
           f"achieved vs {bw / 1e9:,.1f} GB/s measured copy bandwidth ({100 * achieved / bw:.0f}%)")
     print(f"memory: {eng.memory_report()}")
     ca = eng.compile_ahead
-    print(f"load: {eng.load_seconds:.1f} s (" + ", ".join(
-        f"{k} {v:.1f}" for k, v in eng.load_phases.items()) + ")" + (
-        f"; {ca['kernels']} kernel variants compiled ahead on {ca['threads']} threads"
-        f"{', ' + str(ca['failed']) + ' failed' if ca['failed'] else ''}"
-        if ca and "kernels" in ca else "; compile ahead skipped (marked)" if ca else ""))
+    load = f"load: {eng.load_seconds:.1f} s (" + ", ".join(
+        f"{k} {v:.1f}" for k, v in eng.load_phases.items()) + ")"
+    if ca and "kernels" in ca:
+        load += f"; {ca['kernels']} kernel variants compiled ahead on {ca['threads']} threads"
+        if ca["failed"]:
+            load += f", {ca['failed']} failed"
+    elif ca:
+        load += "; compile ahead skipped (marked)"
+    print(load)
     hits, misses = eng.num_ahead_hits, eng.num_ahead_misses
     if eng.graphs is not None:
         print(f"decode run-ahead: {'off' if not eng.run_ahead else f'{hits} steps launched ahead and used, {misses} discarded'}")

@@ -1396,18 +1396,11 @@ SCRATCH_BYTES = 256 << 20
 _scratch: dict[tuple, torch.Tensor] = {}
 
 
-def _capturing(device: torch.device) -> bool:
-    """Whether work on `device` is being captured into a CUDA/HIP graph: memory rules (a
-    capture's buffers belong to its graph). Which path a launch takes asks
-    `precompile.capturing`, which a dry pass can make answer True outside a capture."""
-    return device.type == "cuda" and torch.cuda.is_current_stream_capturing()
-
-
 def _scratch_buffer(numel: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """A flat buffer of at least `numel` elements, reused across calls (one per device and
     dtype, grown as needed). During CUDA/HIP graph capture a private buffer is returned
     instead (the shared one must not be reallocated under a captured graph)."""
-    if _capturing(device):
+    if precompile.stream_capturing(device):
         return torch.empty(numel, dtype=dtype, device=device)
     key = (device, dtype)
     buf = _scratch.get(key)

@@ -23,8 +23,8 @@ path or asserts on the device.
 (matmul's dequantize + cuBLAS at T >= DEQUANT_T, PDL in mode "decode"). `as_if_captured()`
 makes it answer True outside a capture: the dry pass of a graph's step, and the eager warm runs
 before each capture (runtime/graphs.py), compile exactly the variants the capture launches.
-Memory rules that concern real captures only (scratch buffers, rope's frequency cache) still
-ask torch.
+Memory rules that concern real captures only (scratch buffers, rope's frequency cache, xquant's
+recorded codes) ask `stream_capturing`.
 
 A load that warmed up completely leaves a mark in Triton's cache directory (`marker`), named by
 a hash of everything that picks its variants: the model's config and weight layouts, the
@@ -60,17 +60,25 @@ _patched = False
 _lock = threading.Lock()
 
 
-def capturing(device=None) -> bool:
-    """Whether launches now should take a CUDA/HIP graph capture's path: the current stream is
-    being captured, or we are inside `as_if_captured()` on this thread. `device`: a torch
-    device (non-"cuda" ones never capture) or None."""
-    if device is not None and device.type != "cuda":
-        return False
-    if getattr(_local, "pretend", 0):
-        return True
+def stream_capturing(device=None) -> bool:
+    """Whether the current stream is really being captured into a CUDA/HIP graph: the question
+    of memory rules (a capture's buffers belong to its graph: scratch buffers, cached tables,
+    recorded quantizations). `device`: a torch device (non-"cuda" ones never capture) or None.
+    False without CUDA."""
     import torch
 
+    if device is not None and device.type != "cuda":
+        return False
     return torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
+
+
+def capturing(device=None) -> bool:
+    """Whether launches now should take a CUDA/HIP graph capture's path: the current stream is
+    being captured (`stream_capturing`), or we are inside `as_if_captured()` on this thread.
+    `device` as for `stream_capturing`."""
+    if device is not None and device.type != "cuda":
+        return False
+    return bool(getattr(_local, "pretend", 0)) or stream_capturing(device)
 
 
 @contextlib.contextmanager
@@ -199,8 +207,9 @@ class Job:
 def ahead(num_workers: int | None = None, progress: bool = False, desc: str = "compiling kernels"):
     """Inside, Triton launches from this thread compile their kernels on `num_workers` threads
     (default `workers()`) instead of running; on a normal exit, wait for them all (a progress bar
-    with `progress`) and keep each in its kernel's cache. Yields a `Job`. An exception inside
-    leaves the compiles already started to finish and keeps those that did."""
+    with `progress`) and keep each in its kernel's cache. Yields a `Job`. An exception inside (or
+    while waiting) cancels the compiles not started, waits for those running (what they built
+    stays in Triton's disk cache) and leaves no placeholder in a kernel's cache."""
     import time
     from concurrent.futures import ThreadPoolExecutor, as_completed
 

@@ -30,7 +30,7 @@ import torch
 import triton
 import triton.language as tl
 
-from forge.kernels import pdl, tuning
+from forge.kernels import pdl, precompile, tuning
 from forge.kernels.pdl import pdl_launch, pdl_wait
 from forge.runtime.backend import RopeSpec
 
@@ -168,7 +168,7 @@ def _inv_freq(rot: int, base: float, scale: float, ff: torch.Tensor | None,
     if ff is not None:
         inv = inv / ff.reshape(-1).to(torch.float64)
     inv = inv.to(torch.float32)
-    if device.type != "cuda" or not torch.cuda.is_current_stream_capturing():
+    if not precompile.stream_capturing(device):
         if len(_INV_FREQ) > 256:
             _INV_FREQ.clear()
         _INV_FREQ[key] = (weakref.ref(ff) if ff is not None else None, inv)

@@ -34,6 +34,8 @@ import torch
 import triton
 import triton.language as tl
 
+from forge.kernels import precompile
+
 XQ_LANES = tl.constexpr(32)
 # The last quantization recorded (see above). XQ_REUSE = False: quantize_x ignores it and every
 # GEMV quantizes its own x (bench_xpre times it so).
@@ -72,16 +74,12 @@ def unpack(codes: torch.Tensor, V: int, E: int, nch: int) -> np.ndarray:
     return out.reshape(T, -1)[:, :nch * V * 8]
 
 
-def capturing(device: torch.device) -> bool:
-    return device.type == "cuda" and torch.cuda.is_current_stream_capturing()
-
-
 def remember(x: torch.Tensor, V: int, E: int, xq: torch.Tensor, xs: torch.Tensor) -> None:
     """Record (xq, xs) as the quantization of x as it is now (chunking V x E)."""
     _xq_last.clear()
     if XQ_REUSE:
         _xq_last.append((weakref.ref(x, lambda _r: _xq_last.clear()), x._version, (V, E),
-                         capturing(x.device), xq, xs))
+                         precompile.stream_capturing(x.device), xq, xs))
 
 
 def lookup(x: torch.Tensor, V: int, E: int):
@@ -89,7 +87,7 @@ def lookup(x: torch.Tensor, V: int, E: int):
     V x E, on the same side of a graph capture's edge; else None."""
     if XQ_REUSE and _xq_last:
         ref, ver, ve, was_cap, xq, xs = _xq_last[0]
-        if ref() is x and ver == x._version and ve == (V, E) and was_cap == capturing(x.device):
+        if ref() is x and ver == x._version and ve == (V, E) and was_cap == precompile.stream_capturing(x.device):
             return xq, xs
     return None
 

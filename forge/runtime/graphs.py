@@ -416,7 +416,7 @@ class PrefillGraphs:
         self.max_graphs = int(max_graphs)
         self.by_size: dict[tuple[int, int], _PrefillRung] = {}
         self._spare: dict[tuple[int, int], _PrefillRung] = {}   # made by dry_run, not captured
-        self.pool = getattr(engine.graphs, "pool", None)
+        self.pool = None    # the decode graphs' pool, taken at the first capture (`capture`)
         vocab = engine.cfg.vocab_size
         self.logits = torch.empty((self.b_rungs[-1], vocab), dtype=torch.float32, device=self.device)
         self.num_replays = 0
@@ -451,8 +451,8 @@ class PrefillGraphs:
 
     def capture(self, T: int, B: int) -> _PrefillRung:
         rung = self._rung(T, B)
-        if self.pool is None:   # the decode graphs' pool, once they have one (they may be
-            self.pool = getattr(self.engine.graphs, "pool", None)   # captured after this is made)
+        if self.pool is None:   # the decode graphs' (captured after this object was made)
+            self.pool = getattr(self.engine.graphs, "pool", None)
         with self._launch_mode():
             rung.graph, _ = _capture_graph(self.torch, self.device, self.pool,
                                            lambda: self._step(rung))
