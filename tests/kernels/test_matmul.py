@@ -27,7 +27,7 @@ from test_dequant import ALL_TYPES, QUANT_TYPES, gguf_type, random_rows, referen
 
 from forge.kernels import dequant as dq  # noqa: E402
 from forge.kernels import matmul as mm  # noqa: E402
-from forge.kernels import tuning, xquant  # noqa: E402
+from forge.kernels import precompile, tuning, xquant  # noqa: E402
 from forge.runtime.backend import QTensor  # noqa: E402
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
@@ -756,7 +756,7 @@ def test_quantize_x_reuse(rng, monkeypatch):
     x.mul_(2)
     c = mm.quantize_x(x, 4, 4)
     assert len(calls) == 3
-    monkeypatch.setattr(xquant, "capturing", lambda dev: True)   # a graph capture began
+    monkeypatch.setattr(precompile, "stream_capturing", lambda dev=None: True)   # a capture began
     mm.quantize_x(x, 4, 4)
     assert len(calls) == 4
     monkeypatch.undo()
