@@ -493,7 +493,11 @@ def compile_case(case: Case, spec: dict) -> dict:
 
     backend, arch, warp = TARGETS[case.target]
     t0 = time.perf_counter()
-    src = triton.compiler.ASTSource(fn=spec["fn"], signature=dict(spec["signature"]),
+    # spec["signature_for"](signature, constexprs): argument types that follow the config
+    # (tensor descriptors' boxes)
+    sig = spec["signature_for"](spec["signature"], case.constexprs) if "signature_for" in spec \
+        else dict(spec["signature"])
+    src = triton.compiler.ASTSource(fn=spec["fn"], signature=sig,
                                     constexprs=dict(case.constexprs), attrs=spec_attrs(spec))
     k = triton.compile(src, target=GPUTarget(backend, arch, warp), options=dict(case.options))
     out: dict[str, Any] = {"compile_s": round(time.perf_counter() - t0, 3)}

@@ -49,6 +49,7 @@ from autotune.timing import graph_ms  # noqa: E402
 H, HKV, D, BS = 32, 8, 128, 16
 WINDOW = 0  # --window: prefill with a sliding window of this many keys (0: off)
 CAPACITY = 0  # --capacity: prefill's max_seq_len at least this (a prefill graph's capacity)
+FRESH = False  # --fresh: the prefill sweep times whole prompts with their keys from fresh rows
 DEV = "cuda"
 L2_TARGET = 256 << 20   # bytes of KV the graph rotates through (H100 L2: 50 MiB)
 
@@ -205,6 +206,11 @@ def prefill_fns(n, dtype, gen, ctx: int = 0):
 
     kk = k[bt[0].long()].reshape(-1, HKV, D)[:total]
     vv = v[bt[0].long()].reshape(-1, HKV, D)[:total]
+    fk, fv = kk.reshape(total, HKV * D).contiguous(), vv.reshape(total, HKV * D).contiguous()
+
+    def fresh():  # a whole prompt's keys from this step's rows (`attention(..., fresh=)`)
+        attention(q, k, v, qsl, sl, bt, H, HKV, scale, sliding_window=WINDOW or None,
+                  max_query_len=n, max_seq_len=max(total, CAPACITY), out=out, fresh=(fk, fv))
     qd = q.view(n, H, D).transpose(0, 1).unsqueeze(0).contiguous()
     kd = kk.repeat_interleave(H // HKV, dim=1).transpose(0, 1).unsqueeze(0).contiguous()
     vd = vv.repeat_interleave(H // HKV, dim=1).transpose(0, 1).unsqueeze(0).contiguous()
@@ -221,11 +227,11 @@ def prefill_fns(n, dtype, gen, ctx: int = 0):
     def ref():
         return F.scaled_dot_product_attention(qd, kd, vd, scale=scale, **masking)
 
-    def err():
-        ours()
+    def err(fn=ours):
+        fn()
         want = ref()[0].transpose(0, 1).reshape(n, H * D)
         return (out.float() - want.float()).abs().max().item()
-    return ours, ref, err
+    return ours, ref, err, (fresh if ctx == 0 else None)
 
 
 def prefill_ms(fn) -> float:
@@ -247,7 +253,7 @@ def attended_keys(n: int, ctx: int) -> float:
     return float(sum(min(WINDOW, ctx + i + 1) for i in range(n)))
 
 
-PREFILL_CASES = ((512, 0), (2048, 0), (8192, 0), (512, 4096), (512, 8192))
+PREFILL_CASES = ((512, 0), (2048, 0), (8192, 0), (32768, 0), (512, 4096), (512, 8192))
 
 
 def run_prefill(dtype, gen, cases=PREFILL_CASES) -> None:
@@ -255,16 +261,20 @@ def run_prefill(dtype, gen, cases=PREFILL_CASES) -> None:
           "CUDA-graph medians" + (f"; sliding window {WINDOW}, SDPA with a dense mask"
                                   if WINDOW else "")
           + (f"; max_seq_len {CAPACITY} as in a prefill graph" if CAPACITY else "") + ")")
-    print(f"{'n@ctx':>10} | {'forge us':>9} {'TFLOP/s':>8} | {'sdpa us':>9} {'TFLOP/s':>8} | "
-          f"{'vs sdpa':>7} {'max|diff|':>9}")
+    print(f"{'n@ctx':>10} | {'forge us':>9} {'TFLOP/s':>8} | {'fresh us':>9} {'TFLOP/s':>8} | "
+          f"{'sdpa us':>9} {'TFLOP/s':>8} | {'vs sdpa':>7} {'max|diff|':>9}")
     for n, ctx in cases:
-        ours, ref, err = prefill_fns(n, dtype, gen, ctx)
+        ours, ref, err, fresh = prefill_fns(n, dtype, gen, ctx)
         t_ours = prefill_ms(ours)
+        t_fresh = prefill_ms(fresh) if fresh else None
         t_ref = prefill_ms(ref)
         flops = 4.0 * H * D * attended_keys(n, ctx)
         tf = lambda ms: flops / (ms * 1e-3) / 1e12  # noqa: E731
-        print(f"{f'{n}@{ctx}':>10} | {t_ours * 1e3:>9.1f} {tf(t_ours):>8.1f} | {t_ref * 1e3:>9.1f} "
-              f"{tf(t_ref):>8.1f} | {t_ref / t_ours:>7.2f} {err():>9.1e}")
+        best = min(t_ours, t_fresh or t_ours)
+        diff = max(err(), err(fresh) if fresh else 0.0)
+        fr = f"{t_fresh * 1e3:>9.1f} {tf(t_fresh):>8.1f}" if fresh else f"{'-':>9} {'-':>8}"
+        print(f"{f'{n}@{ctx}':>10} | {t_ours * 1e3:>9.1f} {tf(t_ours):>8.1f} | {fr} | "
+              f"{t_ref * 1e3:>9.1f} {tf(t_ref):>8.1f} | {t_ref / best:>7.2f} {diff:>9.1e}")
         torch.cuda.empty_cache()
 
 
@@ -345,7 +355,10 @@ def sweep(kind: str, dtype, gen, grid: str | None = None, cases_text: str | None
         if cases_text:
             pairs = parse_prefill_cases(cases_text)
         shapes = [f"{n}@{ctx}" for n, ctx in pairs]
-        fns = {f"{n}@{ctx}": prefill_fns(n, dtype, gen, ctx)[0] for n, ctx in pairs}
+        fns = {}
+        for n, ctx in pairs:  # --fresh: whole prompts through `attention(..., fresh=)`
+            f = prefill_fns(n, dtype, gen, ctx)
+            fns[f"{n}@{ctx}"] = f[3] if FRESH and f[3] else f[0]
         stage1 = [c for c in _grid(BLOCK_M=(64, 128), BLOCK_N=(32, 64, 128), num_warps=(4, 8),
                                    num_stages=(2, 3, 4))
                   if (c["BLOCK_M"] == 128) == (c["num_warps"] == 8)
@@ -424,6 +437,9 @@ def main() -> None:
     ap.add_argument("--heads", default=None, metavar="H:HKV:D",
                     help="query heads, KV heads, head dim (default 32:8:128, Llama-3-8B; "
                          "Llama-3.2-1B is 32:8:64)")
+    ap.add_argument("--fresh", action="store_true",
+                    help="with --sweep prefill: time whole prompts (ctx 0) with their keys read "
+                         "from this step's rows (attention(..., fresh=)), as the engine runs them")
     args = ap.parse_args()
     if args.heads:
         global H, HKV, D
@@ -437,8 +453,8 @@ def main() -> None:
         raise SystemExit(f"--window: must be >= 0, got {args.window}")
     if args.capacity < 0:
         raise SystemExit(f"--capacity: must be >= 0, got {args.capacity}")
-    global WINDOW, CAPACITY
-    WINDOW, CAPACITY = args.window, args.capacity
+    global WINDOW, CAPACITY, FRESH
+    WINDOW, CAPACITY, FRESH = args.window, args.capacity, args.fresh
     if args.cases and not (args.sweep or args.only == "prefill"):
         raise SystemExit("--cases: only with --sweep or --only prefill")
     if args.grid and not args.sweep:

@@ -116,6 +116,8 @@ def _rope_kernel(
     ROT: tl.constexpr, NEOX: tl.constexpr,
     BLOCK_H: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_DV: tl.constexpr,
     PDL: tl.constexpr,   # launched with programmatic dependent launch (forge/kernels/pdl.py)
+    ko_ptr=None,         # KO: [T, Hkv*Dh] contiguous rotated k (output; every token, any slot)
+    KO: tl.constexpr = False,
 ):
     HALF: tl.constexpr = ROT // 2
     pdl_launch(PDL)
@@ -133,9 +135,13 @@ def _rope_kernel(
                     ROT, NEOX, BLOCK_R, BLOCK_P)
     else:
         slot = tl.load(slot_ptr + t).to(tl.int64)
+        heads = (hb - nqb) * BLOCK_H + tl.arange(0, BLOCK_H)
+        if KO:  # the rotated rows for attention's whole-prompt path (attention.py, fresh=)
+            cs, sn = _sincos(pos_f * inv)
+            _rope_heads(k_ptr + t * stride_k, ko_ptr + t * HKV * D, D, D, heads, HKV, D, cs, sn,
+                        ROT, NEOX, BLOCK_R, BLOCK_P)
         if (slot >= 0) & (slot < num_slots):
             cs, sn = _sincos(pos_f * inv)
-            heads = (hb - nqb) * BLOCK_H + tl.arange(0, BLOCK_H)
             s32 = slot.to(tl.int32)           # num_slots < 2^31: 32-bit division (no 64-bit divide)
             blk = (s32 // BS).to(tl.int64)
             off = (s32 % BS).to(tl.int64)
@@ -290,12 +296,19 @@ def rope(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Ten
 
 
 def apply(q: torch.Tensor, f: Fused, k_cache: torch.Tensor, v_cache: torch.Tensor,
-          num_heads: int, num_kv_heads: int, head_dim: int) -> torch.Tensor:
-    """`rope` on arguments `fused_args` has checked: the rope kernel's launch."""
+          num_heads: int, num_kv_heads: int, head_dim: int,
+          k_out: torch.Tensor | None = None) -> torch.Tensor:
+    """`rope` on arguments `fused_args` has checked: the rope kernel's launch. k_out: a
+    contiguous [T, Hkv*Dh] tensor of q's dtype that also receives the rotated k rows (every
+    row, whatever its slot)."""
     h, hkv, dh = int(num_heads), int(num_kv_heads), int(head_dim)
     t = q.shape[0]
     dv = v_cache.shape[3]
     q_out = torch.empty((t, h * dh), dtype=q.dtype, device=q.device)
+    if k_out is not None and (tuple(k_out.shape) != (t, hkv * dh) or not k_out.is_contiguous()
+                              or k_out.dtype != q.dtype or k_out.device != q.device):
+        raise ValueError(f"k_out: expected a contiguous {q.dtype} [{t}, {hkv * dh}] tensor on "
+                         f"{q.device}, got {k_out.dtype} {tuple(k_out.shape)}")
     if t == 0:
         return q_out
     cfg = tuning.get_config("rope", tuning.bucket(H=h, D=dh), _default_config(h, hkv, dh))
@@ -311,12 +324,13 @@ def apply(q: torch.Tensor, f: Fused, k_cache: torch.Tensor, v_cache: torch.Tenso
         BLOCK_R=triton.next_power_of_2(f.rot // 2), BLOCK_P=_pass_block(dh - f.rot),
         BLOCK_DV=triton.next_power_of_2(dv),
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], **pdl.launch_args(),
+        **({} if k_out is None else dict(ko_ptr=k_out, KO=True)),
     )
     return q_out
 
 
 def _spec(name: str, act: str, cache: str, rot: int, neox: bool, block_h: int,
-          d: int, dv: int, num_warps: int, h: int) -> dict:
+          d: int, dv: int, num_warps: int, h: int, ko: bool = False) -> dict:
     sig = {
         "q_ptr": f"*{act}", "k_ptr": f"*{act}", "v_ptr": f"*{act}", "pos_ptr": "*i32",
         "slot_ptr": "*i64", "inv_ptr": "*fp32", "qo_ptr": f"*{act}", "kc_ptr": f"*{cache}",
@@ -327,12 +341,16 @@ def _spec(name: str, act: str, cache: str, rot: int, neox: bool, block_h: int,
         "ROT": "constexpr", "NEOX": "constexpr",
         "BLOCK_H": "constexpr", "BLOCK_R": "constexpr", "BLOCK_P": "constexpr",
         "BLOCK_DV": "constexpr", "PDL": "constexpr",
+        "ko_ptr": f"*{act}" if ko else "constexpr", "KO": "constexpr",
     }
     return {"name": name, "fn": _rope_kernel, "signature": sig,
             "constexprs": {"ROT": rot, "NEOX": neox, "BLOCK_H": block_h,
                            "BLOCK_R": triton.next_power_of_2(rot // 2), "BLOCK_P": _pass_block(d - rot),
-                           "BLOCK_DV": triton.next_power_of_2(dv), "PDL": False},
-            "num_warps": num_warps, "num_stages": 1, "bucket": tuning.bucket(H=h, D=d)}
+                           "BLOCK_DV": triton.next_power_of_2(dv), "PDL": False, "KO": ko,
+                           **({} if ko else {"ko_ptr": None})},
+            "num_warps": num_warps, "num_stages": 1, "bucket": tuning.bucket(H=h, D=d),
+            # KO launches only for attention's fresh path, which is NVIDIA's (sm90+)
+            **({"vendors": ["nvidia"]} if ko else {})}
 
 
 COMPILE_SPECS: list[dict] = [
@@ -342,5 +360,9 @@ COMPILE_SPECS: list[dict] = [
     _spec("rope_gemma3_bf16_neox_d256", "bf16", "bf16", 256, True, 8, 256, 256, 4, 4),
     _spec("rope_partial_fp32_neox", "fp32", "fp32", 24, True, 32, 40, 40, 4, 6),
     _spec("rope_bf16_act_fp16_cache", "bf16", "fp16", 32, False, 16, 64, 128, 2, 16),
+    # a whole prompt's prefill: the rotated k rows also written out (attention's fresh path)
+    _spec("rope_llama3_bf16_norm_ko", "bf16", "bf16", 128, False, 16, 128, 128, 4, 32, ko=True),
+    _spec("rope_gemma3_bf16_neox_d256_ko", "bf16", "bf16", 256, True, 8, 256, 256, 4, 4, ko=True),
 ]
-COMPILE_SPECS.append(pdl.with_pdl(COMPILE_SPECS[0]))   # as Hopper launches it
+COMPILE_SPECS += [pdl.with_pdl(s) for s in COMPILE_SPECS   # as Hopper launches them
+                  if s["name"] in ("rope_llama3_bf16_norm_ff", "rope_llama3_bf16_norm_ko")]

@@ -219,6 +219,131 @@ def test_prefill_tile_edges(rng, single_loop, window, single):
     run_and_check(t, n, 2, 1, 0.125, "fp32", window, max_query_len=3)
 
 
+def fresh_rows(t, seq_lens, q_lens):
+    """This step's K / V rows [T, Hkv*D] as the cache holds them (each sequence's last q_len
+    keys): what `attention(..., fresh=)` is given."""
+    kc, vc, bt = t["k_cache"], t["v_cache"], t["block_tables"].long()
+    bs = kc.shape[1]
+    ks, vs = [], []
+    for b, (L, ql) in enumerate(zip(seq_lens, q_lens)):
+        pos = torch.arange(L - ql, L, device=kc.device)
+        blk, off = bt[b, pos // bs], pos % bs
+        ks.append(kc[blk, off].reshape(ql, -1))
+        vs.append(vc[blk, off].reshape(ql, -1))
+    return torch.cat(ks), torch.cat(vs)
+
+
+def poison_whole_prompts(t, seq_lens, q_lens):
+    """NaN in the cache blocks of the sequences that have no context (whole prompts): a kernel
+    that reads their keys from the cache instead of the fresh rows gives NaN."""
+    bs = t["k_cache"].shape[1]
+    # (copies: on the CPU the reference's arrays share the tensors' memory)
+    t["k_cache"], t["v_cache"] = t["k_cache"].clone(), t["v_cache"].clone()
+    for b, (L, ql) in enumerate(zip(seq_lens, q_lens)):
+        if L == ql:
+            blocks = t["block_tables"][b, :-(-L // bs)].long()
+            t["k_cache"][blocks] = float("nan")
+            t["v_cache"][blocks] = float("nan")
+
+
+@pytest.mark.parametrize("H,Hkv,dk,dtype,window,softcap,bs,single", [
+    (8, 2, 64, "fp32", None, None, 16, False),   # GQA 4:1, the split loops
+    (6, 2, 64, "bf16", 7, None, 32, True),       # a group of 3, window, the single loop
+    (2, 2, 32, "fp16", None, 20.0, 64, False),   # MHA, softcap
+    (4, 1, 64, "fp32", 40, 20.0, 16, False),     # window + softcap
+])
+def test_prefill_fresh_rows(rng, single_loop, H, Hkv, dk, dtype, window, softcap, bs, single):
+    """Whole prompts (no context) read their keys from this step's rows, sequences with a
+    context from the cache, in one launch: the whole prompts' cache blocks hold NaN and the
+    output matches the float64 reference, for every sequence."""
+    single_loop(single)
+    t, n = make_case(rng, SEQ_LENS, Q_LENS, H, Hkv, dk, dk, bs, dtype,
+                     q_mult=3.0 if softcap else 1.0)
+    fk, fv = fresh_rows(t, SEQ_LENS, Q_LENS)
+    poison_whole_prompts(t, SEQ_LENS, Q_LENS)
+    run_and_check(t, n, H, Hkv, dk ** -0.5, dtype, window, softcap, max_query_len=max(Q_LENS),
+                  max_seq_len=max(SEQ_LENS), fresh=(fk, fv))
+
+
+def test_prefill_fresh_rows_strided_and_switch(rng, monkeypatch):
+    """Fresh rows as column views of one wider activation (a fused QKV output's row stride);
+    FORGE_ATTN_FRESH=0 reads the cache (which then shows its NaN)."""
+    seq_lens, q_lens = [40, 23, 30], [40, 23, 6]
+    H, Hkv, d = 4, 2, 64
+    t, n = make_case(rng, seq_lens, q_lens, H, Hkv, d, d, 16, "fp32")
+    fk, fv = fresh_rows(t, seq_lens, q_lens)
+    wide = torch.zeros((fk.shape[0], (H + 2 * Hkv) * d), device=DEV)
+    wide[:, H * d:(H + Hkv) * d] = fk
+    wide[:, (H + Hkv) * d:] = fv
+    fresh = (wide[:, H * d:(H + Hkv) * d], wide[:, (H + Hkv) * d:])
+    poison_whole_prompts(t, seq_lens, q_lens)
+    run_and_check(t, n, H, Hkv, 0.125, "fp32", max_query_len=40, max_seq_len=40, fresh=fresh)
+    monkeypatch.setenv("FORGE_ATTN_FRESH", "0")
+    got = attn.attention(t["q"], t["k_cache"], t["v_cache"], t["query_start_loc"],
+                         t["seq_lens"], t["block_tables"], H, Hkv, 0.125, max_query_len=40,
+                         max_seq_len=40, fresh=fresh)
+    assert torch.isnan(got[:63]).all() and torch.isfinite(got[63:]).all()
+
+
+def test_prefill_fresh_rows_not_taken(rng):
+    """Where the copies cannot take the rows (a padded head dim, rows not 16-byte aligned) the
+    kernel reads the cache and the result is the same; rows of the wrong shape or dtype are an
+    error."""
+    seq_lens, q_lens = [37, 20], [37, 4]
+    t, n = make_case(rng, seq_lens, q_lens, 4, 2, 48, 48, 16, "fp32")   # BLOCK_DK 64 != 48
+    fk, fv = fresh_rows(t, seq_lens, q_lens)
+    run_and_check(t, n, 4, 2, 0.1, "fp32", max_query_len=37, max_seq_len=37, fresh=(fk, fv))
+    t, n = make_case(rng, seq_lens, q_lens, 4, 2, 64, 64, 16, "fp32")
+    fk, fv = fresh_rows(t, seq_lens, q_lens)
+    buf = torch.zeros(fk.numel() + 1, device=DEV)
+    buf[1:] = fk.reshape(-1)
+    odd = buf[1:].view_as(fk)            # 4 bytes past an aligned start
+    assert odd.data_ptr() % 16
+    run_and_check(t, n, 4, 2, 0.1, "fp32", max_query_len=37, max_seq_len=37, fresh=(odd, fv))
+    call = dict(max_query_len=37, max_seq_len=37)
+    args = (t["q"], t["k_cache"], t["v_cache"], t["query_start_loc"], t["seq_lens"],
+            t["block_tables"], 4, 2, 0.1)
+    with pytest.raises(ValueError, match="fresh"):
+        attn.attention(*args, **call, fresh=(fk[:-1], fv))
+    with pytest.raises(ValueError, match="fresh"):
+        attn.attention(*args, **call, fresh=(fk, fv.half()))
+
+
+def test_prefill_rope_writes_fresh_rows(rng, monkeypatch):
+    """attention(..., rope=) at prefill: the rope kernel also writes the rotated k rows, which
+    the whole prompts read: the same result as rope followed by attention, whose cache holds
+    NaN for no slot of this step."""
+    from forge.kernels import rope as rope_mod
+    from forge.runtime.backend import RopeSpec
+
+    seq_lens, q_lens = [45, 30, 9], [45, 12, 9]
+    H, Hkv, d, bs = 4, 2, 64, 16
+    t, _ = make_case(rng, seq_lens, q_lens, H, Hkv, d, d, bs, "fp32")
+    T = sum(q_lens)
+    k = torch.randn((T, Hkv * d), device=DEV)
+    v = torch.randn((T, Hkv * d), device=DEV)
+    pos = torch.cat([torch.arange(L - ql, L) for L, ql in zip(seq_lens, q_lens)]).to(DEV)
+    bt = t["block_tables"].long()
+    slots = torch.cat([bt[b, p // bs] * bs + p % bs for b, p in
+                       enumerate(torch.arange(L - ql, L, device=DEV)
+                                 for L, ql in zip(seq_lens, q_lens))])
+    spec = RopeSpec(rot_dim=d, base=10000.0, style="neox")
+    kc1, vc1 = t["k_cache"].clone(), t["v_cache"].clone()
+    q1 = rope_mod.rope(t["q"], k, v, pos, kc1, vc1, slots, spec, H, Hkv, d)
+    args = (t["query_start_loc"], t["seq_lens"], t["block_tables"], H, Hkv, 0.125)
+    want = attn.attention(q1, kc1, vc1, *args, max_query_len=45, max_seq_len=45)
+    kc2, vc2 = t["k_cache"].clone(), t["v_cache"].clone()
+    f = rope_mod.fused_args(t["q"], k, v, pos, kc2, vc2, slots, spec, H, Hkv, d)
+    k_outs = []
+    apply = rope_mod.apply
+    monkeypatch.setattr(rope_mod, "apply", lambda *a: k_outs.append(a[-1]) or apply(*a))
+    got = attn.attention(t["q"], kc2, vc2, *args, max_query_len=45, max_seq_len=45, rope=f)
+    assert len(k_outs) == 1 and k_outs[0] is not None   # the rotated rows were asked for
+    assert torch.isfinite(got).all()
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(kc2, kc1, equal_nan=True)
+
+
 @pytest.mark.parametrize("dtype,chunk", [("fp32", 16), ("bf16", 32)])
 def test_qk_chunked(rng, monkeypatch, dtype, chunk):
     """QK_CHUNK < head dim (the RDNA3 fp32 path): Q K^T summed over head-dim chunks, Q reloaded
@@ -359,6 +484,26 @@ def test_prefill_split_keys(rng, prefill_splits, dtype, single, window, softcap,
     # max_seq_len unknown: the block table's capacity bounds the splits
     run_and_check(t, n, 6, 2, 80 ** -0.5, dtype, window, softcap, max_query_len=40)
     assert used[-1] > 1 and counters_zero(t["q"].device)
+
+
+@pytest.mark.parametrize("bn_fresh,single,window,min_keys", [
+    (16, False, None, 32), (64, False, 130, 32), (64, True, None, 100), (16, True, 130, 64),
+])
+def test_prefill_fresh_rows_own_tiles_and_splits(rng, prefill_splits, bn_fresh, single, window,
+                                                 min_keys):
+    """Whole prompts in tiles of BLOCK_N_FRESH keys (narrower or wider than the cache's
+    BLOCK_N 32) next to chunks after a context, their keys split over programs (each branch
+    splits its own tiles, at least KV_SPLIT_MIN keys a split), both loop structures, a
+    window: the whole prompts' cache blocks NaN, the float64 reference, counters back at 0."""
+    used = prefill_splits(min_keys, SINGLE_LOOP=int(single), BLOCK_N_FRESH=bn_fresh)
+    seq_lens, q_lens = [300, 5, 260, 261, 40], [300, 5, 40, 1, 40]
+    t, n = make_case(rng, seq_lens, q_lens, 4, 2, 64, 64, 16, "fp32")
+    fk, fv = fresh_rows(t, seq_lens, q_lens)
+    poison_whole_prompts(t, seq_lens, q_lens)
+    run_and_check(t, n, 4, 2, 0.125, "fp32", window, max_query_len=300, max_seq_len=300,
+                  fresh=(fk, fv))
+    assert used and used[-1] > 1, used
+    assert counters_zero(t["q"].device)
 
 
 def test_prefill_tile_sizes_checked(rng):
@@ -581,6 +726,13 @@ def test_compile_specs_cover_kernels_dims_dtypes():
         assert set(s["signature"]) == set(s["fn"].arg_names)
         for k in s["constexprs"]:
             assert s["signature"][k] == "constexpr"
+    # the whole-prompt path as Hopper launches it: descriptors whose boxes follow BLOCK_N
+    for d in (64, 128, 256):
+        spec = next(s for s in attn.COMPILE_SPECS if s["name"] == f"attn_prefill_d{d}_bf16_fresh_nv")
+        assert spec["vendors"] == ["nvidia"] and spec["constexprs"]["FRESH"]
+        ce = dict(spec["constexprs"], BLOCK_N=128)
+        sig = spec["signature_for"](spec["signature"], ce)
+        assert sig["k_desc"] == sig["v_desc"] == f"tensordesc<bf16[128, {d}]>"
 
 
 def test_decode_split_count():
@@ -616,6 +768,22 @@ def test_gpu_llama_shapes(rng, single_loop, dtype, bs, single):
     run_and_check(t, n, 32, 8, 128 ** -0.5, dtype, max_query_len=1, max_seq_len=4000)
     run_and_check(t, n, 32, 8, 128 ** -0.5, dtype, window=512, softcap=50.0, max_query_len=1,
                   max_seq_len=4000)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("H,Hkv,d,window", [(32, 8, 128, None), (32, 8, 64, None),
+                                            (4, 1, 256, 512), (4, 1, 256, None)])
+def test_gpu_fresh_rows(rng, H, Hkv, d, window):
+    """The whole-prompt path as the GPU runs it (tensor-memory copies on sm90): two whole
+    prompts (one past 2,048 tokens) and a chunk after a context, the prompts' cache blocks NaN;
+    at Llama-3-8B, Llama-3.2-1B and Gemma 3 heads (a sliding window on a local layer)."""
+    seq_lens, q_lens = [2100, 333, 900], [2100, 333, 100]
+    t, n = make_case(rng, seq_lens, q_lens, H, Hkv, d, d, 16, "bf16")
+    fk, fv = fresh_rows(t, seq_lens, q_lens)
+    poison_whole_prompts(t, seq_lens, q_lens)
+    run_and_check(t, n, H, Hkv, d ** -0.5, "bf16", window, max_query_len=2100,
+                  max_seq_len=2100, fresh=(fk, fv))
+    assert counters_zero(t["q"].device)
 
 
 @pytest.mark.gpu

@@ -141,6 +141,37 @@ def test_rope_negative_and_out_of_range_slots_skipped(rng, nan_empty):
     assert torch.equal(vf[11], v[2].cpu())
 
 
+@pytest.mark.parametrize("style,rot,act", [("norm", 16, torch.float32), ("neox", 8, torch.bfloat16)])
+def test_rope_k_out_rows(rng, style, rot, act):
+    """apply(..., k_out=) writes every token's rotated k row (a skipped slot's too) into k_out,
+    equal to what the cache receives, against the float64 rotation; partial rotary passes the
+    tail through."""
+    from forge.kernels import rope as rope_mod
+
+    t, h, hkv, dh, nb, bs = 6, 4, 2, 16, 3, 4
+    pos = np.array([0, 5, 9, 2, 30, 7])
+    q = to_t(rng.standard_normal((t, h * dh)), act)
+    k = to_t(rng.standard_normal((t, hkv * dh)), act)
+    v = to_t(rng.standard_normal((t, hkv * dh)), act)
+    kc = torch.full((nb, bs, hkv, dh), float("nan"), dtype=act, device=DEV)
+    vc = torch.full_like(kc, float("nan"))
+    slots = torch.tensor([5, -1, 11, 0, nb * bs + 3, 2], device=DEV)
+    spec = RopeSpec(rot, 10000.0, style=style)
+    f = rope_mod.fused_args(q, k, v, torch.tensor(pos, dtype=torch.int32, device=DEV), kc, vc,
+                            slots, spec, h, hkv, dh)
+    k_out = torch.full((t, hkv * dh), float("nan"), dtype=act, device=DEV)
+    rope_mod.apply(q, f, kc, vc, h, hkv, dh, k_out)
+    want = ref_rotate(as64(k).reshape(t, hkv, dh), pos, rot, 10000.0, style, 1.0, None)
+    assert_close(as64(k_out).reshape(t, hkv, dh), want, act, 30, "k_out")
+    for i, sl in enumerate(slots.tolist()):
+        if 0 <= sl < nb * bs:
+            assert torch.equal(kc.reshape(nb * bs, -1)[sl], k_out[i])
+    with pytest.raises(ValueError, match="k_out"):
+        rope_mod.apply(q, f, kc, vc, h, hkv, dh, k_out[:, :-1])
+    with pytest.raises(ValueError, match="k_out"):
+        rope_mod.apply(q, f, kc, vc, h, hkv, dh, k_out.half() if act != torch.float16 else k_out.float())
+
+
 def test_rope_empty_batch():
     z = torch.zeros(0, 32, device=DEV)
     kc = torch.zeros(2, 4, 1, 16, device=DEV)
