@@ -110,7 +110,7 @@ import torch
 import triton
 import triton.language as tl
 
-from forge.kernels import pdl, tuning, xquant
+from forge.kernels import env, pdl, tuning, xquant
 from forge.kernels import rope as rope_mod
 from forge.kernels.pdl import pdl_launch, pdl_wait
 from forge.kernels.rope import _sincos
@@ -957,11 +957,7 @@ def _pow2(n: int) -> int:
     return 1 if n <= 1 else 1 << (int(n) - 1).bit_length()
 
 
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "on", "yes")
-
-
-_INTERPRET = _interpreting()  # as the kernels were decorated (triton.jit reads it at import)
+_INTERPRET = env.interpreting()  # as the kernels were decorated (triton.jit reads it at import)
 
 
 def _device_info():

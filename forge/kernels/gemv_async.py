@@ -42,7 +42,6 @@ was tried and lost almost everywhere (run20's async_l2.patch).
 from __future__ import annotations
 
 import functools
-import os
 
 import torch
 
@@ -57,14 +56,14 @@ try:  # Gluon ships with Triton >= 3.5; its async copy API moved between version
 except Exception:  # noqa: BLE001 - no Gluon: the path is never taken
     AVAILABLE = False
 
-from forge.kernels import pdl, tuning
+from forge.kernels import env, pdl, tuning
 
 Q8_0, Q4_K = 8, 12
 # elements per chunk (one thread's 4 words of the q plane per step; one x scale each)
 CHUNK = {Q4_K: 32, Q8_0: 16}
 # off unless a table entry sets ASYNC (its ring slots); the other keys are its program shape
 ASYNC_DEFAULT = {"ASYNC": 0, "ASYNC_BN": 2, "ASYNC_WARPS": 1, "ASYNC_XA": 1}
-_INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+_INTERPRET = env.interpreting()
 
 if AVAILABLE:
     @gluon.jit

@@ -28,19 +28,18 @@ computes the same operands bit for bit (test_kgemm checks it on a GPU).
 """
 from __future__ import annotations
 
-import os
 
 import torch
 import triton
 import triton.language as tl
 
-from forge.kernels import pdl, tuning
+from forge.kernels import env, pdl, tuning
 from forge.kernels.dequant import (Q4_K, Q6_K, QK_K, TYPE_IDS, TYPES, jit_attrs, plane_args,
                                    plane_signature)
 from forge.kernels.pdl import pdl_launch, pdl_wait
 from forge.runtime.backend import QTensor
 
-_INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+_INTERPRET = env.interpreting()
 
 # PTX for one bf16 pair of Q4_K operands from byte i of a word of codes ($2: the prmt selector):
 # the byte copied to halves 0 and 1 (zeros elsewhere), masked to its low nibble in half 0 and its

@@ -30,13 +30,12 @@ float32.
 from __future__ import annotations
 
 import functools
-import os
 
 import torch
 import triton
 import triton.language as tl
 
-from forge.kernels import gemv_async, kgemm, pdl, precompile, tuning, xquant
+from forge.kernels import env, gemv_async, kgemm, pdl, precompile, tuning, xquant
 from forge.kernels.activation import KINDS as ACT_KINDS
 from forge.kernels.activation import act_mul_fused, gated
 from forge.kernels.norm import rms_norm
@@ -75,7 +74,7 @@ MAX_BLOCK_T = 2  # token rows one GEMV program carries
 MAGIC = 0x4B000000  # the bits of 2^23 as a float32
 # Triton's CPU interpreter multiplies bfloat16 dot operands as their raw uint16 bits; there the
 # GEMM upcasts bf16 tiles to float32 first (exact: bf16 products are exact in float32).
-_INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+_INTERPRET = env.interpreting()
 
 
 def gemv_shape(ggml_type: int) -> tuple[int, int]:

@@ -50,7 +50,7 @@ import os
 import triton
 import triton.language as tl
 
-from forge.kernels import precompile
+from forge.kernels import env, precompile
 
 try:  # triton/language/extra/cuda/gdc.py (Triton >= 3.3)
     from triton.language.extra import cuda as _tl_cuda
@@ -64,10 +64,6 @@ _SUSPENDED = 0   # > 0 inside `suspended()`
 _OFF = ("0", "off", "false", "no")
 
 
-def _truthy(v: str | None) -> bool:
-    return (v or "").strip().lower() in ("1", "true", "on", "yes")
-
-
 def has_gdc() -> bool:
     """Whether this Triton exposes griddepcontrol (tl.extra.cuda.gdc_wait and friends)."""
     return (_tl_cuda is not None and hasattr(_tl_cuda, "gdc_wait")
@@ -75,7 +71,7 @@ def has_gdc() -> bool:
 
 
 def _supported() -> bool:
-    if _truthy(os.environ.get("TRITON_INTERPRET")):
+    if env.interpreting():
         return False
     if not has_gdc():
         return False

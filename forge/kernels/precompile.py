@@ -53,6 +53,8 @@ import sys
 import threading
 from pathlib import Path
 
+from forge.kernels import env
+
 # the Job of the `ahead()` active in this context (thread), None outside one
 _JOB: contextvars.ContextVar = contextvars.ContextVar("forge_compile_ahead_job", default=None)
 _local = threading.local()      # .pretend: depth of as_if_captured() on this thread
@@ -99,7 +101,7 @@ def dry() -> bool:
 def supported() -> bool:
     """Whether this Triton has what `ahead()` uses (and kernels compile at all: not under
     TRITON_INTERPRET, where a launch that only compiles does not exist)."""
-    if os.environ.get("TRITON_INTERPRET", "").strip().lower() in ("1", "true", "on", "yes"):
+    if env.interpreting():
         return False
     try:
         import inspect
