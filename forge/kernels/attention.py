@@ -38,7 +38,7 @@ Kernels
   no block-id gather; other sequences of the same launch read the cache. The two key loops are
   separate branches, each with its own tile width and split of the keys. Keys past a tile's
   end are then real rows of later tokens or the copies' zero fill, which the mask removes.
-  H100, run 28: 2,048 / 8,192-token prompts 3-7% faster at Llama-3-8B heads, 11-13% at
+  H100, run 28: 2,048 / 8,192-token prompts 3-7% faster at Llama-3-8B heads, 11-15% at
   Llama-3.2-1B's (d64), 15-18% at Gemma 3's (d256); end to end pp8192 +1-3%.
 - `_attn_decode_kernel`: one query per sequence; one program per (sequence, KV head, split)
   handles the whole GQA group (the G query heads are the rows of one tl.dot, padded to 16).
