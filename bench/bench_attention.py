@@ -24,7 +24,9 @@ prefill (one sequence: n causal queries after ctx cached tokens; 512, 2048 and 8
   the same count for both; SDPA over contiguous [1, H, ctx+n, D] K/V (expanded to H heads so the
   flash backend applies), is_causal, or the lower-right causal bias after a context; medians of
   CUDA-graph replays (do_bench where a call cannot be captured).
-"vs sdpa" = SDPA time / forge time (above 1: forge is faster).
+"fresh" times whole prompts (ctx 0) with their keys from this step's K/V rows, as the engine
+runs them on Hopper (`attention(..., fresh=)`); "forge" reads them from the paged cache.
+"vs sdpa" = SDPA time / the faster forge time (above 1: forge is faster).
 
 --sweep times candidate launch configs through the real launcher (tuning.override) on the
 decode (graph mode) or prefill shapes above and prints them ranked by the geometric mean of
@@ -200,17 +202,19 @@ def prefill_fns(n, dtype, gen, ctx: int = 0):
     out = torch.empty_like(q)
     scale = D ** -0.5
 
-    def ours():
+    def call(fresh=None):
         attention(q, k, v, qsl, sl, bt, H, HKV, scale, sliding_window=WINDOW or None,
-                  max_query_len=n, max_seq_len=max(total, CAPACITY), out=out)
+                  max_query_len=n, max_seq_len=max(total, CAPACITY), out=out, fresh=fresh)
+
+    def ours():
+        call()
 
     kk = k[bt[0].long()].reshape(-1, HKV, D)[:total]
     vv = v[bt[0].long()].reshape(-1, HKV, D)[:total]
     fk, fv = kk.reshape(total, HKV * D).contiguous(), vv.reshape(total, HKV * D).contiguous()
 
     def fresh():  # a whole prompt's keys from this step's rows (`attention(..., fresh=)`)
-        attention(q, k, v, qsl, sl, bt, H, HKV, scale, sliding_window=WINDOW or None,
-                  max_query_len=n, max_seq_len=max(total, CAPACITY), out=out, fresh=(fk, fv))
+        call((fk, fv))
     qd = q.view(n, H, D).transpose(0, 1).unsqueeze(0).contiguous()
     kd = kk.repeat_interleave(H // HKV, dim=1).transpose(0, 1).unsqueeze(0).contiguous()
     vd = vv.repeat_interleave(H // HKV, dim=1).transpose(0, 1).unsqueeze(0).contiguous()

@@ -97,8 +97,9 @@ more: always in decode (32-bit offsets measured no faster there), in prefill onl
 (IDX64; 32-bit offsets took an 8B-head prefill on an H100 from 275 to 303 TFLOP/s).
 Masked-off keys are never read from the cache (their loads are masked), so stale or NaN cache
 slots past a sequence's end and the null block 0 cannot leak into the output. (The fresh rows
-past a sequence's end are read and masked: finite activations of later tokens.) The cache strides are
-constexprs (fixed per model): address arithmetic folds to immediates and the launch is shorter.
+past a sequence's end are read and masked: finite activations of later tokens.) The cache
+strides are constexprs (fixed per model): address arithmetic folds to immediates and the launch
+is shorter.
 """
 from __future__ import annotations
 
@@ -1209,8 +1210,9 @@ def _prefill_plan_at(kind: str, dk: int, dv: int, G: int, elem: int, lds_bytes: 
                             tuning.bucket(d=dk, g=G, kv=kv, t=t), default)
     block_m = int(cfg["BLOCK_M"])
     block_n = int(cfg["BLOCK_N"])
+    block_n_fresh = int(cfg["BLOCK_N_FRESH"]) or block_n
     for key, v in (("BLOCK_M", block_m), ("BLOCK_N", block_n),
-                   ("BLOCK_N_FRESH", int(cfg.get("BLOCK_N_FRESH", 0)) or block_n)):
+                   ("BLOCK_N_FRESH", block_n_fresh)):
         if v < 16:  # tl.dot's minimum (the tables check for powers of two)
             raise ValueError(f"attn_prefill {key}: must be at least 16, got {v}")
     block_dk = max(16, _pow2(dk))
@@ -1219,7 +1221,7 @@ def _prefill_plan_at(kind: str, dk: int, dv: int, G: int, elem: int, lds_bytes: 
             "BLOCK_N": block_n, "BLOCK_DK": block_dk,
             "BLOCK_DV": max(16, _pow2(dv)), "SINGLE_LOOP": bool(int(cfg["SINGLE_LOOP"])),
             "QK_CHUNK": _qk_chunk(cfg, block_dk), "opts": _launch_opts(cfg, kind),
-            "BLOCK_N_FRESH": int(cfg.get("BLOCK_N_FRESH", 0)),
+            "BLOCK_N_FRESH": block_n_fresh,
             "kv_splits": max(1, min(int(cfg["KV_SPLITS"]), MAX_SPLITS)),
             "kv_split_min": kv_min, "min_tiles": kv_min // block_n}
 
@@ -1432,11 +1434,13 @@ def attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
         max_kv = int(max_seq_len) if max_seq_len is not None else block_tables.shape[1] * bs
         plan = _prefill_plan(kind, dk, dv, G, elem, info.lds_bytes if info else 0, T,
                              prefill_keys(max_kv, window))
+    # whether the prefill kernel can take this step's K / V rows here (`fresh`, or the rope's)
+    fits = not decode and (rope is not None or fresh is not None) \
+        and _fresh_fits(q, k_cache, v_cache, plan, info)
     if rope is not None:
         if not (decode and plan["ROPE_OK"] and nseq >= plan["rope_min_b"]):
             k_out = None
-            if not decode and fresh is None and _fresh_fits(q, k_cache, v_cache, plan, kind,
-                                                            info):
+            if fits and fresh is None:
                 # the rope kernel also writes the rotated k rows: whole prompts read them
                 k_out = torch.empty((T, hkv * dk), dtype=q.dtype, device=q.device)
                 fresh = (k_out, rope.v)
@@ -1516,8 +1520,7 @@ def attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
         sem = _semaphores(q.device, grid[0] * grid[1])
     else:
         part, sem = out, seq_lens  # unused
-    descs = _fresh_descs(fresh, q, k_cache, v_cache, plan, kind, info) if fresh is not None \
-        else None
+    descs = _fresh_descs(fresh, q, k_cache, v_cache, plan, fits) if fresh is not None else None
     fr = dict(k_desc=descs[0], v_desc=descs[1], FRESH=True,
               BLOCK_N_FRESH=plan["BLOCK_N_FRESH"]) if descs else {}
     _attn_prefill_kernel[grid + (S,)](
@@ -1547,20 +1550,21 @@ def fresh_supported(info=None) -> bool:
         and int(arch[2:]) >= 90
 
 
-def _fresh_fits(q, k_cache, v_cache, plan: dict, kind: str, info) -> bool:
+def _fresh_fits(q, k_cache, v_cache, plan: dict, info) -> bool:
     """Whether the prefill kernel can take fresh K / V rows here (before their tensors are
     known): a supported device, a tile config that neither chunks nor pads the head dims, and
     q's dtype in both caches."""
     dk, dv = k_cache.shape[3], v_cache.shape[3]
-    return (fresh_supported(info) and kind in ("nvidia", "interp")
+    return (fresh_supported(info)
             and plan["QK_CHUNK"] == dk == plan["BLOCK_DK"] and plan["BLOCK_DV"] == dv
             and k_cache.dtype == q.dtype and v_cache.dtype == q.dtype)
 
 
-def _fresh_descs(fresh, q, k_cache, v_cache, plan: dict, kind: str, info):
+def _fresh_descs(fresh, q, k_cache, v_cache, plan: dict, fits: bool):
     """Tensor descriptors of `fresh`'s K / V rows for the prefill kernel, or None where that
-    path does not apply (`_fresh_fits`, or rows whose alignment the copies cannot take): the
-    kernel then reads the cache. Rows of the wrong shape, dtype or device are an error."""
+    path does not apply (not `fits`: `_fresh_fits`; or rows whose alignment the copies cannot
+    take): the kernel then reads the cache. Rows of the wrong shape, dtype or device are an
+    error."""
     k, v = fresh
     T = q.shape[0]
     dk, dv = k_cache.shape[3], v_cache.shape[3]
@@ -1571,12 +1575,12 @@ def _fresh_descs(fresh, q, k_cache, v_cache, plan: dict, kind: str, info):
             raise ValueError(f"fresh: expected two {q.dtype} [T={T}, Hkv*D] row tensors on "
                              f"{q.device} with contiguous features, got "
                              f"{getattr(x, 'dtype', type(x))} {tuple(getattr(x, 'shape', ()))}")
-    if not _fresh_fits(q, k_cache, v_cache, plan, kind, info):
+    if not fits:
         return None
     for x in (k, v):
         if x.data_ptr() % 16 or (x.stride(0) * x.element_size()) % 16:
             return None
-    bn = plan["BLOCK_N_FRESH"] or plan["BLOCK_N"]
+    bn = plan["BLOCK_N_FRESH"]
     return (TensorDescriptor(k, [T, hkv * dk], [k.stride(0), 1], [bn, dk]),
             TensorDescriptor(v, [T, hkv * dv], [v.stride(0), 1], [bn, dv]))
 

@@ -136,12 +136,11 @@ def _rope_kernel(
     else:
         slot = tl.load(slot_ptr + t).to(tl.int64)
         heads = (hb - nqb) * BLOCK_H + tl.arange(0, BLOCK_H)
+        cs, sn = _sincos(pos_f * inv)
         if KO:  # the rotated rows for attention's whole-prompt path (attention.py, fresh=)
-            cs, sn = _sincos(pos_f * inv)
             _rope_heads(k_ptr + t * stride_k, ko_ptr + t * HKV * D, D, D, heads, HKV, D, cs, sn,
                         ROT, NEOX, BLOCK_R, BLOCK_P)
         if (slot >= 0) & (slot < num_slots):
-            cs, sn = _sincos(pos_f * inv)
             s32 = slot.to(tl.int32)           # num_slots < 2^31: 32-bit division (no 64-bit divide)
             blk = (s32 // BS).to(tl.int64)
             off = (s32 % BS).to(tl.int64)
